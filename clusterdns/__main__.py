@@ -1,0 +1,5 @@
+"""`python -m clusterdns` runs the CLI."""
+
+from clusterdns.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Kubernetes objects -> record store; knows nothing about DNS wire format."""

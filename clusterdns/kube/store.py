@@ -1,0 +1,333 @@
+"""The record store: cluster state as DNS needs it, fed by manifests or by the API watch.
+
+Single writer (the loader or the watch tasks, on the event loop), many readers (the zone
+logic). Every mutation ends with one notification that names what changed as dependency
+keys, so the answer table can drop exactly the answers that read those parts:
+
+    ("svc", ns, name)   a Service, its endpoints and everything below its name
+    ("ns", ns)          whether a namespace exists
+    ("pods", ns)        the pods of a namespace (pods verified)
+    ("ptr", ip)         the PTR targets of one address
+    ("rev",)            the set of addresses with PTR records (reverse empty non-terminals)
+    ("apex",)           the SOA serial
+    ("all",)            everything (first sync, re-list)
+
+A query never sees half of an update: mutations run synchronously on the event loop, and
+`batch()` groups several (a re-list) into one notification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from clusterdns.kube.objects import (
+    Endpoints,
+    EndpointSlice,
+    KubeObject,
+    Namespace,
+    Pod,
+    Port,
+    Service,
+)
+
+DepKey = tuple[str, ...]
+Listener = Callable[[set[DepKey]], None]
+ALL: DepKey = ("all",)
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One ready endpoint address of a Service, with the DNS label it is published under."""
+
+    ip: str
+    host: str  # hostname, pod name (endpoint_pod_names) or the dashed address
+    named: bool  # True when host came from a hostname (then no dashed name exists)
+    ports: tuple[Port, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    """A Service joined with its ready endpoints (all slices merged, duplicates collapsed)."""
+
+    service: Service
+    backends: tuple[Backend, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PtrTarget:
+    namespace: str
+    service: str
+    host: str | None  # None: the Service's own name (a ClusterIP)
+
+
+def dashed(ip: str) -> str:
+    """CoreDNS's system-assigned endpoint label: the address with '.'/':' as '-'."""
+    label = ip.replace(".", "-").replace(":", "-")
+    if label.endswith("-"):
+        label += "0"
+    if label.startswith("-"):
+        label = "0" + label
+    return label
+
+
+class ClusterStore:
+    """Services, EndpointSlices, Endpoints, Pods and Namespaces, with DNS-shaped indexes."""
+
+    def __init__(self, endpoint_pod_names: bool = False) -> None:
+        self.endpoint_pod_names = endpoint_pod_names
+        self.services: dict[tuple[str, str], Service] = {}
+        self.slices: dict[tuple[str, str], EndpointSlice] = {}
+        self.endpoints: dict[tuple[str, str], Endpoints] = {}
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self.namespaces: set[str] = set()
+        self.views: dict[tuple[str, str], ServiceView] = {}
+        self.ptr: dict[str, tuple[PtrTarget, ...]] = {}
+        self.synced = False
+        self.serial = int(time.time())
+        self._slices_by_svc: dict[tuple[str, str], set[str]] = {}
+        self._implicit_ns: Counter[str] = Counter()
+        self._pod_ips: Counter[tuple[str, str]] = Counter()
+        self._listeners: list[Listener] = []
+        self._batch = 0
+        self._dirty_svcs: set[tuple[str, str]] = set()
+        self._changes: set[DepKey] = set()
+        self.last_change = time.monotonic()
+
+    # ---------------------------------------------------------------- readers
+    def view(self, namespace: str, name: str) -> ServiceView | None:
+        return self.views.get((namespace, name))
+
+    def namespace_exists(self, namespace: str) -> bool:
+        return namespace in self.namespaces or self._implicit_ns[namespace] > 0
+
+    def pod_has_ip(self, namespace: str, ip: str) -> bool:
+        return self._pod_ips[(namespace, ip)] > 0
+
+    def ptr_targets(self, ip: str) -> tuple[PtrTarget, ...]:
+        return self.ptr.get(ip, ())
+
+    def has_address_in(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        """Is any published address inside `net`? (reverse-zone empty non-terminals)"""
+        for ip in self.ptr:
+            if ipaddress.ip_address(ip) in net:
+                return True
+        return False
+
+    # ---------------------------------------------------------------- writers
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group mutations into one atomic change (one notification)."""
+        self._batch += 1
+        try:
+            yield
+        finally:
+            self._batch -= 1
+            if self._batch == 0:
+                self._flush()
+
+    def upsert(self, obj: KubeObject) -> None:
+        with self.batch():
+            self._upsert(obj)
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        with self.batch():
+            self._delete(kind, namespace, name)
+
+    def replace(self, kind: str, objs: Iterable[KubeObject]) -> None:
+        """Swap every object of one kind for `objs` (a re-list), as one change."""
+        with self.batch():
+            fresh = {self._key(o): o for o in objs}
+            for ns, name in self._keys(kind) - fresh.keys():
+                self._delete(kind, ns, name)
+            for o in fresh.values():
+                self._upsert(o)
+
+    def load(self, objs: Iterable[KubeObject]) -> None:
+        """Initial load: everything in one change, then mark synced."""
+        with self.batch():
+            for o in objs:
+                self._upsert(o)
+            self.mark_synced()
+
+    def mark_synced(self) -> None:
+        if not self.synced:
+            self.synced = True
+            self._changes.add(ALL)
+            if self._batch == 0:
+                self._flush()
+
+    # ---------------------------------------------------------------- internals
+    def _table(self, kind: str) -> dict | None:
+        return {
+            "Service": self.services,
+            "EndpointSlice": self.slices,
+            "Endpoints": self.endpoints,
+            "Pod": self.pods,
+        }.get(kind)
+
+    @staticmethod
+    def _key(obj: KubeObject) -> tuple[str, str]:
+        return ("", obj.name) if isinstance(obj, Namespace) else (obj.namespace, obj.name)
+
+    def _keys(self, kind: str) -> set[tuple[str, str]]:
+        table = self._table(kind)
+        return set(table) if table is not None else {("", n) for n in self.namespaces}
+
+    def _upsert(self, obj: KubeObject) -> None:
+        if isinstance(obj, Namespace):
+            if obj.name not in self.namespaces:
+                self.namespaces.add(obj.name)
+                self._changes.add(("ns", obj.name))
+            return
+        kind = type(obj).__name__
+        self._delete(kind, obj.namespace, obj.name, quiet_ns=True)
+        key = (obj.namespace, obj.name)
+        if isinstance(obj, Service):
+            self.services[key] = obj
+            self._dirty_svcs.add(key)
+        elif isinstance(obj, EndpointSlice):
+            self.slices[key] = obj
+            if obj.service:
+                self._slices_by_svc.setdefault((obj.namespace, obj.service), set()).add(obj.name)
+                self._dirty_svcs.add((obj.namespace, obj.service))
+        elif isinstance(obj, Endpoints):
+            self.endpoints[key] = obj
+            self._dirty_svcs.add(key)
+        elif isinstance(obj, Pod):
+            self.pods[key] = obj
+            if not obj.terminating:
+                for ip in obj.ips:
+                    self._pod_ips[(obj.namespace, ip)] += 1
+            self._changes.add(("pods", obj.namespace))
+        self._ns_ref(obj.namespace, +1)
+
+    def _delete(self, kind: str, namespace: str, name: str, quiet_ns: bool = False) -> None:
+        if kind == "Namespace":
+            if name in self.namespaces:
+                self.namespaces.discard(name)
+                self._changes.add(("ns", name))
+            return
+        key = (namespace, name)
+        table = self._table(kind)
+        if table is None or key not in table:
+            return
+        old = table.pop(key)
+        if isinstance(old, Service):
+            self._dirty_svcs.add(key)
+        elif isinstance(old, EndpointSlice):
+            if old.service:
+                svc_key = (namespace, old.service)
+                members = self._slices_by_svc.get(svc_key)
+                if members is not None:
+                    members.discard(name)
+                    if not members:
+                        del self._slices_by_svc[svc_key]
+                self._dirty_svcs.add(svc_key)
+        elif isinstance(old, Endpoints):
+            self._dirty_svcs.add(key)
+        elif isinstance(old, Pod):
+            if not old.terminating:
+                for ip in old.ips:
+                    self._pod_ips[(namespace, ip)] -= 1
+                    if self._pod_ips[(namespace, ip)] <= 0:
+                        del self._pod_ips[(namespace, ip)]
+            self._changes.add(("pods", namespace))
+        self._ns_ref(namespace, -1, quiet_ns)
+
+    def _ns_ref(self, namespace: str, delta: int, quiet: bool = False) -> None:
+        """Objects imply their namespace exists (manifests rarely list Namespaces)."""
+        before = self.namespace_exists(namespace)
+        self._implicit_ns[namespace] += delta
+        if self._implicit_ns[namespace] <= 0:
+            del self._implicit_ns[namespace]
+        if not quiet and before != self.namespace_exists(namespace):
+            self._changes.add(("ns", namespace))
+
+    def _slices_of(self, key: tuple[str, str]) -> list[EndpointSlice]:
+        names = self._slices_by_svc.get(key)
+        if names:
+            return [self.slices[(key[0], n)] for n in sorted(names)]
+        legacy = self.endpoints.get(key)
+        return list(legacy.slices) if legacy else []
+
+    def _build_view(self, key: tuple[str, str]) -> ServiceView | None:
+        svc = self.services.get(key)
+        if svc is None:
+            return None
+        if svc.external_name is not None:
+            return ServiceView(svc, ())
+        merged: dict[tuple[str, str], Backend] = {}
+        for sl in self._slices_of(key):
+            for ep in sl.endpoints:
+                if not (ep.ready or svc.publish_not_ready):
+                    continue
+                for ip in ep.addresses:
+                    if ep.hostname:
+                        host, named = ep.hostname, True
+                    elif self.endpoint_pod_names and ep.pod_name and len(ep.pod_name) < 64:
+                        host, named = ep.pod_name.lower(), True
+                    else:
+                        host, named = dashed(ip), False
+                    prev = merged.get((ip, host))
+                    if prev is None:
+                        merged[(ip, host)] = Backend(ip, host, named, sl.ports)
+                    elif sl.ports != prev.ports:
+                        ports = prev.ports + tuple(p for p in sl.ports if p not in prev.ports)
+                        merged[(ip, host)] = Backend(ip, host, named, ports)
+        return ServiceView(svc, tuple(merged.values()))
+
+    @staticmethod
+    def _ptr_pairs(view: ServiceView | None) -> set[tuple[str, PtrTarget]]:
+        if view is None:
+            return set()
+        svc = view.service
+        pairs = {(ip, PtrTarget(svc.namespace, svc.name, None)) for ip in svc.cluster_ips}
+        pairs.update((b.ip, PtrTarget(svc.namespace, svc.name, b.host)) for b in view.backends)
+        return pairs
+
+    def _flush(self) -> None:
+        changes = self._changes
+        rev_changed = False
+        for key in self._dirty_svcs:
+            old = self.views.get(key)
+            new = self._build_view(key)
+            if new == old:
+                continue
+            if new is None:
+                del self.views[key]
+            else:
+                self.views[key] = new
+            changes.add(("svc",) + key)
+            before, after = self._ptr_pairs(old), self._ptr_pairs(new)
+            for ip, target in before - after:
+                left = tuple(t for t in self.ptr.get(ip, ()) if t != target)
+                if left:
+                    self.ptr[ip] = left
+                else:
+                    self.ptr.pop(ip, None)
+                    rev_changed = True
+                changes.add(("ptr", ip))
+            for ip, target in sorted(after - before, key=lambda p: (p[1].host is not None, p[1].service, p[1].host or "")):
+                cur = self.ptr.get(ip, ())
+                if not cur:
+                    rev_changed = True
+                self.ptr[ip] = cur + (target,)
+                changes.add(("ptr", ip))
+        self._dirty_svcs = set()
+        if rev_changed:
+            changes.add(("rev",))
+        self._changes = set()
+        if changes:
+            self.serial = max(self.serial + 1, int(time.time()))
+            self.last_change = time.monotonic()
+            changes.add(("apex",))
+            for listener in self._listeners:
+                listener(changes)

@@ -1,0 +1,1 @@
+"""Observability: health, readiness, metrics, logs."""

@@ -1,0 +1,107 @@
+"""/health (liveness) and /ready (readiness) over HTTP, with CoreDNS's semantics.
+
+- `/health` (default :8080): 200 "OK" while the process runs, also during the lame-duck
+  period after SIGTERM, so the kubelet does not kill a pod that is draining.
+- `/ready` (default :8181): 200 "OK" once every watched resource has synced, else 503
+  with the names still missing. Once ready it stays ready through API outages
+  (CoreDNS `monitor until-ready`, PR #3590: going unready on an API hiccup would take
+  every DNS pod out at once). `draining` (set on SIGTERM) makes it 503 so the Service
+  stops sending queries before the listeners close.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+log = logging.getLogger("clusterdns")
+
+#: what is not ready yet; empty when ready (e.g. KubeSource.missing)
+ReadyCheck = Callable[[], list[str]]
+
+
+def parse_address(addr: str, default_port: int) -> tuple[str, int]:
+    """'host:port', ':port', '[v6]:port' or 'host' -> (host, port); '' host = all."""
+    host, port = addr, str(default_port)
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif addr.count(":") == 1:
+        host, port = addr.split(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"bad address {addr!r}: port {port!r} is not a number") from None
+    if not 0 <= number < 65536:
+        raise ValueError(f"bad address {addr!r}: port out of range")
+    return host, number
+
+
+class HealthServer:
+    """Serves /health and /ready; same address for both serves them from one listener."""
+
+    def __init__(self, health: str = ":8080", ready: str = ":8181", check: ReadyCheck | None = None) -> None:
+        self.health_addr = parse_address(health, 8080)
+        self.ready_addr = parse_address(ready, 8181)
+        self.check: ReadyCheck = check or (lambda: [])
+        self.draining = False
+        """Set on SIGTERM: /ready answers 503 while /health stays 200 (lame duck)."""
+        self._was_ready = False
+        self._runners: list[web.AppRunner] = []
+        self.health_port = 0
+        self.ready_port = 0
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """(ready, what is missing); latches once ready (until-ready)."""
+        if self.draining:
+            return False, ["draining"]
+        if self._was_ready:
+            return True, []
+        missing = self.check()
+        if not missing:
+            self._was_ready = True
+            log.info("ready")
+        return not missing, missing
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        ok, missing = self.ready()
+        if ok:
+            return web.Response(text="OK")
+        return web.Response(status=503, text="\n".join(missing) + "\n")
+
+    async def start(self) -> None:
+        """Bind the listeners; ports 0 pick free ones (see health_port/ready_port)."""
+        same = self.health_addr == self.ready_addr and self.health_addr[1] != 0
+        sites = [(self.health_addr, [("/health", self._health)] + ([("/ready", self._ready)] if same else []))]
+        if not same:
+            sites.append((self.ready_addr, [("/ready", self._ready)]))
+        try:
+            for (host, port), routes in sites:
+                app = web.Application()
+                for path, handler in routes:
+                    app.router.add_get(path, handler)
+                runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                await runner.setup()
+                self._runners.append(runner)
+                site = web.TCPSite(runner, host or None, port, reuse_address=True)
+                await site.start()
+                bound = runner.addresses[0][1]
+                if any(p == "/health" for p, _ in routes):
+                    self.health_port = bound
+                if any(p == "/ready" for p, _ in routes):
+                    self.ready_port = bound
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("health on :%d/health, readiness on :%d/ready", self.health_port, self.ready_port)
+
+    async def stop(self) -> None:
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            await runner.cleanup()

@@ -1,0 +1,1 @@
+"""Sockets and the query hot path; knows nothing about Kubernetes."""

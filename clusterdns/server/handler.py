@@ -1,0 +1,66 @@
+"""The slow path: every query the answer table does not know goes through here.
+
+It parses with dnslib, applies the protocol rules (RFC 1035, 6891, 7766, 8482), asks
+the zone, renders, and stores cacheable answers in the table for the hot path. It never
+raises: malformed input gets FORMERR when a header is there, else nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+
+from clusterdns.server.table import AnswerTable
+from clusterdns.wire import message
+from clusterdns.wire import records as R
+from clusterdns.wire.message import FormError, Query
+from clusterdns.wire.records import Answer
+from clusterdns.zones.router import Router
+
+log = logging.getLogger("clusterdns")
+
+Reply = bytes | None | Awaitable[bytes | None]
+
+
+class Handler:
+    def __init__(self, router: Router, table: AnswerTable, max_udp: int = message.DEFAULT_EDNS_UDP) -> None:
+        self.router = router
+        self.table = table
+        self.max_udp = max_udp
+        self.errors = 0
+
+    def handle(self, data: bytes, tcp: bool) -> Reply:
+        """Answer one query's bytes; None means drop (no header, or not a query)."""
+        if len(data) < message.HEADER or data[2] & 0x80:
+            return None  # too short to answer, or a response: answering it could loop
+        try:
+            return self._handle(data, tcp)
+        except Exception:  # a bug must cost one answer, never the server
+            self.errors += 1
+            log.exception("internal error answering a query")
+            return message.header_reply(data, R.SERVFAIL)
+
+    def _handle(self, data: bytes, tcp: bool) -> bytes | None:
+        if (data[2] >> 3) & 0xF != 0:
+            return message.header_reply(data, R.NOTIMP)  # only QUERY is implemented
+        try:
+            q = message.parse(data)
+        except FormError:
+            return message.header_reply(data, R.FORMERR)
+        if q.edns is not None and q.edns.version > 0:
+            return message.badvers(q)
+        ans = self._answer(q)
+        reply = message.render(q, ans, None if tcp else message.udp_limit(q, self.max_udp))
+        if ans.cacheable and q.plain_question:
+            self.table.store(data, q.question_end, reply, ans.deps, tcp)
+        return reply
+
+    def _answer(self, q: Query) -> Answer:
+        if q.qtype == R.OPT:
+            return Answer(rcode=R.FORMERR, aa=False)  # OPT is not a question (RFC 6891)
+        if q.qclass != R.IN or q.qtype in (R.AXFR, R.IXFR):
+            return Answer(rcode=R.REFUSED, aa=False)  # zone transfers are not offered
+        zone = self.router.zone_for(q.name)
+        if zone is None:
+            return Answer(rcode=R.REFUSED, aa=False)
+        return zone.answer(q.name, q.qtype)

@@ -1,0 +1,1 @@
+"""DNS bytes <-> Python; knows nothing about Kubernetes or sockets."""

@@ -1,0 +1,1 @@
+"""Answering questions: one module per zone kind (cluster zone, later cache and forward)."""
