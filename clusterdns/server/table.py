@@ -26,7 +26,7 @@ Entry = tuple[bytes, bytes]  # (flags + counts, everything after the question)
 
 
 def question_bounds(data: bytes) -> int:
-    """Where the question ends if `data` has the hot-path shape, else 0."""
+    """Where the question's name ends if `data` has the hot-path shape, else 0."""
     n = len(data)
     counts = data[4:12]
     if counts == NO_EDNS:
@@ -63,7 +63,7 @@ class AnswerTable:
     def store(self, query: bytes, question_end: int, reply: bytes, deps: set[DepKey], tcp: bool) -> None:
         """Keep `reply` for replay if `query` has the hot-path shape."""
         end = question_bounds(query)
-        if end != question_end or end <= 12:
+        if end + 4 != question_end or end <= 12:
             return  # trailing bytes, options or odd counts: always the slow path
         table = self.tcp if tcp else self.udp
         if len(self.udp) + len(self.tcp) >= self.max_entries:
