@@ -93,6 +93,9 @@ class ClusterStore:
         self._implicit_ns: Counter[str] = Counter()
         self._pod_ips: Counter[tuple[str, str]] = Counter()
         self._listeners: list[Listener] = []
+        self._feeds: list[Callable[[list[tuple[str, tuple]]], None]] = []
+        self._journal: list[tuple[str, tuple]] = []
+        self._depth = 0
         self._batch = 0
         self._dirty_svcs: set[tuple[str, str]] = set()
         self._changes: set[DepKey] = set()
@@ -134,16 +137,17 @@ class ClusterStore:
                 self._flush()
 
     def upsert(self, obj: KubeObject) -> None:
-        with self.batch():
+        with self._public("upsert", obj), self.batch():
             self._upsert(obj)
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
-        with self.batch():
+        with self._public("delete", kind, namespace, name), self.batch():
             self._delete(kind, namespace, name)
 
     def replace(self, kind: str, objs: Iterable[KubeObject]) -> None:
         """Swap every object of one kind for `objs` (a re-list), as one change."""
-        with self.batch():
+        objs = list(objs)
+        with self._public("replace", kind, objs), self.batch():
             fresh = {self._key(o): o for o in objs}
             for ns, name in self._keys(kind) - fresh.keys():
                 self._delete(kind, ns, name)
@@ -152,17 +156,42 @@ class ClusterStore:
 
     def load(self, objs: Iterable[KubeObject]) -> None:
         """Initial load: everything in one change, then mark synced."""
-        with self.batch():
+        objs = list(objs)
+        with self._public("load", objs), self.batch():
             for o in objs:
                 self._upsert(o)
             self.mark_synced()
 
     def mark_synced(self) -> None:
-        if not self.synced:
-            self.synced = True
-            self._changes.add(ALL)
-            if self._batch == 0:
-                self._flush()
+        with self._public("mark_synced"), self.batch():
+            if not self.synced:
+                self.synced = True
+                self._changes.add(ALL)
+
+    # ---------------------------------------------------------------- replication
+    def follow(self, feed: Callable[[list[tuple[str, tuple]]], None]) -> None:
+        """Send every public mutation to `feed`, one list per atomic change.
+
+        `--workers` uses it: the process that owns the source replays the same calls
+        on each worker's store (`apply_journal`), so all answer from one view.
+        """
+        self._feeds.append(feed)
+
+    def apply_journal(self, ops: list[tuple[str, tuple]]) -> None:
+        """Replay a journal from `follow`, as one atomic change."""
+        with self.batch():
+            for op, args in ops:
+                getattr(self, op)(*args)
+
+    @contextlib.contextmanager
+    def _public(self, op: str, *args: object) -> Iterator[None]:
+        if self._feeds and self._depth == 0:
+            self._journal.append((op, args))
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
 
     # ---------------------------------------------------------------- internals
     def _table(self, kind: str) -> dict | None:
@@ -294,6 +323,10 @@ class ClusterStore:
         return pairs
 
     def _flush(self) -> None:
+        if self._journal:
+            journal, self._journal = self._journal, []
+            for feed in self._feeds:
+                feed(journal)
         changes = self._changes
         rev_changed = False
         for key in self._dirty_svcs:

@@ -99,7 +99,8 @@ class HealthServer:
         except BaseException:
             await self.stop()
             raise
-        log.info("health on :%d/health, readiness on :%d/ready", self.health_port, self.ready_port)
+        log.info("health on %s:%d/health, readiness on %s:%d/ready", self.health_addr[0] or "*", self.health_port,
+                 self.ready_addr[0] or "*", self.ready_port)
 
     async def stop(self) -> None:
         runners, self._runners = self._runners, []

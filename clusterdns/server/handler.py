@@ -8,6 +8,8 @@ raises: malformed input gets FORMERR when a header is there, else nothing.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Awaitable
 
 from clusterdns.server.table import AnswerTable
@@ -16,18 +18,24 @@ from clusterdns.wire import records as R
 from clusterdns.wire.message import FormError, Query
 from clusterdns.wire.records import Answer
 from clusterdns.zones.router import Router
+from clusterdns.zones.upstreams import Forwarding
 
 log = logging.getLogger("clusterdns")
+IDENTITY_NAMES = ("id.server", "hostname.bind")
 
 Reply = bytes | None | Awaitable[bytes | None]
 
 
 class Handler:
-    def __init__(self, router: Router, table: AnswerTable, max_udp: int = message.DEFAULT_EDNS_UDP) -> None:
+    def __init__(self, router: Router, table: AnswerTable, max_udp: int = message.DEFAULT_EDNS_UDP,
+                 forwarding: Forwarding | None = None) -> None:
         self.router = router
         self.table = table
         self.max_udp = max_udp
+        self.forwarding = forwarding  # names outside our zones, fallthrough, ExternalName chase
         self.errors = 0
+        # answered to CH TXT id.server / hostname.bind (RFC 4892): which process answered
+        self.identity = f"{socket.gethostname()}/{os.getpid()}"
 
     def handle(self, data: bytes, tcp: bool) -> Reply:
         """Answer one query's bytes; None means drop (no header, or not a query)."""
@@ -40,9 +48,13 @@ class Handler:
             log.exception("internal error answering a query")
             return message.header_reply(data, R.SERVFAIL)
 
-    def _handle(self, data: bytes, tcp: bool) -> bytes | None:
+    def _handle(self, data: bytes, tcp: bool) -> Reply:
         if (data[2] >> 3) & 0xF != 0:
             return message.header_reply(data, R.NOTIMP)  # only QUERY is implemented
+        if self.forwarding is not None:
+            forwarded = self.forwarding.handle(data, tcp)  # cache hit, or a coroutine
+            if forwarded is not None:
+                return forwarded
         try:
             q = message.parse(data)
         except FormError:
@@ -50,7 +62,12 @@ class Handler:
         if q.edns is not None and q.edns.version > 0:
             return message.badvers(q)
         ans = self._answer(q)
-        reply = message.render(q, ans, None if tcp else message.udp_limit(q, self.max_udp))
+        limit = None if tcp else message.udp_limit(q, self.max_udp)
+        if self.forwarding is not None:
+            follow = self.forwarding.follow(q, ans, data, limit)  # fallthrough PTR, ExternalName
+            if follow is not None:
+                return follow
+        reply = message.render(q, ans, limit)
         if ans.cacheable and q.plain_question:
             self.table.store(data, q.question_end, reply, ans.deps, tcp)
         return reply
@@ -58,6 +75,8 @@ class Handler:
     def _answer(self, q: Query) -> Answer:
         if q.qtype == R.OPT:
             return Answer(rcode=R.FORMERR, aa=False)  # OPT is not a question (RFC 6891)
+        if q.qclass == R.CH and q.name in IDENTITY_NAMES and q.qtype in (R.TXT, R.ANY):
+            return Answer(answer=[R.Record(q.name, R.TXT, 0, self.identity, R.CH)], cacheable=False)
         if q.qclass != R.IN or q.qtype in (R.AXFR, R.IXFR):
             return Answer(rcode=R.REFUSED, aa=False)  # zone transfers are not offered
         zone = self.router.zone_for(q.name)

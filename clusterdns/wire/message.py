@@ -145,7 +145,7 @@ def _rdata(rec: Record):  # noqa: ANN202 - dnslib rdata classes have no common t
 
 
 def _rr(rec: Record) -> RR:
-    return RR(rec.name + ".", rec.rtype, ttl=rec.ttl, rdata=_rdata(rec))
+    return RR(rec.name + ".", rec.rtype, rclass=rec.rclass, ttl=rec.ttl, rdata=_rdata(rec))
 
 
 def _rrsets(records: list[Record]) -> list[list[Record]]:

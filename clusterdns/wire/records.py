@@ -12,7 +12,7 @@ from typing import Any
 # RR types and rcodes we use by name (RFC 1035, 3596, 2782, 6891, 8482)
 A, NS, CNAME, SOA, PTR, HINFO, TXT, AAAA, SRV, OPT = 1, 2, 5, 6, 12, 13, 16, 28, 33, 41
 IXFR, AXFR, ANY = 251, 252, 255
-IN = 1
+IN, CH = 1, 3
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16
 
@@ -33,6 +33,7 @@ class Record:
     rtype: int
     ttl: int
     data: Any
+    rclass: int = 1  # IN; CH only for the server's own identity (id.server)
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ Everything is bounds-checked; anything odd raises `Malformed` and is never cache
 
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -308,3 +309,59 @@ def render(wire: bytes, qend: int, ttl_offsets: tuple[int, ...], ttl: int | None
         head = _HDR.pack(q.id, (buf[2] | 0x02), buf[3], 1, 0, 0, 1 if q.edns else 0)
         return head + q.qwire + (_opt(q.do) if q.edns else b"")
     return bytes(buf)
+
+
+def read_name(data: bytes, i: int) -> tuple[str, int]:
+    """A possibly compressed name at `i` -> (dotted text without the final dot, next offset)."""
+    labels: list[str] = []
+    end = -1
+    n = len(data)
+    for _ in range(128):
+        if i >= n:
+            raise Malformed("name runs past the message")
+        ln = data[i]
+        if ln & 0xC0 == 0xC0:
+            if i + 2 > n:
+                raise Malformed("truncated pointer")
+            if end < 0:
+                end = i + 2
+            ptr = ((ln & 0x3F) << 8) | data[i + 1]
+            if ptr >= i:
+                raise Malformed("forward compression pointer")
+            i = ptr
+            continue
+        if ln == 0:
+            return ".".join(labels), (end if end >= 0 else i + 1)
+        if ln & 0xC0:
+            raise Malformed("unknown label type")
+        labels.append(data[i + 1:i + 1 + ln].decode("ascii", "backslashreplace").lower())
+        i += ln + 1
+    raise Malformed("too many labels or a pointer loop")
+
+
+def answer_records(data: bytes) -> tuple[int, list[tuple[str, int, int, str]]]:
+    """(rcode, [(owner, type, ttl, data)]) for the A, AAAA, CNAME and PTR records of the
+    answer section; other types are skipped. Used to append an upstream's answer to a
+    CNAME we gave (ExternalName); names are lowercased, without the final dot."""
+    if len(data) < HEADER:
+        raise Malformed("shorter than a header")
+    _id, _b2, b3, qd, an, _ns, _ar = _HDR.unpack_from(data)
+    i = HEADER
+    for _ in range(qd):
+        i = _name_end(data, i) + 4
+    out = []
+    for _ in range(an):
+        owner, i = read_name(data, i)
+        if i + 10 > len(data):
+            raise Malformed("record header runs past the message")
+        rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, i)
+        rdata, i = i + 10, i + 10 + rdlen
+        if i > len(data):
+            raise Malformed("rdata runs past the message")
+        if rtype == 1 and rdlen == 4:
+            out.append((owner, rtype, ttl, socket.inet_ntop(socket.AF_INET, data[rdata:i])))
+        elif rtype == 28 and rdlen == 16:
+            out.append((owner, rtype, ttl, socket.inet_ntop(socket.AF_INET6, data[rdata:i])))
+        elif rtype in (5, 12):
+            out.append((owner, rtype, ttl, read_name(data, rdata)[0]))
+    return b3 & 0x0F, out

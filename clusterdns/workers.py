@@ -1,0 +1,139 @@
+"""`--workers N`: N processes answer on the same port, one of them owns the source.
+
+The first process (the leader) reads the manifests or watches the API, exactly as with
+one process. Its store journals every mutation (`ClusterStore.follow`), and the journal
+goes down a pipe to each worker, which replays it on its own store (`apply_journal`):
+one watch per pod for the API server, one view of the cluster for every process.
+The kernel spreads queries over the processes by 4-tuple (SO_REUSEPORT).
+
+Workers are forked before any event loop or thread exists, so nothing is inherited
+half-way; each runs its own uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import replace
+
+log = logging.getLogger("clusterdns")
+_LEN = struct.Struct("!I")
+
+
+def resolve_ports(listen: list[str], parse: Callable[[str], tuple[str, int]]) -> list[str]:
+    """Turn port 0 into a concrete port free for both UDP and TCP, so every process binds it."""
+    out = []
+    for spec in listen:
+        host, port = parse(spec)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for _ in range(20 if port == 0 else 0):
+            with socket.socket(family, socket.SOCK_DGRAM) as u, socket.socket(family, socket.SOCK_STREAM) as t:
+                u.bind((host, 0))
+                try:
+                    t.bind((host, u.getsockname()[1]))
+                except OSError:
+                    continue  # a TCP socket holds that port: pick again
+                port = u.getsockname()[1]
+                break
+        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return out
+
+
+class Journal:
+    """Leader side: length-prefixed pickles of store journals, one pipe per worker."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self.files = [os.fdopen(fd, "wb", buffering=0) for fd in fds]
+        self.transports: list[asyncio.WriteTransport] = []
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        for f in self.files:
+            transport, _ = await loop.connect_write_pipe(asyncio.Protocol, f)
+            self.transports.append(transport)
+
+    def send(self, ops: list) -> None:
+        """Store feed: never blocks the loop (the transport buffers)."""
+        data = pickle.dumps(ops, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = _LEN.pack(len(data)) + data
+        for t in self.transports:
+            if not t.is_closing():
+                t.write(frame)
+
+    def close(self) -> None:
+        """Close the pipes: workers see end-of-file and stop."""
+        for f in self.files:
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+class JournalReader(asyncio.Protocol):
+    """Worker side: replays the leader's journal; the pipe closing means the leader is gone."""
+
+    def __init__(self, apply: Callable[[list], None], done: asyncio.Event) -> None:
+        self.apply = apply
+        self.done = done
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 4:
+            size = _LEN.unpack_from(self.buf)[0]
+            if len(self.buf) < 4 + size:
+                return
+            ops = pickle.loads(self.buf[4:4 + size])  # our own leader's bytes, over a private pipe
+            del self.buf[:4 + size]
+            self.apply(ops)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.done.set()
+
+
+def fork_workers(count: int, run_worker: Callable[[int, int], int]) -> list[int]:
+    """Fork `count` workers; each runs `run_worker(index, read_fd)` and exits. Returns write fds."""
+    fds = []
+    for index in range(1, count + 1):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(w)
+            for fd in fds:
+                os.close(fd)
+            code = 1
+            try:
+                code = run_worker(index, r)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(r)
+        fds.append(w)
+    return fds
+
+
+async def serve_worker(opts, index: int, read_fd: int) -> int:  # noqa: ANN001 - ServeOptions
+    """A worker: its own store and listeners, fed by the leader's journal."""
+    from clusterdns.app import Listeners, build_cluster, parse_listen
+    from clusterdns.server.tcp import TCPLimits
+
+    opts = replace(opts, manifests=[])
+    store, handler = build_cluster(opts)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: JournalReader(store.apply_journal, done), os.fdopen(read_fd, "rb", buffering=0))
+    listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections))
+    await listeners.start([parse_listen(s) for s in opts.listen], reuse_port=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    log.info("worker %d (pid %d) serving on %s", index, os.getpid(),
+             ", ".join(f"{h}:{p}" for h, p in listeners.bound))
+    await done.wait()
+    listeners.close()
+    return 0

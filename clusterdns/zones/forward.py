@@ -1,0 +1,457 @@
+"""Forwarder: send a question to upstream servers and bring back their answer.
+
+Follows CoreDNS's forward plugin (operators.md 1.5): a policy orders the upstreams
+(random, round_robin, sequential); an upstream is marked down after `max_fails`
+consecutive failures and probed with `. IN NS` every `health_interval` until it answers;
+a timeout moves on to the next; UDP first with a TCP retry when TC comes back, or TCP
+only (`force_tcp`); TCP connections are pooled and closed after `expire` idle seconds;
+more than `max_concurrent` questions in flight are refused (REFUSED, no queueing, so
+memory stays flat under a flood).
+
+Safety (RFC 5452): every UDP query gets a random ID and its own new socket, so a new
+source port; the socket is connected, so the kernel drops datagrams from any other
+address or port, and we check again; an answer counts only with our ID and our exact
+question (case included). Everything else is dropped and counted in `stats.spoofed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import logging
+import random
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from clusterdns.zones import _wire as W
+
+log = logging.getLogger("clusterdns.forward")
+
+POLICIES = ("random", "round_robin", "sequential")
+
+
+class ForwardError(Exception):
+    """No usable answer came back from any upstream."""
+
+
+class Overloaded(ForwardError):
+    """More than `max_concurrent` questions in flight: the caller answers REFUSED."""
+
+
+class Guarded(ForwardError):
+    """The name lies in a zone this forwarder must never send upstream (the cluster zone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    """One upstream server: an IP address literal, a port, and whether to use TCP only."""
+
+    host: str
+    port: int = 53
+    force_tcp: bool = False
+
+    def __post_init__(self) -> None:
+        ipaddress.ip_address(self.host.split("%")[0])  # literal only: never resolve names
+        if not 0 < self.port < 65536:
+            raise ValueError(f"bad port {self.port}")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+
+def parse_hostport(text: str, default_port: int = 53, force_tcp: bool = False) -> UpstreamSpec:
+    """'10.0.0.1', '10.0.0.1:5353', '[::1]:53', '::1' or 'dns://x' -> UpstreamSpec.
+
+    A 'tcp://' prefix sets force_tcp, as in CoreDNS's forward syntax.
+    """
+    s = text.strip()
+    if s.startswith("tcp://"):
+        s, force_tcp = s[6:], True
+    elif s.startswith(("dns://", "udp://")):
+        s = s[6:]
+    if s.startswith("["):
+        host, _, rest = s[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+    elif s.count(":") == 1:
+        host, p = s.split(":")
+        port = int(p)
+    else:
+        host, port = s, default_port
+    return UpstreamSpec(host, port, force_tcp)
+
+
+@dataclass(slots=True)
+class ForwardStats:
+    """Counters for metrics (plain ints; the metrics issue exports them)."""
+
+    queries: int = 0  # questions asked of this forwarder
+    requests: int = 0  # exchanges with an upstream (retries and TCP fallbacks included)
+    failures: int = 0  # exchanges that timed out or failed
+    spoofed: int = 0  # datagrams or TCP messages dropped: wrong address, ID or question
+    refused: int = 0  # questions turned away over max_concurrent
+    tc_retries: int = 0  # UDP answers with TC retried over TCP
+    health_checks: int = 0
+    health_failures: int = 0
+    conns_opened: int = 0
+    conns_reused: int = 0
+
+
+class _UdpExchange(asyncio.DatagramProtocol):
+    """One query on one fresh socket; resolves `fut` with the first valid answer."""
+
+    def __init__(self, fut: asyncio.Future[bytes], peer: tuple[str, int], qid: int,
+                 question: bytes, stats: ForwardStats) -> None:
+        self.fut, self.peer, self.qid, self.question, self.stats = fut, peer, qid, question, stats
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
+        if self.fut.done():
+            return
+        if (addr[0], addr[1]) != self.peer or not W.is_answer_to(data, self.qid, self.question):
+            self.stats.spoofed += 1
+            return
+        self.fut.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.fut.done():  # ICMP port unreachable: the upstream is not listening
+            self.fut.set_exception(exc)
+
+
+@dataclass(slots=True)
+class _Conn:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    last_used: float = field(default_factory=time.monotonic)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Upstream:
+    """One upstream server: its transport, TCP pool and health state."""
+
+    def __init__(self, spec: UpstreamSpec, fwd: Forwarder) -> None:
+        self.spec = spec
+        self._fwd = fwd
+        self.fails = 0
+        self._idle: list[_Conn] = []
+        self._probe: asyncio.Task[None] | None = None
+        self._peer = (str(ipaddress.ip_address(spec.host.split("%")[0])), spec.port)
+
+    def __repr__(self) -> str:
+        return f"Upstream({self.spec}, fails={self.fails})"
+
+    @property
+    def healthy(self) -> bool:
+        return self.fails < self._fwd.max_fails
+
+    async def exchange(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> bytes:
+        """Ask this upstream once (UDP, TCP on TC, or TCP only); raise on failure."""
+        stats = self._fwd.stats
+        stats.requests += 1
+        if self.spec.force_tcp:
+            return await self._tcp(name, qtype, qclass, do, cd)
+        qid = secrets.randbits(16)
+        wire = W.build_query(qid, name, qtype, qclass, do=do, cd=cd)
+        answer = await self._udp(wire, qid, len(wire) - 11 - W.HEADER)
+        if answer[2] & 0x02:  # TC: the full answer needs TCP (RFC 7766 5)
+            stats.tc_retries += 1
+            return await self._tcp(name, qtype, qclass, do, cd)
+        return answer
+
+    async def _udp(self, wire: bytes, qid: int, qlen: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        question = wire[W.HEADER:W.HEADER + qlen]
+        sock = socket.socket(self.spec.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(("::" if self.spec.family == socket.AF_INET6 else "0.0.0.0", 0))
+            sock.connect(self._peer)  # the kernel now drops datagrams from anyone else
+        except OSError:
+            sock.close()
+            raise
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpExchange(fut, self._peer, qid, question, self._fwd.stats), sock=sock)
+        try:
+            transport.sendto(wire)
+            return await fut
+        finally:
+            transport.close()
+
+    async def _tcp(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> bytes:
+        """One exchange on a pooled connection; a pooled one the server closed is retried once."""
+        qid = secrets.randbits(16)
+        wire = W.build_query(qid, name, qtype, qclass, do=do, cd=cd)
+        question = wire[W.HEADER:len(wire) - 11]
+        for attempt in range(2):
+            conn = self._take()
+            reused = conn is not None
+            if conn is None:
+                reader, writer = await asyncio.open_connection(*self._peer)
+                self._fwd.stats.conns_opened += 1
+                conn = _Conn(reader, writer)
+            else:
+                self._fwd.stats.conns_reused += 1
+            done = False
+            try:
+                conn.writer.write(len(wire).to_bytes(2, "big") + wire)
+                await conn.writer.drain()
+                for _ in range(4):  # skip a few stray messages, then give up on the connection
+                    size = int.from_bytes(await conn.reader.readexactly(2), "big")
+                    answer = await conn.reader.readexactly(size)
+                    if W.is_answer_to(answer, qid, question):
+                        done = True
+                        conn.last_used = time.monotonic()
+                        self._idle.append(conn)
+                        return answer
+                    self._fwd.stats.spoofed += 1
+                raise ConnectionError("no matching answer on the TCP connection")
+            except (ConnectionError, asyncio.IncompleteReadError):
+                if reused and attempt == 0:
+                    continue  # the server closed an idle pooled connection: open a new one
+                raise
+            finally:
+                if not done:
+                    conn.close()
+        raise ConnectionError("unreachable")
+
+    def _take(self) -> _Conn | None:
+        """Most recently used idle connection that has not expired (others are closed)."""
+        deadline = time.monotonic() - self._fwd.expire
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.last_used >= deadline and not conn.writer.is_closing():
+                return conn
+            conn.close()
+        return None
+
+    def sweep(self) -> None:
+        """Close pooled connections idle longer than `expire`."""
+        deadline = time.monotonic() - self._fwd.expire
+        keep = [c for c in self._idle if c.last_used >= deadline]
+        for c in self._idle:
+            if c.last_used < deadline:
+                c.close()
+        self._idle = keep
+
+    def failed(self) -> None:
+        self.fails += 1
+        if not self.healthy and self._probe is None and not self._fwd.closed:
+            log.warning("upstream %s marked down after %d consecutive failures",
+                        self.spec, self.fails)
+            self._probe = asyncio.get_running_loop().create_task(self._health_loop())
+
+    def succeeded(self) -> None:
+        self.fails = 0
+
+    async def _health_loop(self) -> None:
+        """Probe `. IN NS` until any answer comes back (CoreDNS forward health check)."""
+        stats = self._fwd.stats
+        try:
+            while not self._fwd.closed:
+                await asyncio.sleep(self._fwd.health_interval)
+                stats.health_checks += 1
+                try:
+                    async with asyncio.timeout(self._fwd.read_timeout):
+                        await self.exchange(b"\x00", W.T_NS, W.C_IN, False, False)
+                except (OSError, TimeoutError, asyncio.IncompleteReadError, W.Malformed):
+                    stats.health_failures += 1
+                    continue
+                self.fails = 0
+                log.info("upstream %s healthy again", self.spec)
+                return
+        finally:
+            self._probe = None
+
+    def close(self) -> None:
+        for c in self._idle:
+            c.close()
+        self._idle.clear()
+        if self._probe is not None:
+            self._probe.cancel()
+
+
+class Forwarder:
+    """Upstream list + policy; `query()` returns an upstream's answer bytes or raises."""
+
+    def __init__(self, upstreams: Sequence[UpstreamSpec], *, policy: str = "random",
+                 max_fails: int = 2, health_interval: float = 0.5, read_timeout: float = 2.0,
+                 timeout: float = 5.0, expire: float = 10.0, max_concurrent: int = 1000,
+                 except_zones: Iterable[str] = (), name: str = ".") -> None:
+        if not upstreams:
+            raise ValueError(f"forwarder {name}: no upstream servers")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+        self.name = name
+        self.policy = policy
+        self.max_fails = max_fails
+        self.health_interval = health_interval
+        self.read_timeout = read_timeout
+        self.timeout = timeout
+        self.expire = expire
+        self.max_concurrent = max_concurrent
+        self.except_zones = tuple(W.name_to_wire(z) for z in except_zones)
+        self.stats = ForwardStats()
+        self.upstreams = [Upstream(s, self) for s in upstreams]
+        self.closed = False
+        self.in_flight = 0
+        self._rr = itertools.count()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Forwarder({self.name}, {[str(u.spec) for u in self.upstreams]}, {self.policy})"
+
+    def _order(self) -> list[Upstream]:
+        ups = self.upstreams
+        if self.policy == "random":
+            ups = random.sample(ups, len(ups))
+        elif self.policy == "round_robin":
+            k = next(self._rr) % len(ups)
+            ups = ups[k:] + ups[:k]
+        healthy = [u for u in ups if u.healthy]
+        # all down: still try them (CoreDNS tries one at random); the deadline bounds it
+        return healthy + [u for u in ups if not u.healthy]
+
+    async def query(self, name: bytes, qtype: int, qclass: int = W.C_IN, *, do: bool = False,
+                    cd: bool = False) -> bytes:
+        """Ask the upstreams for (name, type, class) and return the first usable answer.
+
+        `name` is a lowercased wire name. A timeout or error moves on to the next upstream;
+        SERVFAIL and REFUSED do too (another server may know), and the last such answer is
+        returned when nobody did better. Raises Overloaded, Guarded or ForwardError.
+        """
+        for zone in self.except_zones:
+            if W.in_zone(name, zone):
+                raise Guarded(f"{W.name_to_text(name)} is in a zone never forwarded upstream")
+        if self.in_flight >= self.max_concurrent:
+            self.stats.refused += 1
+            raise Overloaded(f"more than {self.max_concurrent} queries in flight")
+        self._ensure_sweeper()
+        self.stats.queries += 1
+        self.in_flight += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        fallback: bytes | None = None
+        try:
+            for up in self._order():
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(min(self.read_timeout, left)):
+                        answer = await up.exchange(name, qtype, qclass, do, cd)
+                except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                    self.stats.failures += 1
+                    log.debug("upstream %s failed: %r", up.spec, exc)
+                    up.failed()
+                    continue
+                up.succeeded()
+                if answer[3] & 0x0F in (W.SERVFAIL, W.REFUSED):
+                    fallback = answer
+                    continue
+                return answer
+        finally:
+            self.in_flight -= 1
+        if fallback is not None:
+            return fallback
+        raise ForwardError(f"no upstream of {self.name} answered {W.name_to_text(name)}")
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None and not self.closed:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def _sweep_loop(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(self.expire)
+            for up in self.upstreams:
+                up.sweep()
+
+    def close(self) -> None:
+        """Stop health probes and the sweeper; close pooled connections."""
+        self.closed = True
+        for up in self.upstreams:
+            up.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+
+LOOP_ZONE = "clusterdns-loop."
+
+LOOP_HELP = (
+    "forwarding loop detected: our own probe query {probe} HINFO came back to this server "
+    "through the upstream(s) {upstreams}. The upstream forwards to us, so every name outside "
+    "the cluster would bounce until it times out. Most common cause: the node's "
+    "/etc/resolv.conf (read by a pod with dnsPolicy Default, or given with --resolv-conf) "
+    "lists 127.0.0.53 (systemd-resolved's stub) or another local resolver that sends queries "
+    "back to the cluster DNS. Fix: start kubelet with "
+    "--resolv-conf=/run/systemd/resolve/resolv.conf (the real upstream servers), or pass "
+    "--upstream with real upstream addresses. Exiting."
+)
+
+
+class LoopDetector:
+    """Detect a forwarding loop the way CoreDNS's loop plugin does.
+
+    A random name under `clusterdns-loop.` is sent through each forwarder once at start.
+    Only we know the name, so if it ever arrives as an incoming query, an upstream sent it
+    back to us: `seen()` returns True and `tripped` is set with a plain explanation.
+    """
+
+    def __init__(self) -> None:
+        rand = secrets.token_hex(8)
+        self.name = W.name_to_wire(f"{rand}.{secrets.token_hex(4)}.{LOOP_ZONE}")
+        self.tripped: asyncio.Event = asyncio.Event()
+        self.message = ""
+        self._upstreams: list[str] = []
+
+    def seen(self, name: bytes) -> bool:
+        """Call on every incoming question that is about to be forwarded."""
+        if name != self.name:
+            return False
+        if not self.tripped.is_set():
+            self.message = LOOP_HELP.format(probe=W.name_to_text(self.name),
+                                            upstreams=", ".join(self._upstreams) or "?")
+            log.error(self.message)
+            self.tripped.set()
+        return True
+
+    async def probe(self, forwarders: Iterable[Forwarder]) -> None:
+        """Send the probe through every forwarder; the answer itself does not matter."""
+        fwds = list(forwarders)
+        self._upstreams = sorted({str(u.spec) for f in fwds for u in f.upstreams})
+        for f in fwds:
+            try:
+                await f.query(self.name, W.T_HINFO, W.C_IN)
+            except ForwardError:
+                pass  # upstream down or answered nothing useful: no loop seen through it
+
+
+def check_self_forwarding(upstreams: Iterable[UpstreamSpec],
+                          listen: Iterable[tuple[str, int]]) -> str | None:
+    """A plain message if an upstream is one of our own listen addresses (a sure loop)."""
+    mine = set()
+    for host, port in listen:
+        try:
+            mine.add((ipaddress.ip_address(host), port))
+        except ValueError:
+            continue
+    for up in upstreams:
+        addr = ipaddress.ip_address(up.host.split("%")[0])
+        if (addr, up.port) in mine or (any(h.is_unspecified and h.version == addr.version
+                                           and p == up.port for h, p in mine)
+                                       and addr.is_loopback):
+            return (f"forwarding loop: upstream {up} is this server's own listen address. "
+                    "If it came from a resolv.conf, the node points at a local resolver "
+                    "(e.g. 127.0.0.53, systemd-resolved); start kubelet with "
+                    "--resolv-conf=/run/systemd/resolve/resolv.conf or pass --upstream.")
+    return None
