@@ -192,7 +192,8 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         cfg.forward.policy = args.policy
     if args.no_loop_detect:
         cfg.loop_detect = False
-    if cfg.cluster_dns is None and env.get("KUBE_DNS_UPSTREAM_SERVICE_HOST"):
-        cfg.cluster_dns = (f"{env['KUBE_DNS_UPSTREAM_SERVICE_HOST']}:"
-                           f"{env.get('KUBE_DNS_UPSTREAM_SERVICE_PORT', '53')}")
+    host = env.get("KUBE_DNS_UPSTREAM_SERVICE_HOST")
+    if cfg.cluster_dns is None and host:
+        host = f"[{host}]" if ":" in host else host
+        cfg.cluster_dns = f"{host}:{env.get('KUBE_DNS_UPSTREAM_SERVICE_PORT', '53')}"
     return cfg

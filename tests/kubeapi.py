@@ -38,6 +38,7 @@ RESOURCES: dict[str, tuple[str, str, str, bool]] = {
 }
 KIND_TO_RESOURCE = {kind: name for name, (_, kind, _, _) in RESOURCES.items()}
 
+REASONS = {410: "Expired", 429: "TooManyRequests", 503: "ServiceUnavailable"}
 CUT = object()  # queue sentinel: cut this stream mid-event
 END = object()  # queue sentinel: end this stream cleanly
 
@@ -51,7 +52,9 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
 def service(ns: str, name: str, cluster_ip: str | None = "10.96.0.100", ports: list[dict] | None = None,
             labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
     """A v1 Service; cluster_ip "None" = headless, None with externalName = ExternalName."""
-    s: dict[str, Any] = {"type": "ClusterIP", "ports": ports if ports is not None else [{"name": "http", "port": 80, "protocol": "TCP"}]}
+    if ports is None:
+        ports = [{"name": "http", "port": 80, "protocol": "TCP"}]
+    s: dict[str, Any] = {"type": "ClusterIP", "ports": ports}
     if cluster_ip is not None:
         s["clusterIP"] = cluster_ip
         s["clusterIPs"] = [cluster_ip]
@@ -350,8 +353,9 @@ class KubeAPIServer:
             if fault is not None:
                 record.status = fault.code
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-                reason = {410: "Expired", 429: "TooManyRequests", 503: "ServiceUnavailable"}.get(fault.code, "InternalError")
-                return web.json_response(status(fault.code, reason, f"injected {fault.code}"), status=fault.code, headers=headers)
+                reason = REASONS.get(fault.code, "InternalError")
+                body = status(fault.code, reason, f"injected {fault.code}")
+                return web.json_response(body, status=fault.code, headers=headers)
             if rtype == "list":
                 resp = self._list(resource, q)
             else:
@@ -375,7 +379,8 @@ class KubeAPIServer:
             token = q["continue"]
             snap = self._snapshots.get(token)
             if snap is None:
-                return web.json_response(status(410, "Expired", "The provided continue parameter is too old"), status=410)
+                expired = status(410, "Expired", "The provided continue parameter is too old")
+                return web.json_response(expired, status=410)
             rv, items = snap
         else:
             rv = self.rv
@@ -399,12 +404,13 @@ class KubeAPIServer:
     async def _watch(self, request: web.Request, resource: str, q: dict[str, str]) -> web.StreamResponse:
         since = int(q.get("resourceVersion") or 0)
         too_old = since and since < self.compacted
+        gone = status(410, "Expired", f"too old resource version: {since} ({self.compacted})")
         if too_old and self.gone_as == "http":
-            return web.json_response(status(410, "Expired", f"too old resource version: {since} ({self.compacted})"), status=410)
+            return web.json_response(gone, status=410)
         w = Watcher(resource, q.get("labelSelector"), q.get("allowWatchBookmarks") == "true",
                     silent=resource in self.silenced, cut_after=self.cut_next.pop(resource, None))
         if too_old:
-            w.queue.put_nowait({"type": "ERROR", "object": status(410, "Expired", f"too old resource version: {since} ({self.compacted})")})
+            w.queue.put_nowait({"type": "ERROR", "object": gone})
             w.queue.put_nowait(END)
         elif since == 0:  # "any version": synthetic ADDED for what exists
             for o in self.objects[resource].values():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import yaml
 from kubernetes.client import Configuration
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import (
@@ -57,10 +58,11 @@ class ApiConnection:
     def _headers_now(self) -> dict[str, str]:
         out = {"Accept": "application/json", "User-Agent": "clusterdns"}
         bearer = self.config.auth_settings().get("BearerToken")
-        if bearer and bearer.get("value"):
-            out["Authorization"] = bearer["value"]
-        elif self.config.username or self.config.password:
-            out["Authorization"] = self.config.get_basic_auth_token()
+        token = bearer.get("value") if bearer else None
+        if not token and (self.config.username or self.config.password):
+            token = self.config.get_basic_auth_token()
+        if token:
+            out["Authorization"] = token
         return out
 
     def session(self, connect_timeout: float = 10.0) -> aiohttp.ClientSession:
@@ -108,10 +110,13 @@ def load_connection(
             source = "in-cluster service account"
         else:
             path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+            if not any(os.path.isfile(p) for p in path.split(os.pathsep) if p):
+                where = "" if kubeconfig or os.environ.get("KUBECONFIG") else "not in a pod, and "
+                raise ApiConfigError(f"{where}no kubeconfig file at {path}")
             # persist_config=False: never write refreshed tokens back (read-only root fs)
             load_kube_config(config_file=path, context=context, client_configuration=cfg, persist_config=False)
             source = path
-    except (ConfigException, OSError, ValueError, TypeError) as e:
+    except (ConfigException, OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as e:
         raise ApiConfigError(f"cannot configure the Kubernetes API client: {e}") from e
     try:
         tls = _ssl_context(cfg) if cfg.host.startswith("https:") else False

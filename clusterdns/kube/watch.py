@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -197,7 +197,8 @@ class KubeSource:
         return bool(self._failing)
 
     async def run(self) -> None:
-        log.info("watching the Kubernetes API at %s (%s): %s", self.conn.base_url, self.conn.source, ", ".join(self.states))
+        log.info("watching the Kubernetes API at %s (%s): %s",
+                 self.conn.base_url, self.conn.source, ", ".join(self.states))
         async with self.conn.session(self.settings.connect_timeout) as session:
             self._session = session
             try:

@@ -54,9 +54,10 @@ class Question:
     udp_size: int
     do: bool
 
-    @property
-    def key(self) -> bytes:
-        return self.qwire.lower() + bytes(((self.do << 1) | self.cd,))
+    key: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.key = self.qwire.lower() + bytes(((self.do << 1) | self.cd,))
 
     @property
     def text(self) -> str:

@@ -70,7 +70,8 @@ class RunningSource:
 
 
 @pytest.fixture
-async def start_source(kubeapi: KubeAPIServer, kubeconfig: Path) -> AsyncIterator[Callable[..., Awaitable[RunningSource]]]:
+async def start_source(kubeapi: KubeAPIServer,
+                       kubeconfig: Path) -> AsyncIterator[Callable[..., Awaitable[RunningSource]]]:
     """`await start_source(wait=True, endpoint_pod_names=False, **settings)`.
 
     With `wait`, returns once synced and every watch stream is open, so that what the

@@ -67,9 +67,24 @@ def test_kubeconfig_env_is_used_without_flag(kubeapi: KubeAPIServer, tmp_path: P
     assert conn.base_url == kubeapi.url and conn.source == str(kc)
 
 
-def test_missing_kubeconfig_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ApiConfigError, match="cannot configure the Kubernetes API client"):
+def test_missing_kubeconfig_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ApiConfigError, match=f"no kubeconfig file at {tmp_path / 'absent'}"):
         load_connection(str(tmp_path / "absent"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ApiConfigError, match="not in a pod, and no kubeconfig file at .*/.kube/config"):
+        load_connection()
+    (tmp_path / "broken").write_text("clusters: [")
+    with pytest.raises(ApiConfigError, match="cannot configure the Kubernetes API client"):
+        load_connection(str(tmp_path / "broken"))
+
+
+def test_serve_without_a_usable_kubeconfig_exits_with_the_reason(tmp_path: Path) -> None:
+    """A start-up error, not a server that never syncs."""
+    proc = subprocess.run([sys.executable, "-m", "clusterdns", "serve", "--kubeconfig", str(tmp_path / "absent"),
+                           "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--ready", "127.0.0.1:0"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert f"no kubeconfig file at {tmp_path / 'absent'}" in proc.stderr
 
 
 async def test_exec_credential_is_refreshed_for_each_request(kubeapi: KubeAPIServer, tmp_path: Path) -> None:

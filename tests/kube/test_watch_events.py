@@ -59,7 +59,10 @@ async def test_pod_added_modified_deleted(kubeapi: KubeAPIServer, start_source) 
 async def test_every_event_advances_the_resource_version(kubeapi: KubeAPIServer, start_source, resource: str) -> None:
     """The version a resumed watch starts from is the newest one seen."""
     rs = await start_source()
-    obj = service("app", "x", "10.96.0.9") if resource == "services" else endpoint_slice("app", "x-1", "x", ["10.1.1.1"])
+    if resource == "services":
+        obj = service("app", "x", "10.96.0.9")
+    else:
+        obj = endpoint_slice("app", "x-1", "x", ["10.1.1.1"])
     rv = kubeapi.apply(obj)
     await eventually(lambda: rs.state(resource).version == str(rv), what="version advanced")
     assert rs.state(resource).events == 1

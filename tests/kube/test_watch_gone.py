@@ -9,7 +9,8 @@ from kubeapi import KubeAPIServer, endpoint_slice, service
 
 
 @pytest.mark.parametrize("gone_as", ["event", "http"])
-async def test_gone_relists_and_drops_objects_deleted_meanwhile(kubeapi: KubeAPIServer, start_source, gone_as: str) -> None:
+async def test_gone_relists_and_drops_objects_deleted_meanwhile(kubeapi: KubeAPIServer, start_source,
+                                                               gone_as: str) -> None:
     kubeapi.gone_as = gone_as
     for name in ("keep", "drop"):
         kubeapi.apply(service("app", name, "10.96.0.1" if name == "keep" else "10.96.0.2"))

@@ -1,0 +1,553 @@
+"""Prometheus metrics under CoreDNS's names, fed by plain-int counters.
+
+Operators already have CoreDNS dashboards and alerts (`CoreDNSErrorsHigh`,
+`CoreDNSLatencyHigh`, ...), so the names, labels and buckets are CoreDNS's
+(operators.md 1.4); clusterdns's own metrics use the `clusterdns_` prefix.
+
+Nothing on the query path calls prometheus_client: a labelled `Counter.inc()` costs
+about as much as a whole cached answer (~1 us). Instead:
+
+* every distinct kind of answer -- (proto, plugin, zone, qtype, rcode, DO, request
+  size, response size) -- gets one `list[int]` of per-listener counts, a *traffic
+  class*. The answer table keeps a reference to its class in each entry, so the hot path
+  pays one `entry[2][slot] += 1`. Request and response sizes of a table entry never
+  change, so the size histograms are exact without per-query work;
+* slow-path answers (parsed with dnslib, forwarded, errors) are counted into the same
+  classes and timed exactly with `perf_counter`;
+* hot-path answers are synchronous Python of about a microsecond, so they fall in the
+  first duration bucket (<= 0.25 ms) by construction; their share of `_sum` is the
+  count times a per-process calibration of that path (`calibrate_hot_path`);
+* `DNSCollector` folds the classes (a few hundred, not one per name) into CoreDNS's
+  metric families at scrape time, and reads the caches, forwarders, Kubernetes watch
+  and answer table counters the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from clusterdns import __version__
+from clusterdns.obs.counters import (  # noqa: F401 - re-exported: the metric side's vocabulary
+    DROPPED,
+    MAX_CLASSES,
+    MONITORED_TYPES,
+    PROGRAMMING_BUCKETS,
+    RCODES,
+    SIZE_BUCKETS,
+    TIME_BUCKETS,
+    Listener,
+    QueryStats,
+    _bucket_index,
+    _Hist,
+    calibrate_hot_path,
+    question_info,
+    rcode_label,
+    server_label,
+    type_label,
+)
+
+log = logging.getLogger("clusterdns")
+
+#: every metric this module exports -> "{labels} - meaning", the README's metric list
+#: (tests/ops/test_metrics_names.py checks it is complete)
+DOCUMENTED: dict[str, str] = {
+    "coredns_dns_requests_total": "{server, zone, view, proto, family, type} - queries; `zone` is `.` "
+                                  "(one server block, as kubeadm's Corefile), `dropped` for packets "
+                                  "answered with nothing.",
+    "coredns_dns_responses_total": "{server, zone, view, rcode, plugin} - answers by rcode and by who "
+                                   "answered: `kubernetes`, `cache`, `forward`, or empty (the server "
+                                   "itself: FORMERR, NOTIMP, REFUSED).",
+    "coredns_dns_request_duration_seconds": "{server, zone, view, type} - time to answer; CoreDNS's "
+                                            "buckets (0.25 ms doubling, 16). Hot-path answers are "
+                                            "counted in the first bucket, their `_sum` share is "
+                                            "calibrated at start.",
+    "coredns_dns_request_size_bytes": "{server, zone, view, proto} - query sizes.",
+    "coredns_dns_response_size_bytes": "{server, zone, view, proto} - answer sizes.",
+    "coredns_dns_do_requests_total": "{server, zone, view} - queries with the DNSSEC OK bit.",
+    "coredns_build_info": "{version, revision, goversion} - 1; clusterdns's version, "
+                          "$CLUSTERDNS_REVISION and the Python version (dashboards count pods with it).",
+    "coredns_panics_total": "{} - internal errors caught while answering (each cost one SERVFAIL).",
+    "coredns_plugin_enabled": "{server, zone, view, name} - 1 per CoreDNS plugin this process "
+                              "stands in for (kubernetes, forward, cache, log, ...).",
+    "coredns_reload_failed_total": "{} - config reloads that were rejected (the old config stayed).",
+    "coredns_cache_entries": "{server, type, zones, view} - forward-cache entries, type success|denial.",
+    "coredns_cache_hits_total": "{server, type, zones, view} - forward-cache hits.",
+    "coredns_cache_misses_total": "{server, zones, view} - forward-cache misses (deprecated in CoreDNS).",
+    "coredns_cache_requests_total": "{server, zones, view} - forward-cache lookups.",
+    "coredns_cache_prefetch_total": "{server, zones, view} - background refreshes of popular entries.",
+    "coredns_cache_served_stale_total": "{server, zones, view} - answers served stale (RFC 8767).",
+    "coredns_cache_evictions_total": "{server, type, zones, view} - entries evicted when the cache was full.",
+    "coredns_forward_max_concurrent_rejects_total": "{} - questions REFUSED over forward.max_concurrent.",
+    "coredns_forward_healthcheck_broken_total": "{} - times every upstream of a forwarder was down.",
+    "coredns_proxy_request_duration_seconds": "{proxy_name, to, rcode} - upstream exchange times.",
+    "coredns_proxy_healthcheck_failures_total": "{proxy_name, to, rcode} - failed `. IN NS` probes.",
+    "coredns_proxy_conn_cache_hits_total": "{proxy_name, to, proto} - pooled TCP connections reused.",
+    "coredns_proxy_conn_cache_misses_total": "{proxy_name, to, proto} - TCP connections opened.",
+    "coredns_kubernetes_dns_programming_duration_seconds": "{service_kind} - from a watch event's "
+                                                           "arrival to its answers being served "
+                                                           "(CoreDNS measures from the "
+                                                           "EndpointSlice's last-change-trigger-time).",
+    "clusterdns_dropped_packets_total": "{server, proto, reason} - packets answered with nothing: "
+                                        "`short` (no header), `response` (QR set: answering could loop), "
+                                        "`tcp_connection_cap`.",
+    "clusterdns_config_reloads_total": "{result} - config reloads, success|failure.",
+    "clusterdns_config_last_reload_success_timestamp_seconds": "{} - when the running config was loaded.",
+    "clusterdns_answer_table_entries": "{proto} - rendered answers held for the hot path.",
+    "clusterdns_answer_table_hits_total": "{proto} - queries answered from that table.",
+    "clusterdns_tcp_connections": "{} - open DNS-over-TCP connections.",
+    "clusterdns_forward_queries_total": "{zone} - questions sent upstream (cache misses).",
+    "clusterdns_forward_failures_total": "{zone} - upstream exchanges that timed out or failed.",
+    "clusterdns_forward_spoofed_total": "{zone} - upstream packets dropped: wrong address, ID or "
+                                        "question (RFC 5452); a rise means spoofing or a broken middlebox.",
+    "clusterdns_forward_tc_retries_total": "{zone} - truncated UDP answers retried over TCP.",
+    "clusterdns_kubernetes_objects": "{kind} - objects in the record store.",
+    "clusterdns_kubernetes_synced": "{} - 1 once every watched resource has been listed.",
+    "clusterdns_kubernetes_last_change_timestamp_seconds": "{} - when the record store last changed.",
+    "clusterdns_kubernetes_relists_total": "{resource} - full re-lists after the first (410 Gone, errors).",
+    "clusterdns_kubernetes_watch_restarts_total": "{resource} - watch streams opened after the first.",
+    "clusterdns_kubernetes_watch_events_total": "{resource} - watch events applied.",
+    "clusterdns_kubernetes_watch_failures": "{resource} - consecutive list/watch failures (0 = healthy).",
+    "clusterdns_kubernetes_last_sync_timestamp_seconds": "{resource} - when the API last confirmed the "
+                                                         "resource (list, event or bookmark); alert on "
+                                                         "`time() - x > 300`.",
+}
+
+
+# --------------------------------------------------------------------------- other sources
+
+
+@dataclass
+class ReloadStats:
+    """Config reloads (SIGHUP or a changed file)."""
+
+    succeeded: int = 0
+    failed: int = 0
+    last_success: float = 0.0  # time.time()
+
+
+@dataclass
+class Sources:
+    """What the collector reads at scrape time; the app fills it and may swap parts on reload.
+
+    Every field is optional: a mode without a Kubernetes watch leaves `kube` None.
+    """
+
+    handler: Any = None  # server.handler.Handler: `errors` (internal errors caught = panics)
+    table: Any = None  # server.table.AnswerTable: `udp`, `tcp` dicts
+    forwarding: Any = None  # zones.upstreams.Forwarding: `.table.zones`, `.errors`
+    kube: Any = None  # kube.watch.KubeSource: `.states`
+    store: Any = None  # kube.store.ClusterStore: object dicts, `synced`, `last_change`
+    tcp_limits: Any = None  # server.tcp.TCPLimits: `open`, optional `refused`
+    plugins: tuple[str, ...] = ()  # CoreDNS plugin names this process runs (coredns_plugin_enabled)
+    reloads: ReloadStats = field(default_factory=ReloadStats)
+    programming: dict[str, _Hist] = field(default_factory=dict)  # service_kind -> histogram
+    started: float = field(default_factory=time.time)
+
+
+def observe_programming(sources: Sources, service_kind: str, seconds: float) -> None:
+    """One DNS programming latency sample (slow path: a watch event)."""
+    hist = sources.programming.get(service_kind)
+    if hist is None:
+        hist = sources.programming[service_kind] = _Hist(len(PROGRAMMING_BUCKETS))
+    hist.observe(PROGRAMMING_BUCKETS, max(0.0, seconds))
+
+
+# --------------------------------------------------------------------------- the collector
+
+
+def _counter(name: str, doc: str, labels: Iterable[str]) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+def _gauge(name: str, doc: str, labels: Iterable[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+class DNSCollector(Collector):
+    """Turns `QueryStats` and `Sources` into CoreDNS-named metric families at scrape time."""
+
+    def __init__(self, stats: QueryStats, sources: Sources, view: str = "") -> None:
+        self.stats = stats
+        self.sources = sources
+        self.view = view
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked collector: names are linted by tests/ops/test_metrics_names.py
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._dns()
+        yield from self._server()
+        yield from self._cache()
+        yield from self._forward()
+        yield from self._kubernetes()
+
+    # -- coredns_dns_* ---------------------------------------------------------------
+
+    def _primary_server(self) -> str:
+        ls = self.stats.listeners
+        return ls[0].server if ls else "dns://:53"
+
+    def _dns(self) -> Iterator[Metric]:
+        st, view = self.stats, self.view
+        requests: dict[tuple[str, ...], int] = {}
+        responses: dict[tuple[str, ...], int] = {}
+        do: dict[tuple[str, ...], int] = {}
+        req_size: dict[tuple[str, ...], _Hist] = {}
+        resp_size: dict[tuple[str, ...], _Hist] = {}
+        hot_dur: dict[tuple[int, str, str], int] = {}
+        for (tcp, hot, plugin, zone, qtype, rcode, dobit, rq, rs), counts in list(st.classes.items()):
+            proto = "tcp" if tcp else "udp"
+            tlabel = type_label(qtype)
+            for slot, n in enumerate(counts):
+                if not n or slot >= len(st.listeners):
+                    continue
+                lst = st.listeners[slot]
+                k = (lst.server, zone, view, proto, lst.family, tlabel)
+                requests[k] = requests.get(k, 0) + n
+                k = (lst.server, zone, view, rcode_label(rcode), plugin)
+                responses[k] = responses.get(k, 0) + n
+                if dobit:
+                    k = (lst.server, zone, view)
+                    do[k] = do.get(k, 0) + n
+                k = (lst.server, zone, view, proto)
+                for table, size in ((req_size, rq), (resp_size, rs)):
+                    h = table.get(k)
+                    if h is None:
+                        h = table[k] = _Hist(len(SIZE_BUCKETS))
+                    h.counts[_bucket_index(SIZE_BUCKETS, size)] += n
+                    h.sum += size * n
+                if hot:
+                    hk = (slot, zone, tlabel)
+                    hot_dur[hk] = hot_dur.get(hk, 0) + n
+        for (slot, tcp, _reason), n in list(st.dropped.items()):
+            if slot < len(st.listeners):
+                lst = st.listeners[slot]
+                k = (lst.server, DROPPED, view, "tcp" if tcp else "udp", lst.family, "other")
+                requests[k] = requests.get(k, 0) + n
+
+        m = _counter("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.",
+                     ("server", "zone", "view", "proto", "family", "type"))
+        for k, n in sorted(requests.items()):
+            m.add_metric(list(k), n)
+        yield m
+        m = _counter("coredns_dns_responses", "Counter of response status codes.",
+                     ("server", "zone", "view", "rcode", "plugin"))
+        for k, n in sorted(responses.items()):
+            m.add_metric(list(k), n)
+        yield m
+        m = _counter("coredns_dns_do_requests", "Counter of DNS requests with DO bit set per zone.",
+                     ("server", "zone", "view"))
+        for k, n in sorted(do.items()):
+            m.add_metric(list(k), n)
+        yield m
+        for name, doc, table in (
+                ("coredns_dns_request_size_bytes", "Size of the request in bytes.", req_size),
+                ("coredns_dns_response_size_bytes", "Size of the returned response in bytes.", resp_size)):
+            h = HistogramMetricFamily(name, doc, labels=["server", "zone", "view", "proto"])
+            for k, hist in sorted(table.items()):
+                h.add_metric(list(k), hist.cumulative(SIZE_BUCKETS), hist.sum)
+            yield h
+        # durations: slow path timed, hot path in the first bucket with the calibrated cost
+        merged: dict[tuple[int, str, str], _Hist] = {}
+        for (slot, zone, qtype), hist in list(st.durations.items()):
+            k = (slot, zone, type_label(qtype))
+            acc = merged.get(k)
+            if acc is None:
+                acc = merged[k] = _Hist(len(TIME_BUCKETS))
+            acc.counts = [a + b for a, b in zip(acc.counts, hist.counts, strict=True)]
+            acc.sum += hist.sum
+        for k, n in hot_dur.items():
+            acc = merged.get(k)
+            if acc is None:
+                acc = merged[k] = _Hist(len(TIME_BUCKETS))
+            acc.counts[0] += n
+            acc.sum += n * st.hot_seconds
+        h = HistogramMetricFamily("coredns_dns_request_duration_seconds",
+                                  "Histogram of the time (in seconds) each request took per zone.",
+                                  labels=["server", "zone", "view", "type"])
+        for (slot, zone, tlabel), hist in sorted(merged.items()):
+            if slot < len(st.listeners):
+                h.add_metric([st.listeners[slot].server, zone, view, tlabel], hist.cumulative(TIME_BUCKETS), hist.sum)
+        yield h
+        d = _counter("clusterdns_dropped_packets", "Queries answered with nothing, by reason.",
+                     ("server", "proto", "reason"))
+        for (slot, tcp, reason), n in sorted(st.dropped.items()):
+            if slot < len(st.listeners):
+                d.add_metric([st.listeners[slot].server, "tcp" if tcp else "udp", reason], n)
+        if self.sources.tcp_limits is not None:
+            refused = getattr(self.sources.tcp_limits, "refused", 0)
+            if refused:
+                d.add_metric([self._primary_server(), "tcp", "tcp_connection_cap"], refused)
+        yield d
+
+    # -- process, build, plugins, answer table, reload --------------------------------
+
+    def _server(self) -> Iterator[Metric]:
+        src, server, view = self.sources, self._primary_server(), self.view
+        m = _gauge("coredns_build_info",
+                   "A metric with a constant '1' value labeled by version, revision, and goversion "
+                   "from which CoreDNS was built (here: clusterdns's version and Python).",
+                   ("version", "revision", "goversion"))
+        m.add_metric([__version__, os.environ.get("CLUSTERDNS_REVISION", ""),
+                      f"python{platform.python_version()}"], 1)
+        yield m
+        panics = 0
+        for part in (src.handler, src.forwarding):
+            panics += getattr(part, "errors", 0) if part is not None else 0
+        m = _counter("coredns_panics", "A metrics that counts the number of panics "
+                     "(internal errors caught while answering).", ())
+        m.add_metric([], panics)
+        yield m
+        m = _gauge("coredns_plugin_enabled", "A metric that monitors which plugin(s) is(are) enabled.",
+                   ("server", "zone", "view", "name"))
+        for name in src.plugins:
+            m.add_metric([server, ".", view, name], 1)
+        yield m
+        m = _counter("coredns_reload_failed", "Counter of the number of failed reload attempts.", ())
+        m.add_metric([], src.reloads.failed)
+        yield m
+        m = _counter("clusterdns_config_reloads", "Config reloads (SIGHUP or a changed file) by result.",
+                     ("result",))
+        m.add_metric(["success"], src.reloads.succeeded)
+        m.add_metric(["failure"], src.reloads.failed)
+        yield m
+        m = _gauge("clusterdns_config_last_reload_success_timestamp_seconds",
+                   "Unix time of the last successful config load (start-up counts).", ())
+        m.add_metric([], src.reloads.last_success or src.started)
+        yield m
+        if src.table is not None:
+            m = _gauge("clusterdns_answer_table_entries",
+                       "Rendered answers kept for the hot path, by protocol.", ("proto",))
+            m.add_metric(["udp"], len(src.table.udp))
+            m.add_metric(["tcp"], len(src.table.tcp))
+            yield m
+            m = _counter("clusterdns_answer_table_hits",
+                         "Queries answered from the rendered-answer table (the hot path).", ("proto",))
+            hits = {False: 0, True: 0}
+            for k, counts in list(self.stats.classes.items()):
+                if k[1]:
+                    hits[k[0]] += sum(counts)
+            m.add_metric(["udp"], hits[False])
+            m.add_metric(["tcp"], hits[True])
+            yield m
+        if src.tcp_limits is not None:
+            m = _gauge("clusterdns_tcp_connections", "Open DNS-over-TCP connections.", ())
+            m.add_metric([], len(src.tcp_limits.open))
+            yield m
+
+    # -- coredns_cache_* -------------------------------------------------------------
+
+    def _caches(self) -> list[tuple[str, Any]]:
+        fw = self.sources.forwarding
+        if fw is None:
+            return []
+        return [(z.zone, z.cache) for z in fw.table.zones if getattr(z, "cache", None) is not None]
+
+    def _cache(self) -> Iterator[Metric]:
+        caches = self._caches()
+        if not caches:
+            return
+        server, view = self._primary_server(), self.view
+        entries = _gauge("coredns_cache_entries", "The number of elements in the cache.",
+                         ("server", "type", "zones", "view"))
+        hits = _counter("coredns_cache_hits", "The count of cache hits.", ("server", "type", "zones", "view"))
+        misses = _counter("coredns_cache_misses", "The count of cache misses. Deprecated, derive misses "
+                          "from cache hits/requests counters.", ("server", "zones", "view"))
+        requests = _counter("coredns_cache_requests", "The count of cache requests.", ("server", "zones", "view"))
+        prefetch = _counter("coredns_cache_prefetch", "The number of times the cache has prefetched a cached item.",
+                            ("server", "zones", "view"))
+        stale = _counter("coredns_cache_served_stale", "The number of requests served from stale cache entries.",
+                         ("server", "zones", "view"))
+        evictions = _counter("coredns_cache_evictions", "The count of cache evictions.",
+                             ("server", "type", "zones", "view"))
+        for zone, cache in caches:
+            success = denial = 0
+            for e in list(cache._entries.values()):
+                if e.kind == 0:  # zones.cache.POSITIVE
+                    success += 1
+                else:
+                    denial += 1
+            entries.add_metric([server, "success", zone, view], success)
+            entries.add_metric([server, "denial", zone, view], denial)
+            denial_hits = getattr(cache, "denial_hits", 0)
+            hits.add_metric([server, "success", zone, view], cache.hits - denial_hits)
+            hits.add_metric([server, "denial", zone, view], denial_hits)
+            misses.add_metric([server, zone, view], cache.misses)
+            requests.add_metric([server, zone, view], cache.hits + cache.misses)
+            prefetch.add_metric([server, zone, view], cache.prefetches)
+            stale.add_metric([server, zone, view], cache.stale)
+            by_kind = getattr(cache, "evictions_by_type", None)
+            if by_kind is not None:
+                for kind, n in sorted(by_kind.items()):
+                    evictions.add_metric([server, kind, zone, view], n)
+            else:
+                evictions.add_metric([server, "success", zone, view], cache.evictions)
+        yield from (entries, hits, misses, requests, prefetch, stale, evictions)
+
+    # -- coredns_forward_* / coredns_proxy_* ------------------------------------------
+
+    def _forward(self) -> Iterator[Metric]:
+        fw = self.sources.forwarding
+        if fw is None:
+            return
+        forwarders = fw.forwarders
+        rejects = _counter("coredns_forward_max_concurrent_rejects", "Counter of the number of queries rejected "
+                           "because the concurrent queries were at maximum.", ())
+        rejects.add_metric([], sum(f.stats.refused for f in forwarders))
+        yield rejects
+        broken = _counter("coredns_forward_healthcheck_broken", "Counter of the number of complete failures "
+                          "of the healthchecks.", ())
+        broken.add_metric([], sum(getattr(f.stats, "all_down", 0) for f in forwarders))
+        yield broken
+        duration = HistogramMetricFamily("coredns_proxy_request_duration_seconds",
+                                         "Histogram of the time each request took.",
+                                         labels=["proxy_name", "to", "rcode"])
+        hc = _counter("coredns_proxy_healthcheck_failures", "Count of failed health checks.",
+                      ("proxy_name", "to", "rcode"))
+        conn_hits = _counter("coredns_proxy_conn_cache_hits", "Counter of connection cache hits per upstream "
+                             "and protocol.", ("proxy_name", "to", "proto"))
+        conn_misses = _counter("coredns_proxy_conn_cache_misses", "Counter of connection cache misses per "
+                               "upstream and protocol.", ("proxy_name", "to", "proto"))
+        own = {name: _counter(f"clusterdns_forward_{name}", doc, ("zone",)) for name, doc in (
+            ("queries", "Questions sent to a forward zone's upstreams (after the cache)."),
+            ("failures", "Upstream exchanges that timed out or failed."),
+            ("spoofed", "Upstream datagrams or TCP messages dropped: wrong address, ID or question (RFC 5452)."),
+            ("tc_retries", "UDP answers with TC retried over TCP."),
+        )}
+        for f in forwarders:
+            for name, m in own.items():
+                m.add_metric([f.name], getattr(f.stats, name))
+            for up in f.upstreams:
+                to = str(up.spec)
+                us = getattr(up, "stats", None)
+                if us is None:
+                    continue
+                for rcode, hist in sorted(getattr(us, "durations", {}).items()):
+                    duration.add_metric(["forward", to, rcode], hist.cumulative(TIME_BUCKETS), hist.sum)
+                hc.add_metric(["forward", to, ""], getattr(us, "health_failures", 0))
+                conn_hits.add_metric(["forward", to, "tcp"], getattr(us, "conn_hits", 0))
+                conn_misses.add_metric(["forward", to, "tcp"], getattr(us, "conn_misses", 0))
+        yield from (duration, hc, conn_hits, conn_misses, *own.values())
+
+    # -- kubernetes ------------------------------------------------------------------
+
+    def _kubernetes(self) -> Iterator[Metric]:
+        src = self.sources
+        h = HistogramMetricFamily("coredns_kubernetes_dns_programming_duration_seconds",
+                                  "Histogram of the time (in seconds) it took to program a dns instance.",
+                                  labels=["service_kind"])
+        for kind, hist in sorted(src.programming.items()):
+            h.add_metric([kind], hist.cumulative(PROGRAMMING_BUCKETS), hist.sum)
+        yield h
+        store = src.store
+        if store is not None:
+            m = _gauge("clusterdns_kubernetes_objects", "Objects held in the record store, by kind.", ("kind",))
+            for kind, attr in (("Service", "services"), ("EndpointSlice", "slices"), ("Endpoints", "endpoints"),
+                               ("Pod", "pods"), ("Namespace", "namespaces")):
+                m.add_metric([kind], len(getattr(store, attr, ())))
+            yield m
+            m = _gauge("clusterdns_kubernetes_synced", "1 once every watched resource has been listed.", ())
+            m.add_metric([], 1 if store.synced else 0)
+            yield m
+            m = _gauge("clusterdns_kubernetes_last_change_timestamp_seconds",
+                       "Unix time the record store last changed.", ())
+            m.add_metric([], time.time() - (time.monotonic() - store.last_change))
+            yield m
+        kube = src.kube
+        if kube is None:
+            return
+        relists = _counter("clusterdns_kubernetes_relists", "Full re-lists after the first list "
+                           "(410 Gone, expired continue tokens, errors).", ("resource",))
+        restarts = _counter("clusterdns_kubernetes_watch_restarts", "Watch streams opened after the first "
+                            "(timeouts, dropped connections, errors).", ("resource",))
+        events = _counter("clusterdns_kubernetes_watch_events", "Watch events applied to the store.", ("resource",))
+        failures = _gauge("clusterdns_kubernetes_watch_failures", "Consecutive failures of a resource's "
+                          "list/watch loop (0 when healthy).", ("resource",))
+        last_sync = _gauge("clusterdns_kubernetes_last_sync_timestamp_seconds", "Unix time the API last "
+                           "confirmed a resource's state (list, event or bookmark).", ("resource",))
+        for name, st in sorted(kube.states.items()):
+            relists.add_metric([name], max(0, st.lists - 1))
+            restarts.add_metric([name], max(0, st.watches - 1))
+            events.add_metric([name], st.events)
+            failures.add_metric([name], st.failures)
+            seen = getattr(st, "last_seen", None)
+            if seen:
+                last_sync.add_metric([name], seen)
+        yield from (relists, restarts, events, failures, last_sync)
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+class Metrics:
+    """The private registry, the counters the server writes, and the /metrics endpoint."""
+
+    def __init__(self, sources: Sources | None = None, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.stats = QueryStats()
+        self.sources = sources or Sources()
+        self.collector = DNSCollector(self.stats, self.sources)
+        self.registry.register(self.collector)
+        if process:  # CoreDNS dashboards chart process_resident_memory_bytes and CPU
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        self._runner: Any = None
+        self.port = 0
+
+    def calibrate(self) -> None:
+        self.stats.hot_seconds = calibrate_hot_path()
+
+    async def start(self, address: str) -> None:
+        """Serve GET /metrics on `address` (HOST:PORT, :PORT); port 0 picks one (see `port`)."""
+        from aiohttp import web
+        from prometheus_client.aiohttp import make_aiohttp_handler
+
+        from clusterdns.obs.health import parse_address
+
+        host, port = parse_address(address, 9153)
+        app = web.Application()
+        app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host or None, port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        log.info("metrics on %s:%d/metrics", host or "*", self.port)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+def families(registry: CollectorRegistry) -> dict[str, Metric]:
+    """name -> metric family (tests and debugging)."""
+    return {m.name: m for m in registry.collect()}
+
+
+def text(registry: CollectorRegistry) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry).decode()
+
