@@ -7,7 +7,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # tests run in a private network namespace with only loopback: nothing can leave the machine
 NETNS   := $(shell [ "$$(id -u)" = 0 ] && echo "unshare -n" || echo "unshare -rn")
 # Debian tools the tests drive: dig/nslookup, dnsmasq (a real upstream), dnsperf, ip, unshare
-TOOLS   := dig:bind9-dnsutils nslookup:bind9-dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf ip:iproute2 unshare:util-linux openssl:openssl
+TOOLS   := dig:bind9-dnsutils nslookup:bind9-dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf ip:iproute2 unshare:util-linux openssl:openssl knotd:knot
 
 .PHONY: install tools run test bench clean
 
@@ -33,6 +33,10 @@ run: install
 
 test: install tools
 	$(NETNS) sh -c 'ip link set lo up && $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)'
+
+# side-by-side benchmark (~10 min; BENCH_ARGS=--quick for ~1 min); see bench/README.md
+bench: install tools
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

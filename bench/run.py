@@ -115,8 +115,8 @@ def rss_mb(root: int) -> float:
     return tot / 1024.0
 
 
-def core_times() -> dict[int, tuple[int, int]]:
-    """{cpu: (busy ticks, total ticks)} from /proc/stat."""
+def core_times() -> dict[int, tuple[int, int, int]]:
+    """{cpu: (busy ticks, total ticks, user+nice+system ticks)} from /proc/stat."""
     out = {}
     with open("/proc/stat") as f:
         for ln in f:
@@ -124,7 +124,7 @@ def core_times() -> dict[int, tuple[int, int]]:
                 p = ln.split()
                 v = list(map(int, p[1:]))
                 idle = v[3] + v[4]
-                out[int(p[0][3:])] = (sum(v) - idle, sum(v))
+                out[int(p[0][3:])] = (sum(v) - idle, sum(v), v[0] + v[1] + v[2])
     return out
 
 
@@ -228,14 +228,17 @@ def answered(resp: bytes | None) -> bool:
 
 def wait_ready(proc: Proc, port: int, name: str, timeout: float, need_answer: bool = True,
                interval: float = 0.01) -> float | None:
-    """Seconds from process start to the first (correct) answer, None on timeout/exit."""
+    """Seconds from process start to the first (correct) answer, None on timeout/exit.
+    Sets proc.ready_cpu_s: CPU seconds the process tree had used by then."""
     deadline = proc.t0 + timeout
     while time.monotonic() < deadline:
         if not proc.alive():
             return None
         r = ask(port, name, timeout=0.05)
         if (answered(r) if need_answer else r is not None):
-            return time.monotonic() - proc.t0
+            t = time.monotonic() - proc.t0
+            proc.ready_cpu_s = cpu_ticks(proc.pid) / CLK
+            return t
         time.sleep(interval)
     return None
 
@@ -347,6 +350,11 @@ def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: st
         lat = sorted(float(m) for m in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", text, re.M))
         if not d["completed"] or len(lat) < 0.5 * d["completed"]:
             lat = []  # -v output not as expected: no p99 rather than a wrong one
+        with open(raw_path, "w") as raw:  # keep the summary, not one line per query
+            raw.write(re.sub(r"^> .*\n", "", text, flags=re.M))
+            if lat:
+                raw.write(f"\n(per-query lines dropped: {len(lat)} latencies, p50 "
+                          f"{percentile(lat, 50) * 1000:.3f} ms, p99 {percentile(lat, 99) * 1000:.3f} ms)\n")
     srv_cpu_s = (c1 - c0) / CLK
     gen_cpu_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     busy = {c: 100.0 * (k1[c][0] - k0[c][0]) / max(1, k1[c][1] - k0[c][1]) for c in k1 if c in k0}
@@ -364,9 +372,12 @@ def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: st
         "core_busy_pct": {c: round(v, 1) for c, v in busy.items()},
         "rss_mb": rss_mb(srv.proc.pid), "cmd": " ".join(cmd), "raw": os.path.relpath(raw_path, ctx.out),
     }
-    if ctx.a.server_cpu is not None and ctx.a.server_cpu in busy and rt:
-        # CPU time on the server's core that was not the server's: other work on the box
-        r["other_load_server_cpu_pct"] = round(busy[ctx.a.server_cpu] - 100.0 * srv_cpu_s / wall, 1)
+    sc = ctx.a.server_cpu
+    if sc is not None and sc in k0 and sc in k1 and k1[sc][1] > k0[sc][1]:
+        # user+system time on the server's core not charged to the server: other processes
+        # (interrupt and softirq time, which our own packets cause, is left out)
+        other = (k1[sc][2] - k0[sc][2]) - (c1 - c0)
+        r["other_load_server_cpu_pct"] = round(max(0.0, 100.0 * other / (k1[sc][1] - k0[sc][1])), 1)
     ctx.results.append(r)
     with open(os.path.join(ctx.out, "results.jsonl"), "a") as f:
         f.write(json.dumps(r) + "\n")
@@ -651,16 +662,18 @@ def measure_startup(ctx: Ctx) -> dict:
             proc = Proc(f"startup-{key}-{rnd}", cmd, ctx.a.server_cpu, d)
             ctx.procs.append(proc)
             t = wait_ready(proc, port, ctx.meta["probe"], ctx.a.ready_timeout)
+            cpu = getattr(proc, "ready_cpu_s", None)
             rss = rss_mb(proc.pid)
             proc.stop()
             if t is None:
                 log(f"!! start-up {key}: no answer within {ctx.a.ready_timeout}s\n{proc.log_tail()}")
             else:
-                log(f"  start-up {key} r{rnd}: {t:.3f} s to the first answer, RSS {rss:.0f} MB")
-            out.setdefault(key, []).append({"s": t, "rss_mb": rss})
+                log(f"  start-up {key} r{rnd}: {t:.3f} s to the first answer ({cpu:.2f} CPU s), "
+                    f"RSS {rss:.0f} MB")
+            out.setdefault(key, []).append({"s": t, "cpu_s": cpu, "rss_mb": rss})
             with open(os.path.join(ctx.out, "results.jsonl"), "a") as f:
                 f.write(json.dumps({"case": "startup", "server": key, "round": rnd,
-                                    "seconds": t, "rss_mb": rss}) + "\n")
+                                    "seconds": t, "cpu_s": cpu, "rss_mb": rss}) + "\n")
     return out
 
 
@@ -742,7 +755,7 @@ def table(ctx: Ctx, summ: dict, startup: dict) -> str:
     lines = [
         f"| workload | server | QPS, max (median of {a.repeats}; min–max) | worst 1 s | loss % max / @{a.lat_qps // 1000}k "
         f"| avg ms @{a.lat_qps // 1000}k | p99 ms @{a.lat_qps // 1000}k | server CPU µs/q | RSS MB "
-        f"| clusterdns ÷ this (QPS · avg lat) |",
+        f"| clusterdns ÷ this (QPS · avg lat · CPU/q) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     order = {"clusterdns": 0, "node-cache": 0, "knotd": 1, "nsd": 2, "dnsmasq": 3, "unbound": 4}
@@ -758,7 +771,8 @@ def table(ctx: Ctx, summ: dict, startup: dict) -> str:
             if ours is not None and k[1] != OURS[case] and s["qps"]:
                 q = ours["qps"] / s["qps"] if ours["qps"] else None
                 lr = (ours["avg_ms"] / s["avg_ms"]) if ours.get("avg_ms") and s.get("avg_ms") else None
-                ratio = f"{fmt(q, '.2f')}x · {fmt(lr, '.2f')}x"
+                cr = (ours["us_per_q"] / s["us_per_q"]) if ours.get("us_per_q") and s.get("us_per_q") else None
+                ratio = f"{fmt(q, '.2f')}x · {fmt(lr, '.2f')}x · {fmt(cr, '.2f')}x"
             name = s["label"] if k[1] != OURS[case] else f"**{s['label']}**"
             lines.append(
                 f"| {CASE_TITLES[case]} | {name} | {qps} | {fmt(s['worst_1s'], ',.0f')} "
@@ -806,8 +820,9 @@ def targets(ctx: Ctx, summ: dict, startup: dict) -> list[str]:
     s = [x["s"] for x in startup.get("clusterdns", []) if x["s"] is not None]
     if s:
         m = statistics.median(s)
-        out.append(f"start-up, {ctx.meta['services']:,} services from manifests: {m:.3f} s median (< 2 s): "
-                   f"{verdict(m < 2.0)}")
+        cpu = [x["cpu_s"] for x in startup.get("clusterdns", []) if x.get("cpu_s") is not None]
+        out.append(f"start-up, {ctx.meta['services']:,} services from manifests: {m:.3f} s median (< 2 s; "
+                   f"{statistics.median(cpu):.2f} s of it on the CPU): {verdict(m < 2.0)}")
     return out
 
 
@@ -838,8 +853,9 @@ def report(ctx: Ctx, startup: dict) -> str:
     for key, lst in startup.items():
         s = [x["s"] for x in lst if x["s"] is not None]
         if s:
-            st.append(f"{key} {statistics.median(s):.3f} s (min {min(s):.3f}, max {max(s):.3f}, "
-                      f"RSS {max(x['rss_mb'] for x in lst):.0f} MB)")
+            cpu = [x["cpu_s"] for x in lst if x.get("cpu_s") is not None]
+            st.append(f"{key} {statistics.median(s):.3f} s (min {min(s):.3f}, max {max(s):.3f}; "
+                      f"{statistics.median(cpu):.2f} CPU s; RSS {max(x['rss_mb'] for x in lst):.0f} MB)")
         else:
             st.append(f"{key} did not answer")
     if st:
@@ -861,8 +877,10 @@ def report(ctx: Ctx, startup: dict) -> str:
                          "; ".join(f"{lab} {q:,.0f} QPS, {fmt(u, '.1f')} µs/q" for lab, q, u in cold))
     loads = [r.get("other_load_server_cpu_pct") for r in ctx.results if r.get("other_load_server_cpu_pct") is not None]
     if loads:
-        notes.append(f"other processes on the server CPU during runs: median {statistics.median(loads):.0f}%, "
-                     f"max {max(loads):.0f}% of the core (0 on a quiet machine)")
+        notes.append(f"other processes on the server's CPU during the runs (user+system time of the core "
+                     f"not charged to the server, a lower bound): median {statistics.median(loads):.0f}%, "
+                     f"max {max(loads):.0f}% of the core; about 0 on a quiet machine. When it is high, "
+                     f"QPS and latency are noisy and the CPU µs/q column is the steadier comparison")
     bad = [r for r in ctx.results if r["rc"] != 0]
     if bad:
         notes.append(f"{len(bad)} dnsperf runs exited non-zero: " +

@@ -3,30 +3,46 @@
 Data flows one way: source (manifests or the API watch) -> ClusterStore ->
 ClusterZone -> Handler/AnswerTable -> UDP/TCP listeners. With the API watch, /health
 and /ready are served too, and SIGTERM starts a lame-duck period (CoreDNS `health
-{ lameduck }`): /ready fails while queries are still answered, then the listeners close.
+{ lameduck }`): /ready fails while queries are still answered, then the listeners stop
+taking queries, finish the answers in flight and close (lifecycle.py).
+
+SIGHUP, or a changed config file with `watch_config`, reloads: the zone, the answer
+table, forwarding, limits and logging are rebuilt from the new options while the store
+(the watch cache) and the sockets stay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
+from clusterdns import lifecycle
+from clusterdns.config import RESTART_ONLY
 from clusterdns.kube.client import ApiConfigError, load_connection
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.kube.store import ClusterStore
 from clusterdns.kube.watch import KubeSource, WatchSettings
+from clusterdns.lifecycle import StartupError
+from clusterdns.obs import logs
 from clusterdns.obs.health import HealthServer
+from clusterdns.obs.logs import QueryLog
+from clusterdns.obs.metrics import Sources
+from clusterdns.reload import Reloader
 from clusterdns.server.handler import Handler
 from clusterdns.server.table import AnswerTable
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
 from clusterdns.server.udp import UDPProtocol
-from clusterdns.workers import Journal
+from clusterdns.workers import Journal, Worker
 from clusterdns.zones.kubernetes import ClusterZone
 from clusterdns.zones.router import Router
-from clusterdns.zones.upstreams import cluster_forwarding
+from clusterdns.zones.upstreams import Forwarding, cluster_forwarding
 
 log = logging.getLogger("clusterdns")
 
@@ -65,10 +81,20 @@ class ServeOptions:
     stubs: list[str] = field(default_factory=list)  # ZONE=IP[:PORT][,IP...]
     kube_dns_configmap: str | None = None  # stubDomains / upstreamNameservers
     loop_detect: bool = True  # CoreDNS `loop`: exit when the upstreams send our probe back
-
-
-class StartupError(Exception):
-    """A start-up failure with one line that says what to do."""
+    cache_opts: dict[str, Any] | None = None  # ResponseCache options for forwarded names
+    forward_opts: dict[str, Any] | None = None  # Forwarder options
+    # operating it (config.py documents each): metrics, logs, reload, stop
+    metrics: str | None = None  # None: :9153 with the API source (CoreDNS's port), off with manifests
+    query_log: bool = False
+    query_log_sample: int = 1
+    log_level: str = "info"
+    log_format: str = "text"
+    error_consolidate: float = 10.0
+    shutdown_timeout: float = 5.0
+    config: str | None = None  # the file SIGHUP re-reads
+    watch_config: bool = False
+    reload: Callable[[], ServeOptions] | None = field(default=None, repr=False, compare=False)
+    """Re-reads the config file and the flags given; raises config.ConfigError."""
 
 
 def parse_listen(spec: str, default_port: int = 53) -> tuple[str, int]:
@@ -94,10 +120,12 @@ def parse_listen(spec: str, default_port: int = 53) -> tuple[str, int]:
 class Listeners:
     """UDP and TCP sockets for every listen address, sharing one handler."""
 
-    def __init__(self, handler: Handler, limits: TCPLimits) -> None:
+    def __init__(self, handler: Handler, limits: TCPLimits, query_log: QueryLog | None = None) -> None:
         self.handler = handler
         self.limits = limits
+        self.query_log = query_log
         self.udp: list[asyncio.DatagramTransport] = []
+        self.udp_protocols: list[UDPProtocol] = []
         self.tcp: list[asyncio.AbstractServer] = []
         self.bound: list[tuple[str, int]] = []
 
@@ -117,46 +145,82 @@ class Listeners:
         """UDP and TCP on one port. For port 0 the kernel picks the UDP port, which a TCP
         socket may already hold: then try another (bounded)."""
         loop = asyncio.get_running_loop()
+        stats = self.handler.table.stats
+        slot = len(stats.listeners)  # this address's counters; registered once bound
         for attempt in range(20):
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UDPProtocol(self.handler), local_addr=(host, port), reuse_port=reuse_port or None)
+            transport, udp = await loop.create_datagram_endpoint(
+                lambda: UDPProtocol(self.handler, slot, self.query_log), local_addr=(host, port),
+                reuse_port=reuse_port or None)
             bound_port = transport.get_extra_info("sockname")[1]
             try:
                 server = await loop.create_server(
-                    lambda: TCPProtocol(self.handler, self.limits), host, bound_port, reuse_address=True,
-                    reuse_port=reuse_port or None)
+                    lambda: TCPProtocol(self.handler, self.limits, slot, self.query_log), host, bound_port,
+                    reuse_address=True, reuse_port=reuse_port or None)
             except OSError:
                 transport.close()
                 if port != 0 or attempt == 19:
                     raise
                 continue
+            stats.add_listener(host, bound_port)
             self.udp.append(transport)
+            self.udp_protocols.append(udp)  # type: ignore[arg-type]
             self.tcp.append(server)
             return bound_port
         raise AssertionError("unreachable")
+
+    def set_query_log(self, query_log: QueryLog | None) -> None:
+        """Turn the query log on or off for every socket and open connection."""
+        self.query_log = query_log
+        for p in self.udp_protocols:
+            p.set_query_log(query_log)
+        for c in list(self.limits.open):
+            c.set_query_log(query_log)
+
+    def stop_reading(self) -> None:
+        """Take no new queries (draining); answers in flight still go out."""
+        for s in self.tcp:
+            s.close()
+        for p in self.udp_protocols:
+            p.stop_reading()
+        for c in list(self.limits.open):
+            c.stop_reading()
+
+    def pending(self) -> int:
+        """Answers still being worked on (forwarded or pipelined)."""
+        return sum(p.pending for p in self.udp_protocols) + sum(c.pending for c in self.limits.open)
 
     def close(self) -> None:
         for t in self.udp:
             t.close()
         for s in self.tcp:
             s.close()
+        for c in list(self.limits.open):
+            if c.transport is not None:
+                c.transport.close()
 
 
 def build_cluster(opts: ServeOptions) -> tuple[ClusterStore, Handler]:
     """Store, zone, table and handler, wired so store changes reach the table."""
     store = ClusterStore(endpoint_pod_names=opts.endpoint_pod_names)
-    own = tuple(h for h, _ in map(parse_listen, opts.listen) if h not in ("0.0.0.0", "::"))
-    zone = ClusterZone(store, opts.zone, opts.ttl, opts.pods, opts.ignore_empty_service, own)
     table = AnswerTable(opts.answer_cache_size)
     store.subscribe(table.invalidate)
+    zone = build_zone(opts, store)
+    return store, Handler(Router(zone), table, opts.max_udp, build_forwarding(opts, zone.zone))
+
+
+def build_zone(opts: ServeOptions, store: ClusterStore) -> ClusterZone:
+    own = tuple(h for h, _ in map(parse_listen, opts.listen) if h not in ("0.0.0.0", "::"))
+    return ClusterZone(store, opts.zone, opts.ttl, opts.pods, opts.ignore_empty_service, own)
+
+
+def build_forwarding(opts: ServeOptions, zone: str) -> Forwarding | None:
     try:
-        forwarding = cluster_forwarding(
-            zone.zone, upstreams=opts.upstreams, resolv_conf=opts.resolv_conf, stubs=opts.stubs,
+        return cluster_forwarding(
+            zone, upstreams=opts.upstreams, resolv_conf=opts.resolv_conf, stubs=opts.stubs,
             kube_dns_configmap=opts.kube_dns_configmap, max_udp=opts.max_udp,
-            loop_detect=opts.loop_detect)
+            loop_detect=opts.loop_detect, cache_opts=opts.cache_opts, forward_opts=opts.forward_opts)
     except (ValueError, OSError) as exc:
         raise StartupError(f"forwarding: {exc}") from None
-    return store, Handler(Router(zone), table, opts.max_udp, forwarding)
 
 
 def build_source(opts: ServeOptions, store: ClusterStore) -> KubeSource:
@@ -176,8 +240,9 @@ def _log_source_end(task: asyncio.Task) -> None:
                   exc_info=task.exception())
 
 
-async def serve(opts: ServeOptions, journal: Journal | None = None) -> int:
-    """Run the cluster DNS server until SIGTERM/SIGINT; with `journal`, feed the workers."""
+async def serve(opts: ServeOptions, journal: Journal | None = None, workers: list[Worker] = ()) -> int:  # type: ignore[assignment]
+    """Run the cluster DNS server until SIGTERM/SIGINT; with `journal`, feed the workers,
+    whose metrics /metrics adds in."""
     started = time.monotonic()
     store, handler = build_cluster(opts)
     if journal is not None:
@@ -186,13 +251,17 @@ async def serve(opts: ServeOptions, journal: Journal | None = None) -> int:
     source: KubeSource | None = None
     source_task: asyncio.Task | None = None
     health: HealthServer | None = None
+    metrics = None
     skipped = 0
     if opts.manifests:
         objects, skipped = load_manifests(opts.manifests)
         store.load(objects)
     else:
         source = build_source(opts, store)
-    listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections))
+    listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
+                          lifecycle.query_log(opts.query_log, opts.query_log_sample))
+    sources = Sources(handler=handler, table=handler.table, forwarding=handler.forwarding, kube=source,
+                      store=store, tcp_limits=listeners.limits, plugins=_plugins(opts, source is not None))
     try:
         if source is not None or opts.health or opts.ready:
             health = HealthServer(opts.health or ":8080", opts.ready or ":8181",
@@ -202,49 +271,140 @@ async def serve(opts: ServeOptions, journal: Journal | None = None) -> int:
             except OSError as exc:
                 raise StartupError(f"cannot serve /health or /ready: {exc.strerror or exc} "
                                    "(pick other addresses with --health / --ready)") from None
+        metrics = await lifecycle.start_metrics(opts.metrics or (":9153" if source is not None else None), sources)
+        if metrics is not None and workers:
+            metrics.collector.remote = await lifecycle.worker_families([w.metrics for w in workers])
         if source is not None:
+            source.observers.append(lifecycle.programming_observer(store, sources))
             source_task = asyncio.create_task(source.run(), name="kube-source")
             source_task.add_done_callback(_log_source_end)
             await source.wait_synced(opts.sync_timeout)
         await listeners.start([parse_listen(s) for s in opts.listen], reuse_port=opts.workers > 1)
     except BaseException:
-        await _shutdown(listeners, source_task, health)
+        await _shutdown(listeners, source_task, health, metrics)
         raise
     what = f"{len(store.services)} services, {len(store.slices)} endpoint slices"
     what += f", {skipped} skipped objects" if source is None else f" from the API ({'synced' if store.synced else 'not synced yet'})"
-    log.info("serving %s on %s (udp+tcp): %s; ready in %.2fs",
-             opts.zone, ", ".join(f"{h}:{p}" for h, p in listeners.bound), what, time.monotonic() - started)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    forwarding = handler.forwarding
-    if forwarding is not None:
-        forwarding.start(stop.set, listeners.bound)  # a forwarding loop sets `stop`
+    running = Running(opts, store, handler, listeners, sources, stop, [w.pid for w in workers])
+    reloader = Reloader(running.reload, opts.config, opts.watch_config)
+    reloader.start()  # signal handlers before "serving": a supervisor may signal at once
+    log.info("serving %s on %s (udp+tcp): %s; ready in %.2fs",
+             opts.zone, ", ".join(f"{h}:{p}" for h, p in listeners.bound), what, time.monotonic() - started)
+    if handler.forwarding is not None:
+        handler.forwarding.start(stop.set, listeners.bound)  # a forwarding loop sets `stop`
+    flusher = asyncio.create_task(lifecycle.flush_logs(), name="log-flush")
     await stop.wait()
+    await reloader.stop()
+    forwarding = handler.forwarding
     if forwarding is not None and forwarding.looped:
-        await _shutdown(listeners, source_task, health)
+        await _shutdown(listeners, source_task, health, metrics)
         forwarding.close()
+        flusher.cancel()
         return 1  # the cause was logged plainly
-    if health is not None and opts.lameduck > 0:
-        # lame duck: readiness fails so endpoints drain, queries are still answered
-        health.draining = True
-        stop.clear()
-        log.info("lame duck: /ready fails, still answering for %g s (signal again to stop now)", opts.lameduck)
-        try:
-            async with asyncio.timeout(opts.lameduck):
-                await stop.wait()
-        except TimeoutError:
-            pass
-    log.info("shutting down")
-    await _shutdown(listeners, source_task, health)
-    if forwarding is not None:
-        forwarding.close()
+    await lifecycle.lame_duck(stop, running.opts.lameduck, health)
+    await lifecycle.drain(listeners, running.opts.shutdown_timeout)
+    await _shutdown(listeners, source_task, health, metrics)
+    if handler.forwarding is not None:
+        handler.forwarding.close()
+    flusher.cancel()
+    log.info("stopped")
+    logs.flush(final=True)
     return 0
 
 
-async def _shutdown(listeners: Listeners, source_task: asyncio.Task | None, health: HealthServer | None) -> None:
-    """DNS listeners first, then the watch, then the health endpoints."""
+def _plugins(opts: ServeOptions, api: bool) -> tuple[str, ...]:
+    fwd = bool(opts.upstreams or opts.resolv_conf or opts.stubs or opts.kube_dns_configmap)
+    return lifecycle.plugins(kubernetes=True, errors=True, log=opts.query_log, forward=fwd, cache=fwd,
+                             loop=fwd and opts.loop_detect, health=api or bool(opts.health),
+                             ready=api or bool(opts.ready), prometheus=bool(opts.metrics) or api,
+                             reload=opts.config is not None)
+
+
+class Running:
+    """The running server's parts that a reload may replace; `opts` is what is in force."""
+
+    def __init__(self, opts: ServeOptions, store: ClusterStore, handler: Handler, listeners: Listeners,
+                 sources: Sources, stop: asyncio.Event, workers: list[int] = ()) -> None:  # type: ignore[assignment]
+        self.opts, self.store, self.handler, self.listeners = opts, store, handler, listeners
+        self.sources, self.stop = sources, stop
+        self.workers = list(workers)  # pids that reload on the SIGHUP we pass on
+        # the options as the file and flags say (not as resolved at start, e.g. port 0 or a
+        # worker's empty manifests): restart-only changes are reported against these
+        self.loaded = self._load_quietly()
+
+    def _load_quietly(self) -> ServeOptions | None:
+        try:
+            return self.opts.reload() if self.opts.reload is not None else None
+        except (ValueError, StartupError):
+            return None
+
+    async def reload(self, why: str) -> None:
+        """Re-read the config; apply it, or log why not and keep the running one."""
+        if self.opts.reload is None:
+            return
+        if why == "SIGHUP":  # workers watch the file themselves, but only we get the signal
+            for pid in self.workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+        old = self.opts
+        try:
+            fresh = self.opts.reload()
+            # sockets, the source and the process layout stay as they run (config.RESTART_ONLY)
+            new = replace(fresh, **{k: getattr(old, k) for k in _RESTART_ONLY})
+            zone = build_zone(new, self.store)
+            forwarding = build_forwarding(new, zone.zone)
+        except (ValueError, StartupError) as exc:  # config.ConfigError is a ValueError
+            self.sources.reloads.failed += 1
+            for problem in getattr(exc, "problems", None) or [str(exc)]:
+                log.error("%s", problem)
+            log.error("config %s rejected (%s); keeping the running config", self.opts.config, why)
+            return
+        baseline = self.loaded or old
+        restart = [k for k in _RESTART_ONLY if getattr(baseline, k) != getattr(fresh, k)]
+        applied = [f.name for f in fields(new) if f.compare and getattr(old, f.name) != getattr(new, f.name)]
+        self.opts, self.loaded = new, fresh
+        self._apply(old, new, zone, forwarding)
+        self.sources.reloads.succeeded += 1
+        self.sources.reloads.last_success = time.time()
+        log.info("config reloaded from %s (%s): %s", new.config, why, ", ".join(applied) or "no changes")
+        if restart:
+            log.warning("config %s changes %s: takes effect on restart", new.config, ", ".join(restart))
+
+    def _apply(self, old: ServeOptions, new: ServeOptions, zone: ClusterZone, forwarding: Forwarding | None) -> None:
+        """Swap in the new parts; the store (the watch cache) and the sockets stay."""
+        h = self.handler
+        h.router = Router(zone)
+        h.max_udp = new.max_udp
+        h.table.max_entries = new.answer_cache_size
+        h.table.clear()  # answers rendered under the old settings; the next query re-renders
+        self.listeners.limits.idle_timeout = new.tcp_idle_timeout
+        self.listeners.limits.max_connections = new.max_tcp_connections
+        if (old.query_log, old.query_log_sample) != (new.query_log, new.query_log_sample):
+            self.listeners.set_query_log(lifecycle.query_log(new.query_log, new.query_log_sample))
+        if (old.log_level, old.log_format, old.error_consolidate) != (new.log_level, new.log_format,
+                                                                      new.error_consolidate):
+            logs.setup(new.log_level, new.log_format, new.error_consolidate)
+        old_forwarding, h.forwarding = h.forwarding, forwarding
+        self.sources.forwarding = forwarding
+        if forwarding is not None:
+            forwarding.start(self.stop.set, self.listeners.bound)
+        if old_forwarding is not None:  # once its questions in flight had time to finish
+            grace = (old.forward_opts or {}).get("timeout", 5.0) + 1.0
+            asyncio.get_running_loop().call_later(grace, old_forwarding.close)
+
+
+#: ServeOptions a reload cannot change in place: sockets, the source (a new one would
+#: drop the watch cache), the process layout
+_RESTART_ONLY = tuple(sorted(RESTART_ONLY))
+
+
+async def _shutdown(listeners: Listeners, source_task: asyncio.Task | None, health: HealthServer | None,
+                    metrics: Any = None) -> None:
+    """DNS listeners first, then the watch, then the health and metrics endpoints."""
     listeners.close()
     if source_task is not None:
         source_task.cancel()
@@ -254,6 +414,8 @@ async def _shutdown(listeners: Listeners, source_task: asyncio.Task | None, heal
             pass
     if health is not None:
         await health.stop()
+    if metrics is not None:
+        await metrics.stop()
 
 
 def run(coro) -> int:  # noqa: ANN001 - a coroutine returning an exit code

@@ -1,16 +1,23 @@
-"""Command line: `clusterdns serve ...`; flags become a ServeOptions, then app runs it."""
+"""Command line: `clusterdns serve|node-cache [--config FILE] ...`, `clusterdns check-config FILE`.
+
+The config file and the flags typed on the command line become one config (config.py:
+defaults < file < flags given), then a ServeOptions for app.serve, or the node-cache
+settings for nodecache.serve. A reload repeats exactly that, so flags keep winning.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import sys
+from collections.abc import Callable
 from dataclasses import replace
 
-from clusterdns import __version__, nodecache
+from clusterdns import __version__, config, nodecache
 from clusterdns.app import ServeOptions, StartupError, parse_listen, run, serve
 from clusterdns.kube.manifests import ManifestError
+from clusterdns.nodecache_config import with_env
+from clusterdns.obs import logs
 from clusterdns.obs.health import parse_address
 from clusterdns.workers import Journal, fork_workers, resolve_ports, serve_worker
 from clusterdns.zones.kubernetes import PODS_MODES
@@ -111,33 +118,61 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-loop-detect", action="store_true",
                    help="skip the start-up forwarding-loop probe (CoreDNS `loop`)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    nodecache.add_parser(sub)
+    s.add_argument("--config", metavar="FILE", help="YAML settings (config/clusterdns.yaml); flags given override it")
+    _operating_flags(s)
+    _operating_flags(nodecache.add_parser(sub))
+    c = sub.add_parser("check-config", help="validate a config file without starting (exit 1 on problems)")
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--mode", choices=config.MODES, help="the mode the file is for (default: guessed from its keys)")
     return p
 
 
+def _operating_flags(p: argparse.ArgumentParser) -> None:
+    """Metrics, logs, reload and stop flags, the same for both modes (defaults: config.py)."""
+    g = p.add_argument_group("metrics, logs, reload and shutdown")
+    g.add_argument("--metrics", type=_address, metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here (serve: :9153 with the API source, off with "
+                        "--manifests; node-cache: off unless set, node-local-dns uses :9253)")
+    g.add_argument("--log-format", choices=config.LOG_FORMATS, help="text lines or JSON lines (default text)")
+    g.add_argument("--query-log", action="store_true", help="log every query in CoreDNS's common format")
+    g.add_argument("--query-log-sample", type=int, metavar="N", help="with --query-log, log one query in N")
+    g.add_argument("--error-consolidate", type=_seconds, metavar="SECONDS",
+                   help="collapse repeats of an error within this window into one line (default 10)")
+    g.add_argument("--watch-config", action="store_true",
+                   help="reload when the --config file changes (SIGHUP always reloads)")
+    g.add_argument("--shutdown-timeout", type=_seconds, metavar="SECONDS",
+                   help="after SIGTERM and the lame duck, wait this long for answers in flight (default 5)")
+    if "--lameduck" not in p._option_string_actions:
+        g.add_argument("--lameduck", type=_seconds, metavar="SECONDS",
+                       help="after SIGTERM, fail /ready but keep answering this long")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        code, lines = config.main_check(args.file, args.mode)
+        print("\n".join(lines))
+        return code
+    given = config.explicit_flags(parser, argv)
+
+    def load() -> config.AnyConfig:
+        """Defaults < the --config file < the flags typed (again on every reload)."""
+        cfg = config.load(args.config, args.command) if args.config else config.SCHEMAS[args.command]()
+        cfg = config.apply_flags(cfg, args, given)
+        return with_env(cfg) if args.command == "node-cache" else cfg  # type: ignore[arg-type]
+
+    try:
+        cfg = load()
+    except config.ConfigError as exc:
+        logs.setup()
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return 2
+    logs.setup(cfg.log_level, cfg.log_format, cfg.error_consolidate)
     if args.command == "node-cache":
-        return nodecache.main_args(args)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    opts = ServeOptions(
-        manifests=args.manifests, listen=args.listen or ServeOptions().listen, zone=args.zone,
-        ttl=args.ttl, pods=args.pods, endpoint_pod_names=args.endpoint_pod_names,
-        ignore_empty_service=args.ignore_empty_service, max_udp=args.max_udp,
-        tcp_idle_timeout=args.tcp_idle_timeout, max_tcp_connections=args.max_tcp_connections,
-        answer_cache_size=args.answer_cache_size, kubeconfig=args.kubeconfig, context=args.context,
-        namespaces=args.namespaces, labels=args.labels, sync_timeout=args.sync_timeout,
-        health=args.health, ready=args.ready, lameduck=args.lameduck,
-        upstreams=args.upstream, resolv_conf=args.resolv_conf, stubs=args.stub,
-        kube_dns_configmap=args.kube_dns_configmap, loop_detect=not args.no_loop_detect,
-        workers=args.workers)
-    if opts.manifests and (opts.kubeconfig or opts.context):
-        log.error("--manifests and --kubeconfig/--context exclude each other: serve files or a cluster")
-        return 2
-    if opts.workers < 1:
-        log.error("--workers must be at least 1")
-        return 2
+        return nodecache.main_config(cfg, load if args.config else None, args.config)  # type: ignore[arg-type]
+    opts = serve_options(cfg, args.config, load)  # type: ignore[arg-type]
     try:
         if opts.workers > 1:
             return _serve_with_workers(opts)
@@ -149,16 +184,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def serve_options(cfg: config.ServeConfig, path: str | None,
+                  load: Callable[[], config.AnyConfig] | None = None) -> ServeOptions:
+    """The app's options from a validated config; `load` re-reads it on reload."""
+    opts = ServeOptions(**cfg.options_kwargs(), config=path)
+    if path is not None and load is not None:
+        opts.reload = lambda: serve_options(load(), path, load)  # type: ignore[arg-type]
+    return opts
+
+
 def _serve_with_workers(opts: ServeOptions) -> int:
     """Fork the workers first (no loop, no threads yet), then lead: source + answering."""
     opts = replace(opts, listen=resolve_ports(opts.listen, parse_listen))
-    fds = fork_workers(opts.workers - 1, lambda index, fd: run(serve_worker(opts, index, fd)))
-    journal = Journal(fds)
+    workers = fork_workers(opts.workers - 1, lambda index, fd, mfd: run(serve_worker(opts, index, fd, mfd)))
+    journal = Journal([w.journal for w in workers])
     try:
-        return run(serve(opts, journal))
+        return run(serve(opts, journal, workers))
     finally:
         journal.close()  # end-of-file on the pipes tells the workers to stop
-        for _ in fds:
+        for _ in workers:
             try:
                 os.wait()
             except ChildProcessError:

@@ -194,7 +194,10 @@ class ServeConfig(CommonSettings):
             upstreams=list(self.upstreams), resolv_conf=self.resolv_conf,
             stubs=[f"{zone}={','.join(servers)}" for zone, servers in self.stub_domains.items()],
             kube_dns_configmap=self.kube_dns_configmap, loop_detect=self.loop_detect,
-            workers=self.workers)
+            workers=self.workers, cache_opts=self.cache_opts(), forward_opts=self.forward_opts(),
+            metrics=self.metrics, query_log=self.query_log, query_log_sample=self.query_log_sample,
+            log_level=self.log_level, log_format=self.log_format, error_consolidate=self.error_consolidate,
+            shutdown_timeout=self.shutdown_timeout, watch_config=self.watch_config)
 
     def cache_opts(self) -> dict[str, Any]:
         """`ResponseCache` keyword arguments for forwarded names."""
@@ -212,8 +215,9 @@ class NodeCacheFileConfig(nodecache_config.NodeCacheConfig, CommonSettings):
     A subclass, so `nodecache.serve()` takes it as it is.
     """
 
-    metrics: str | None = ":9253"
-    """/metrics address: node-local-dns's `prometheus :9253` (scraped on the node's IP)."""
+    metrics: str | None = None
+    """/metrics address; null = off, so test and side-by-side caches do not fight over a port.
+    Deployments set node-local-dns's `:9253` (config/node-cache.yaml does)."""
     lameduck: float = 0.0
     """0: pods reach the node cache by a link-local IP, not through Service endpoints, so
     there is nothing to drain."""
@@ -309,6 +313,8 @@ def _listen(v: str) -> str | None:
 
 
 def _http_address(v: str) -> str | None:
+    if v == "":
+        return None  # off (node-cache's `--health ""`)
     r = _host_port(v, "an address HOST:PORT or :PORT")
     if isinstance(r, str):
         return r
@@ -498,6 +504,7 @@ class Flag:
 
     path: str
     convert: Callable[[Any], Any] = lambda v: v
+    merge: bool = False  # a mapping flag adds its keys to the file's instead of replacing them
 
 
 def _stub_flags(values: list[str]) -> dict[str, list[str]]:
@@ -505,7 +512,8 @@ def _stub_flags(values: list[str]) -> dict[str, list[str]]:
     for text in values:
         zone, sep, servers = text.partition("=")
         if not sep or not zone.strip():
-            raise ConfigError([f"--stub: expected ZONE=IP[:PORT][,IP...], got {text!r}"])
+            raise ConfigError([f"command line: --stub: stub domain must look like ZONE=IP[:PORT][,IP...], "
+                               f"not {text!r}"])
         out[zone.strip()] = [s.strip() for s in servers.split(",") if s.strip()]
     return out
 
@@ -513,7 +521,7 @@ def _stub_flags(values: list[str]) -> dict[str, list[str]]:
 #: flag dests whose config key is not simply the dest (everything else: dest == key)
 FLAG_KEYS: dict[str, Flag] = {
     "upstream": Flag("upstreams"),
-    "stub": Flag("stub_domains", _stub_flags),
+    "stub": Flag("stub_domains", _stub_flags, merge=True),
     "no_loop_detect": Flag("loop_detect", lambda v: not v),
     "cluster_udp": Flag("cluster_force_tcp", lambda v: not v),
     "serve_stale": Flag("cache.serve_stale"),
@@ -571,6 +579,8 @@ def apply_flags(cfg: AnyConfig, args: argparse.Namespace, given: Iterable[str]) 
         value = flag.convert(getattr(args, dest))
         if isinstance(value, tuple):
             value = list(value)
+        if flag.merge:
+            value = {**getattr(owner, parts[-1]), **value}
         name = "--" + dest.replace("_", "-")
         conv = typedyaml.convert(RULES, typedyaml.hints(type(owner))[parts[-1]], value, name, flag.path, None,
                                  problems)
@@ -604,7 +614,8 @@ def unmapped_flags(parser: argparse.ArgumentParser, mode: str) -> list[str]:
 #: keys a reload cannot apply to a running process: sockets, the record source (a new
 #: one would drop the watch cache), the process layout; they need a restart
 RESTART_ONLY = frozenset({"listen", "health", "ready", "metrics", "workers", "manifests", "kubeconfig",
-                          "context", "namespaces", "labels", "pods", "endpoint_pod_names", "sync_timeout"})
+                          "context", "namespaces", "labels", "pods", "endpoint_pod_names", "sync_timeout",
+                          "watch_config"})
 
 
 def changed_keys(old: AnyConfig, new: AnyConfig) -> list[str]:

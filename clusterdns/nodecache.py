@@ -11,6 +11,8 @@ Zones (node-local-dns's Corefile, operators.md 1.7):
   resolv.conf, cached 30 s; the cluster zone is never sent there.
 
 Serve-stale is on (node-local-dns has none: a short cluster DNS outage fails every pod).
+Metrics, the query log, reloads and the stop on SIGTERM are the same as `serve`'s
+(lifecycle.py); a reload rebuilds the forward table and its caches.
 It does not watch the API (kubernetes/dns#594). The dummy interface and the NOTRACK
 iptables rules of node-local-dns are left to the operator (README).
 """
@@ -23,12 +25,17 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+from clusterdns import lifecycle
 from clusterdns.app import Listeners, StartupError, parse_listen, run
 from clusterdns.nodecache_config import ConfigError, NodeCacheConfig, add_arguments, from_args
+from clusterdns.obs import logs
 from clusterdns.obs.health import HealthServer
+from clusterdns.obs.metrics import Sources
+from clusterdns.reload import Reloader
 from clusterdns.server.handler import Handler
 from clusterdns.server.table import AnswerTable
 from clusterdns.server.tcp import TCPLimits
@@ -104,13 +111,25 @@ def build(cfg: NodeCacheConfig, loop: LoopDetector | None = None) -> Forwarding:
     return Forwarding(table, local_zones=(), fallthrough=(), max_udp=cfg.max_udp, loop=loop)
 
 
-async def serve(cfg: NodeCacheConfig) -> int:
-    """Run the node cache until SIGTERM/SIGINT; 1 when a forwarding loop is found."""
+async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None = None,
+                path: str | None = None) -> int:
+    """Run the node cache until SIGTERM/SIGINT; 1 when a forwarding loop is found.
+
+    `load` re-reads the config file and the flags for a reload (SIGHUP, `watch_config`).
+    """
     started = time.monotonic()
     forwarding = build(cfg, LoopDetector() if cfg.loop_detect else None)
     handler = Handler(Router(None), AnswerTable(4096), cfg.max_udp, forwarding=forwarding)
-    listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections))
+    query_log = lifecycle.query_log(getattr(cfg, "query_log", False), getattr(cfg, "query_log_sample", 1))
+    listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log)
     health = HealthServer(cfg.health, cfg.health) if cfg.health else None
+    sources = Sources(handler=handler, table=handler.table, forwarding=forwarding, tcp_limits=listeners.limits,
+                      plugins=lifecycle.plugins(forward=True, cache=True, errors=True, loop=cfg.loop_detect,
+                                                health=bool(cfg.health), log=query_log is not None,
+                                                prometheus=bool(getattr(cfg, "metrics", None)),
+                                                reload=path is not None))
+    metrics = None
+    reloader: Reloader | None = None
     try:
         await listeners.start([parse_listen(s) for s in cfg.listen])
         if health is not None:
@@ -118,26 +137,89 @@ async def serve(cfg: NodeCacheConfig) -> int:
                 await health.start()
             except OSError as exc:
                 raise StartupError(f"cannot serve /health on {cfg.health}: {exc.strerror or exc}") from None
+        metrics = await lifecycle.start_metrics(getattr(cfg, "metrics", None), sources)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        running = _Running(cfg, load, path, handler, listeners, sources, stop)
+        reloader = Reloader(running.reload, path, getattr(cfg, "watch_config", False))
+        reloader.start()  # signal handlers before "serving": a supervisor may signal at once
         log.info("serving node-cache on %s (udp+tcp): %s; health on port %s; ready in %.2fs",
                  ", ".join(f"{h}:{p}" for h, p in listeners.bound),
                  "; ".join(f"{z.zone} -> {', '.join(str(u.spec) for u in z.forwarder.upstreams)}"
                            for z in forwarding.table.zones),
                  health.health_port if health else "-", time.monotonic() - started)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         forwarding.start(stop.set, listeners.bound)
-        await stop.wait()
-        if forwarding.looped:
-            return 1  # the cause was logged plainly
-        log.info("shutting down")
+        flusher = asyncio.create_task(lifecycle.flush_logs(), name="log-flush")
+        try:
+            await stop.wait()
+            await reloader.stop()
+            if handler.forwarding is not None and handler.forwarding.looped:
+                return 1  # the cause was logged plainly
+            await lifecycle.lame_duck(stop, getattr(running.cfg, "lameduck", 0.0), health)
+            await lifecycle.drain(listeners, getattr(running.cfg, "shutdown_timeout", 5.0))
+        finally:
+            flusher.cancel()
+        log.info("stopped")
         return 0
     finally:
         listeners.close()
+        if reloader is not None:
+            await reloader.stop()
         if health is not None:
             await health.stop()
-        forwarding.close()
+        if metrics is not None:
+            await metrics.stop()
+        if handler.forwarding is not None:
+            handler.forwarding.close()
+        logs.flush(final=True)
+
+
+class _Running:
+    """What a reload replaces: the forward table (with its caches), limits, logging."""
+
+    def __init__(self, cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None, path: str | None,
+                 handler: Handler, listeners: Listeners, sources: Sources, stop: asyncio.Event) -> None:
+        self.cfg, self.load, self.path = cfg, load, path
+        self.handler, self.listeners, self.sources, self.stop = handler, listeners, sources, stop
+
+    async def reload(self, why: str) -> None:
+        if self.load is None:
+            return
+        from clusterdns import config  # imports nodecache_config, which this module's importers need first
+
+        old = self.cfg
+        try:
+            fresh = self.load()
+            new = config.with_restart_keys(old, fresh)  # type: ignore[arg-type]
+            forwarding = build(new, LoopDetector() if new.loop_detect else None)
+        except (ConfigError, ValueError) as exc:
+            self.sources.reloads.failed += 1
+            for problem in getattr(exc, "problems", None) or [str(exc)]:
+                log.error("%s", problem)
+            log.error("config %s rejected (%s); keeping the running config", self.path, why)
+            return
+        applied, _ = config.split_reload(old, new)  # type: ignore[arg-type]
+        _, waiting = config.split_reload(old, fresh)  # type: ignore[arg-type]
+        self.cfg = new
+        h = self.handler
+        old_forwarding, h.forwarding = h.forwarding, forwarding
+        h.max_udp = new.max_udp
+        self.sources.forwarding = forwarding
+        self.listeners.limits.idle_timeout = new.tcp_idle_timeout
+        self.listeners.limits.max_connections = new.max_tcp_connections
+        if (old.query_log, old.query_log_sample) != (new.query_log, new.query_log_sample):  # type: ignore[attr-defined]
+            self.listeners.set_query_log(lifecycle.query_log(new.query_log, new.query_log_sample))  # type: ignore[attr-defined]
+        logs.setup(new.log_level, new.log_format, new.error_consolidate)  # type: ignore[attr-defined]
+        forwarding.start(self.stop.set, self.listeners.bound)
+        if old_forwarding is not None:  # once its questions in flight had time to finish
+            asyncio.get_running_loop().call_later(old.forward.timeout + 1.0, old_forwarding.close)
+        self.sources.reloads.succeeded += 1
+        self.sources.reloads.last_success = time.time()
+        log.info("config reloaded from %s (%s): %s", self.path, why, ", ".join(applied) or "no changes")
+        if waiting:
+            log.warning("config %s changes %s: takes effect on restart", self.path, ", ".join(waiting))
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -146,6 +228,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                        description=__doc__.split("\n")[0])
     add_arguments(p)
     return p
+
+
+def main_config(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None, path: str | None) -> int:
+    """Run `clusterdns node-cache` from a validated config (the CLI's path); the exit code."""
+    try:
+        return run(serve(cfg, load, path))
+    except (ConfigError, StartupError) as exc:
+        log.error("%s", exc)
+        return 1 if isinstance(exc, StartupError) else 2
+    except KeyboardInterrupt:
+        return 0
 
 
 def main_args(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Settings of `clusterdns node-cache`: dataclasses, the YAML loader, and the flags.
+"""Settings of `clusterdns node-cache`: dataclasses and the flags (files: clusterdns.config).
 
 Defaults follow node-local-dns (operators.md 1.7) unless a field says otherwise.
 Precedence: built-in defaults < the YAML file (--config) < command-line flags.
@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 
 @dataclass
@@ -103,32 +100,18 @@ class ConfigError(ValueError):
     """A config file or flag that cannot be used, with a message that says why."""
 
 
-def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
-    known = {f.name: f for f in fields(obj)}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
-        current = getattr(obj, name)
-        if isinstance(current, (CacheSettings, ForwardSettings)):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: {key} must be a mapping")
-            _merge(current, value, f"{where}.{key}")
-        else:
-            setattr(obj, name, value)
-
-
 def load_config(path: str | Path | None) -> NodeCacheConfig:
-    """Defaults overlaid with the YAML file, if any."""
-    cfg = NodeCacheConfig()
+    """Defaults overlaid with the YAML file, if any.
+
+    A file is read by the loader shared with `serve` (clusterdns.config), which knows
+    these settings plus the common ones (metrics, logs, lifecycle) and reports every
+    problem with its line; its result is a NodeCacheConfig subclass.
+    """
     if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings")
-        _merge(cfg, data, str(path))
+        from clusterdns import config as shared  # imports this module: import here
+
+        return shared.load(path, "node-cache")
+    cfg = NodeCacheConfig()
     if isinstance(cfg.listen, str):
         cfg.listen = [cfg.listen]
     if isinstance(cfg.upstreams, str):
@@ -192,6 +175,12 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         cfg.forward.policy = args.policy
     if args.no_loop_detect:
         cfg.loop_detect = False
+    return with_env(cfg, env)
+
+
+def with_env(cfg: NodeCacheConfig, environ: dict[str, str] | os._Environ[str] | None = None) -> NodeCacheConfig:
+    """cluster_dns from the kube-dns-upstream Service's env vars when nothing set it."""
+    env = os.environ if environ is None else environ
     host = env.get("KUBE_DNS_UPSTREAM_SERVICE_HOST")
     if cfg.cluster_dns is None and host:
         host = f"[{host}]" if ":" in host else host

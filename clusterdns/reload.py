@@ -87,9 +87,9 @@ class Reloader:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.path is not None:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGHUP, self.request, "SIGHUP")
+        # always ours: SIGHUP's default action would kill the server
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.request, "SIGHUP")
         self._tasks.append(loop.create_task(self._run(), name="config-reload"))
         if self.watch:
             self._tasks.append(loop.create_task(self._poll(), name="config-watch"))
@@ -106,15 +106,17 @@ class Reloader:
             await self._wanted.wait()
             self._wanted.clear()
             self.runs += 1
+            if self.path is None:
+                log.info("%s: no config file to re-read (start with --config FILE)", self._why)
+                continue
             try:
                 await self.reload(self._why)
             except Exception:  # the callback reports its own failures; this is a bug guard
                 log.exception("reload failed unexpectedly; keeping the running config")
 
     async def stop(self) -> None:
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.remove_signal_handler(signal.SIGHUP)
+        """Stop reloading. The SIGHUP handler stays (a no-op now): its default action
+        would kill a server that is draining."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -169,8 +169,8 @@ def convert(rules: Rules, tp: Any, value: Any, path: str, check_key: str, line: 
     bad = MISSING
     optional = ""
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or value == ""):
+            return None  # "" too: a flag cannot say null (`--health ""` turns it off)
         inner = [a for a in args if a is not type(None)]
         optional = " or null" if type(None) in args else ""
         tp, origin, args = inner[0], typing.get_origin(inner[0]), typing.get_args(inner[0])

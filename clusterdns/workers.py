@@ -20,7 +20,7 @@ import signal
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 log = logging.getLogger("clusterdns")
 _LEN = struct.Struct("!I")
@@ -97,30 +97,50 @@ class JournalReader(asyncio.Protocol):
         self.done.set()
 
 
-def fork_workers(count: int, run_worker: Callable[[int, int], int]) -> list[int]:
-    """Fork `count` workers; each runs `run_worker(index, read_fd)` and exits. Returns write fds."""
-    fds = []
+@dataclass(frozen=True)
+class Worker:
+    """The leader's handle on a forked worker."""
+
+    index: int
+    pid: int
+    journal: int  # write end: the store journal goes down it
+    metrics: int  # read end: the worker's metric families come up it (obs.metrics.FamilyFeed)
+
+
+def fork_workers(count: int, run_worker: Callable[[int, int, int], int]) -> list[Worker]:
+    """Fork `count` workers; each runs `run_worker(index, journal_read_fd, metrics_write_fd)`
+    and exits."""
+    workers: list[Worker] = []
     for index in range(1, count + 1):
         r, w = os.pipe()
+        mr, mw = os.pipe()
         pid = os.fork()
         if pid == 0:  # child
             os.close(w)
-            for fd in fds:
-                os.close(fd)
+            os.close(mr)
+            for other in workers:
+                os.close(other.journal)
+                os.close(other.metrics)
             code = 1
             try:
-                code = run_worker(index, r)
+                code = run_worker(index, r, mw)
             finally:
                 logging.shutdown()
                 os._exit(code)
         os.close(r)
-        fds.append(w)
-    return fds
+        os.close(mw)
+        workers.append(Worker(index, pid, w, mr))
+    return workers
 
 
-async def serve_worker(opts, index: int, read_fd: int) -> int:  # noqa: ANN001 - ServeOptions
-    """A worker: its own store and listeners, fed by the leader's journal."""
-    from clusterdns.app import Listeners, build_cluster, parse_listen
+async def serve_worker(opts, index: int, read_fd: int, metrics_fd: int) -> int:  # noqa: ANN001 - ServeOptions
+    """A worker: its own store and listeners, fed by the leader's journal; its counters go
+    to the leader's /metrics; it reloads on SIGHUP (the leader forwards it) or a changed
+    file, and drains like the leader when the journal ends."""
+    from clusterdns import lifecycle
+    from clusterdns.app import Listeners, Running, build_cluster, parse_listen
+    from clusterdns.obs.metrics import DNSCollector, FamilyFeed, Sources
+    from clusterdns.reload import Reloader
     from clusterdns.server.tcp import TCPLimits
 
     opts = replace(opts, manifests=[])
@@ -128,12 +148,26 @@ async def serve_worker(opts, index: int, read_fd: int) -> int:  # noqa: ANN001 -
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: JournalReader(store.apply_journal, done), os.fdopen(read_fd, "rb", buffering=0))
-    listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections))
+    listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
+                          lifecycle.query_log(opts.query_log, opts.query_log_sample))
     await listeners.start([parse_listen(s) for s in opts.listen], reuse_port=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
+    sources = Sources(handler=handler, table=handler.table, forwarding=handler.forwarding,
+                      tcp_limits=listeners.limits)
+    feed = FamilyFeed(DNSCollector(handler.table.stats, sources), metrics_fd)
+    tasks = [loop.create_task(feed.run())]
+    running = Running(opts, store, handler, listeners, sources, done)
+    reloader = Reloader(running.reload, opts.config, opts.watch_config)
+    reloader.start()
     log.info("worker %d (pid %d) serving on %s", index, os.getpid(),
              ", ".join(f"{h}:{p}" for h, p in listeners.bound))
     await done.wait()
-    listeners.close()
+    await reloader.stop()
+    await lifecycle.drain(listeners, running.opts.shutdown_timeout)
+    feed.send()
+    for t in tasks:
+        t.cancel()
+    if handler.forwarding is not None:
+        handler.forwarding.close()
     return 0

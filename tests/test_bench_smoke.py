@@ -30,8 +30,7 @@ def _peer() -> str:
 
 @pytest.mark.timeout(150)
 def test_benchmark_runs_end_to_end(tmp_path: Path) -> None:
-    if not shutil.which("dnsperf"):
-        pytest.skip("dnsperf is not installed (Debian package dnsperf; `make tools` installs it)")
+    assert shutil.which("dnsperf"), "dnsperf is missing: `make test` installs it (Debian package dnsperf)"
     peer = _peer()
     cmd = [sys.executable, str(RUN), "--services", "200", "--duration", "1", "--lat-duration", "1",
            "--repeats", "1", "--startup-repeats", "1", "--lat-qps", "2000", "--cases", "startup,udp,tcp",

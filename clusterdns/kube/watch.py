@@ -115,6 +115,7 @@ class ResourceState:
     watches: int = 0
     events: int = 0
     skipped: int = 0  # malformed objects
+    last_seen: float = 0.0  # time.time() of the last list, event or bookmark (a metric: data freshness)
 
 
 class ApiError(Exception):
@@ -339,6 +340,7 @@ class KubeSource:
         self.store.replace(res.kind, objs)
         st.version = version
         st.lists += 1
+        st.last_seen = time.time()
         self._succeeded(st)
         log.info(
             "listed %d %s in %d page(s), %.0f ms (resourceVersion %s)",
@@ -463,6 +465,7 @@ class KubeSource:
             raise ApiError(code if isinstance(code, int) else 500, message)
         meta = raw.get("metadata") if isinstance(raw, dict) else None
         version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        st.last_seen = time.time()
         if etype == "BOOKMARK":
             if version:
                 st.version = version

@@ -3,10 +3,10 @@ collapsed, and the optional query log in CoreDNS's common format.
 
 * `setup()` configures the `clusterdns` logger tree once, and again on reload (level,
   format and consolidation window can change without a restart).
-* `Consolidator` is CoreDNS's `errors { consolidate }`: the first warning or error of a
-  kind (same logger, level and message template) is written at once; repeats within
-  the window are counted and written as one line with the count when the window ends,
-  so an upstream outage cannot write a line per query.
+* `Consolidator` is CoreDNS's `errors { consolidate }`: the first of identical warnings
+  or errors (same logger, level and message) is written at once; repeats within the
+  window are counted and written as one line with the count when the window ends, so
+  an upstream outage cannot write a line per query.
 * `QueryLog` writes one line per answered query to the `clusterdns.query` logger, in
   CoreDNS's `log` plugin common format (people grep for it, tools parse it), optionally
   one query in N. `parse_common()` reads such a line back.
@@ -32,7 +32,7 @@ TEXT_FORMAT = "%(asctime)s [%(levelname)s] %(name)s: %(message)s"
 
 
 def _utc(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds").replace(
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
 
 
@@ -78,8 +78,8 @@ class _Burst:
 class Consolidator(logging.Filter):
     """Collapse repeated warnings/errors: first one through, the rest counted per window.
 
-    The key is (logger, level, message template), so "upstream 10.0.0.1 timed out" and
-    "upstream 10.0.0.2 timed out" are one kind. The summary is written when the next
+    The key is (logger, level, message): exact repeats collapse, while distinct problems
+    (two broken objects, two failing upstreams) each get their line. The summary is written when the next
     record of that kind arrives after the window, or by `flush()` (the app calls it every
     window and at exit), as `N more like this within Ws: <last message>`.
     """
@@ -97,7 +97,7 @@ class Consolidator(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or self.window <= 0 or getattr(record, "summary", False):
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, record.getMessage())
         now = self.clock()
         with self._lock:
             burst = self._bursts.get(key)

@@ -24,11 +24,13 @@ about as much as a whole cached answer (~1 us). Instead:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import pickle
 import platform
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,11 +187,20 @@ class DNSCollector(Collector):
         self.stats = stats
         self.sources = sources
         self.view = view
+        self.remote: Callable[[], list[list[Metric]]] | None = None
+        """With --workers: the latest families each worker sent (`merge` adds them in)."""
 
     def describe(self) -> list[Metric]:
         return []  # unchecked collector: names are linted by tests/ops/test_metrics_names.py
 
     def collect(self) -> Iterator[Metric]:
+        if self.remote is None:
+            yield from self.local()
+        else:
+            yield from merge(list(self.local()), self.remote())
+
+    def local(self) -> Iterator[Metric]:
+        """This process's families."""
         yield from self._dns()
         yield from self._server()
         yield from self._cache()
@@ -491,15 +502,95 @@ class DNSCollector(Collector):
         yield from (relists, restarts, events, failures, last_sync)
 
 
+# --------------------------------------------------------------------------- workers
+
+#: families that describe the process, not traffic: merged by max, not summed
+PER_PROCESS = frozenset({"coredns_build_info", "coredns_plugin_enabled", "coredns_reload_failed",
+                         "clusterdns_config_reloads", "clusterdns_config_last_reload_success_timestamp_seconds"})
+
+
+def merge(local: list[Metric], remote: list[list[Metric]]) -> list[Metric]:
+    """This process's families plus the workers': same name and labels are summed (max for
+    PER_PROCESS), so /metrics shows the pod as one server, as CoreDNS's single process does.
+    Families only the leader has (process_*, the Kubernetes watch) pass through."""
+    by_name: dict[str, Metric] = {m.name: m for m in local}
+    order = [m.name for m in local]
+    for families in remote:
+        for m in families:
+            if m.name.startswith(("process_", "python_")):
+                continue  # about the leader's process; workers are separate processes
+            mine = by_name.get(m.name)
+            if mine is None:
+                by_name[m.name] = m
+                order.append(m.name)
+                continue
+            combine = max if m.name in PER_PROCESS else (lambda a, b: a + b)
+            values: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {
+                (s.name, tuple(sorted(s.labels.items()))): s for s in mine.samples}
+            for s in m.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                old = values.get(key)
+                values[key] = s if old is None else old._replace(value=combine(old.value, s.value))
+            merged = Metric(mine.name, mine.documentation, mine.type, mine.unit)
+            merged.samples = list(values.values())
+            by_name[m.name] = merged
+    return [by_name[n] for n in order]
+
+
+class FamilyFeed:
+    """Worker side of --workers metrics: every `interval` s, this process's families go
+    down a pipe to the leader, which merges the latest of each worker at scrape time.
+
+    The pipe is an asyncio transport (never blocks the worker's answering); a snapshot is
+    skipped while the previous one still waits in the buffer, so a stuck leader costs
+    no memory."""
+
+    def __init__(self, collector: DNSCollector, fd: int, interval: float = 2.0) -> None:
+        self.collector, self.fd, self.interval = collector, fd, interval
+        self.transport: asyncio.WriteTransport | None = None
+
+    def send(self) -> None:
+        t = self.transport
+        if t is None or t.is_closing() or t.get_write_buffer_size():
+            return
+        data = pickle.dumps(list(self.collector.local()), protocol=pickle.HIGHEST_PROTOCOL)
+        t.write(len(data).to_bytes(4, "big") + data)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(self.fd, "wb", buffering=0))
+        while True:
+            await asyncio.sleep(self.interval)
+            self.send()
+
+
+class FamilyReader(asyncio.Protocol):
+    """Leader side: keeps the latest families one worker sent."""
+
+    def __init__(self) -> None:
+        self.latest: list[Metric] = []
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 4:
+            size = int.from_bytes(self.buf[:4], "big")
+            if len(self.buf) < 4 + size:
+                return
+            self.latest = pickle.loads(self.buf[4:4 + size])  # our own worker, over a private pipe
+            del self.buf[:4 + size]
+
+
 # --------------------------------------------------------------------------- wiring
 
 
 class Metrics:
     """The private registry, the counters the server writes, and the /metrics endpoint."""
 
-    def __init__(self, sources: Sources | None = None, process: bool = True) -> None:
+    def __init__(self, sources: Sources | None = None, process: bool = True,
+                 stats: QueryStats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.stats = QueryStats()
+        self.stats = stats if stats is not None else QueryStats()
         self.sources = sources or Sources()
         self.collector = DNSCollector(self.stats, self.sources)
         self.registry.register(self.collector)

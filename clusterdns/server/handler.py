@@ -34,11 +34,13 @@ class Handler:
         self.max_udp = max_udp
         self.forwarding = forwarding  # names outside our zones, fallthrough, ExternalName chase
         self.errors = 0
+        self.plugin = ""  # who wrote the last answer (CoreDNS's `plugin` label): read right after handle()
         # answered to CH TXT id.server / hostname.bind (RFC 4892): which process answered
         self.identity = f"{socket.gethostname()}/{os.getpid()}"
 
     def handle(self, data: bytes, tcp: bool) -> Reply:
         """Answer one query's bytes; None means drop (no header, or not a query)."""
+        self.plugin = ""
         if len(data) < message.HEADER or data[2] & 0x80:
             return None  # too short to answer, or a response: answering it could loop
         try:
@@ -54,6 +56,7 @@ class Handler:
         if self.forwarding is not None:
             forwarded = self.forwarding.handle(data, tcp)  # cache hit, or a coroutine
             if forwarded is not None:
+                self.plugin = "cache" if isinstance(forwarded, bytes) else "forward"
                 return forwarded
         try:
             q = message.parse(data)
@@ -66,6 +69,7 @@ class Handler:
         if self.forwarding is not None:
             follow = self.forwarding.follow(q, ans, data, limit)  # fallthrough PTR, ExternalName
             if follow is not None:
+                self.plugin = "forward"
                 return follow
         reply = message.render(q, ans, limit)
         if ans.cacheable and q.plain_question:
@@ -76,10 +80,12 @@ class Handler:
         if q.qtype == R.OPT:
             return Answer(rcode=R.FORMERR, aa=False)  # OPT is not a question (RFC 6891)
         if q.qclass == R.CH and q.name in IDENTITY_NAMES and q.qtype in (R.TXT, R.ANY):
+            self.plugin = "chaos"
             return Answer(answer=[R.Record(q.name, R.TXT, 0, self.identity, R.CH)], cacheable=False)
         if q.qclass != R.IN or q.qtype in (R.AXFR, R.IXFR):
             return Answer(rcode=R.REFUSED, aa=False)  # zone transfers are not offered
         zone = self.router.zone_for(q.name)
         if zone is None:
             return Answer(rcode=R.REFUSED, aa=False)
+        self.plugin = "kubernetes"
         return zone.answer(q.name, q.qtype)

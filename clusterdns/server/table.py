@@ -11,18 +11,22 @@ inserts keys, and only for questions it parsed, so a hit implies a well-formed q
 
 Entries are dropped precisely: each remembers the store dependency keys its answer
 read (`kube.store` lists them), and a store change drops only those entries.
+
+Each entry also holds its traffic class's counts (`obs.counters`): the listeners add
+one per answer at their slot, the metrics read them at scrape time.
 """
 
 from __future__ import annotations
 
 from clusterdns.kube.store import ALL, DepKey
+from clusterdns.obs.counters import QueryStats
 
 NO_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x00"  # QD=1 AN=0 NS=0 AR=0
 ONE_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"  # ... AR=1
 OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
 EMPTY_RDATA = b"\x00\x00"
 
-Entry = tuple[bytes, bytes]  # (flags + counts, everything after the question)
+Entry = tuple[bytes, bytes, list[int]]  # (flags + counts, everything after the question, class counts)
 
 
 def question_bounds(data: bytes) -> int:
@@ -43,8 +47,9 @@ def key_of(data: bytes, end: int) -> bytes:
 class AnswerTable:
     """Rendered answers for UDP and TCP (they differ in truncation), with invalidation."""
 
-    def __init__(self, max_entries: int = 200_000) -> None:
+    def __init__(self, max_entries: int = 200_000, stats: QueryStats | None = None) -> None:
         self.max_entries = max_entries
+        self.stats = stats if stats is not None else QueryStats()
         self.udp: dict[bytes, Entry] = {}
         self.tcp: dict[bytes, Entry] = {}
         self._by_dep: dict[DepKey, list[bytes]] = {}
@@ -69,7 +74,7 @@ class AnswerTable:
         if len(self.udp) + len(self.tcp) >= self.max_entries:
             self.clear()  # O(1) amortised; junk names cannot grow memory without bound
         key = key_of(query, end)
-        table[key] = (reply[2:12], reply[end:])
+        table[key] = (reply[2:12], reply[end:], self.stats.hot_class(query, reply, tcp))
         for dep in deps:
             self._by_dep.setdefault(dep, []).append(key)
 

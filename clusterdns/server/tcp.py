@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from time import perf_counter
 
+from clusterdns.obs.logs import QueryLog
 from clusterdns.server.handler import Handler
 from clusterdns.server.table import key_of, question_bounds
 
@@ -18,21 +20,34 @@ class TCPLimits:
     idle_timeout: float = 10.0  # RFC 7766 6.2.3: servers may close idle connections
     max_connections: int = 1024  # beyond it new connections are closed at once
     open: set = field(default_factory=set)  # live protocols, shared by all listeners
+    refused: int = 0  # connections closed at once because of the cap (a metric)
 
 
 class TCPProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, limits: TCPLimits) -> None:
+    """One connection. `slot` is its listener's index in the query counters; the query
+    log replaces `_answer` on the instance, so without it the hot path has no check."""
+
+    def __init__(self, handler: Handler, limits: TCPLimits, slot: int = 0,
+                 query_log: QueryLog | None = None) -> None:
         self.handler = handler
         self.answers = handler.table.tcp
+        self.stats = handler.table.stats
         self.limits = limits
+        self.slot = slot
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
+        self.peer: tuple = ("", 0)
         self._idle: asyncio.TimerHandle | None = None
         self._pending = 0
+        self._closing = False  # draining: close once the pending answers are written
+        self.query_log: QueryLog | None = None
+        self.set_query_log(query_log)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername") or ("", 0)
         if len(self.limits.open) >= self.limits.max_connections:
+            self.limits.refused += 1
             log.warning("tcp connection cap (%d) reached; closing a new connection", self.limits.max_connections)
             transport.close()
             return
@@ -75,23 +90,76 @@ class TCPProtocol(asyncio.Protocol):
             entry = self.answers.get(key_of(msg, end))
             if entry is not None:
                 self._write(msg[:2] + entry[0] + msg[12:end] + entry[1])
+                entry[2][self.slot] += 1
                 return
-        reply = self.handler.handle(msg, True)
+        self._slow(msg, perf_counter())
+
+    def _slow(self, msg: bytes, started: float) -> None:
+        handler = self.handler
+        reply = handler.handle(msg, True)
         if reply is None:
+            self.stats.drop(self.slot, True, "short" if len(msg) < 12 else "response")
             return
         if isinstance(reply, bytes):
             self._write(reply)
+            self._done(msg, reply, started, handler.plugin)
         else:
             self._pending += 1
-            asyncio.ensure_future(self._write_later(reply))
+            asyncio.ensure_future(self._write_later(reply, msg, started, handler.plugin))
 
-    async def _write_later(self, pending) -> None:  # noqa: ANN001
+    async def _write_later(self, pending, msg: bytes, started: float, plugin: str) -> None:  # noqa: ANN001
         try:
             reply = await pending
         finally:
             self._pending -= 1
         if reply is not None:
             self._write(reply)
+            self._done(msg, reply, started, plugin)
+        if self._closing and not self._pending and self.transport is not None:
+            self.transport.close()  # draining: the last answer is out (close() flushes it)
+
+    def _done(self, msg: bytes, reply: bytes, started: float, plugin: str) -> None:
+        took = perf_counter() - started
+        self.stats.observe(self.slot, True, msg, reply, took, plugin)
+        if self.query_log is not None and self.query_log.wanted():
+            self.query_log.write(msg, reply, self.peer, "tcp", took)
+
+    # -- query log and draining --------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Answers still being worked on for this connection (forwarded questions)."""
+        return self._pending
+
+    def set_query_log(self, query_log: QueryLog | None) -> None:
+        self.query_log = query_log
+        if query_log is not None:
+            self._answer = self._logged  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("_answer", None)
+
+    def _logged(self, msg: bytes) -> None:
+        started = perf_counter()
+        end = question_bounds(msg)
+        entry = self.answers.get(key_of(msg, end)) if end > 12 else None
+        if entry is None:
+            self._slow(msg, started)
+            return
+        reply = msg[:2] + entry[0] + msg[12:end] + entry[1]
+        self._write(reply)
+        entry[2][self.slot] += 1
+        if self.query_log is not None and self.query_log.wanted():
+            self.query_log.write(msg, reply, self.peer, "tcp", perf_counter() - started)
+
+    def stop_reading(self) -> None:
+        """Draining: read no more queries; close once the pending answers are written."""
+        self._closing = True
+        if self.transport is None:
+            return
+        if self._pending:
+            self.transport.pause_reading()
+        else:
+            self.transport.close()
 
     def _write(self, reply: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

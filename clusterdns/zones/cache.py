@@ -101,6 +101,9 @@ class ResponseCache:
         self._flights: dict[bytes, asyncio.Future[Entry]] = {}
         self._background: set[asyncio.Task[Entry]] = set()
         self.hits = self.misses = self.prefetches = self.stale = 0
+        # the entry of the last hit and until when its reply may be replayed (server/table.py)
+        self.last_hit: Entry | None = None
+        self.last_replay_until = 0.0
         self.coalesced = self.inserts = 0
 
     @property
@@ -123,10 +126,19 @@ class ResponseCache:
             return None
         self.hits += 1
         e.hits += 1
-        if self.prefetch and e.hits >= self.prefetch and \
-                left <= max(1, e.ttl * self.prefetch_percentage // 100):
+        window = max(1, e.ttl * self.prefetch_percentage // 100)
+        if self.prefetch and e.hits >= self.prefetch and left <= window:
             self._prefetch(q)
+        self.last_hit = e
+        self.last_replay_until = self._replay_until(e, now, window)
         return W.render(e.wire, e.qend, e.ttl_offsets, left, q, limit)
+
+    def _replay_until(self, e: Entry, now: float, window: int) -> float:
+        """Until when the reply just rendered stays byte-identical, so the server may replay
+        it without coming here: TTLs tick once a second; never past expiry, and never inside
+        the prefetch window (there every hit must be seen to start the refresh)."""
+        until = e.stored + int(now - e.stored) + 1
+        return min(until, e.expires - (window if self.prefetch else 0))
 
     # -- the full path -----------------------------------------------------------------------
 

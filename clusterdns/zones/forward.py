@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from clusterdns.obs.counters import TIME_BUCKETS, _Hist, rcode_label
 from clusterdns.zones import _wire as W
 
 log = logging.getLogger("clusterdns.forward")
@@ -103,6 +104,24 @@ class ForwardStats:
     health_failures: int = 0
     conns_opened: int = 0
     conns_reused: int = 0
+    all_down: int = 0  # questions that found every upstream marked down
+
+
+@dataclass(slots=True)
+class UpstreamStats:
+    """One upstream's counters for the coredns_proxy_* metrics (plain ints, slow path)."""
+
+    durations: dict[str, _Hist] = field(default_factory=dict)  # rcode name -> exchange times
+    health_failures: int = 0
+    conn_hits: int = 0  # pooled TCP connection reused
+    conn_misses: int = 0  # TCP connection opened
+
+    def observe(self, rcode: int, seconds: float) -> None:
+        name = rcode_label(rcode)
+        hist = self.durations.get(name)
+        if hist is None:
+            hist = self.durations[name] = _Hist(len(TIME_BUCKETS))
+        hist.observe(TIME_BUCKETS, seconds)
 
 
 class _UdpExchange(asyncio.DatagramProtocol):
@@ -142,6 +161,7 @@ class Upstream:
         self.spec = spec
         self._fwd = fwd
         self.fails = 0
+        self.stats = UpstreamStats()
         self._idle: list[_Conn] = []
         self._probe: asyncio.Task[None] | None = None
         self._peer = (str(ipaddress.ip_address(spec.host.split("%")[0])), spec.port)
@@ -155,6 +175,12 @@ class Upstream:
 
     async def exchange(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> bytes:
         """Ask this upstream once (UDP, TCP on TC, or TCP only); raise on failure."""
+        started = time.perf_counter()
+        answer = await self._exchange(name, qtype, qclass, do, cd)
+        self.stats.observe(answer[3] & 0x0F, time.perf_counter() - started)
+        return answer
+
+    async def _exchange(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> bytes:
         stats = self._fwd.stats
         stats.requests += 1
         if self.spec.force_tcp:
@@ -198,9 +224,11 @@ class Upstream:
             if conn is None:
                 reader, writer = await asyncio.open_connection(*self._peer)
                 self._fwd.stats.conns_opened += 1
+                self.stats.conn_misses += 1
                 conn = _Conn(reader, writer)
             else:
                 self._fwd.stats.conns_reused += 1
+                self.stats.conn_hits += 1
             done = False
             try:
                 conn.writer.write(len(wire).to_bytes(2, "big") + wire)
@@ -262,9 +290,10 @@ class Upstream:
                 stats.health_checks += 1
                 try:
                     async with asyncio.timeout(self._fwd.read_timeout):
-                        await self.exchange(b"\x00", W.T_NS, W.C_IN, False, False)
+                        await self._exchange(b"\x00", W.T_NS, W.C_IN, False, False)
                 except (OSError, TimeoutError, asyncio.IncompleteReadError, W.Malformed):
                     stats.health_failures += 1
+                    self.stats.health_failures += 1
                     continue
                 self.fails = 0
                 log.info("upstream %s healthy again", self.spec)
@@ -312,8 +341,11 @@ class Forwarder:
 
     def _order(self) -> list[Upstream]:
         ups = self.upstreams
+        if len(ups) == 1:
+            return ups  # nothing to order (the hot case: one upstream)
         if self.policy == "random":
-            ups = random.sample(ups, len(ups))
+            ups = ups[:]
+            random.shuffle(ups)
         elif self.policy == "round_robin":
             k = next(self._rr) % len(ups)
             ups = ups[k:] + ups[:k]
@@ -337,6 +369,8 @@ class Forwarder:
             raise Overloaded(f"more than {self.max_concurrent} queries in flight")
         self._ensure_sweeper()
         self.stats.queries += 1
+        if not any(u.healthy for u in self.upstreams):
+            self.stats.all_down += 1  # CoreDNS coredns_forward_healthcheck_broken_total
         self.in_flight += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout

@@ -25,8 +25,8 @@ from clusterdns.wire.records import Record
 from clusterdns.zones import _wire as W
 from clusterdns.zones.cache import ResponseCache
 from clusterdns.zones.forward import (
-    ForwardError,
     Forwarder,
+    ForwardError,
     Guarded,
     LoopDetector,
     Overloaded,
@@ -233,6 +233,7 @@ class Forwarding:
         self.loop = loop
         self.errors = 0
         self.looped = False  # a forwarding loop was found: the app exits non-zero
+        self.last_hit: Any = None  # the ResponseCache of the last hit (take_hit)
         self._tasks: list[asyncio.Task[None]] = []
 
     def _is_local(self, name: bytes) -> bool:
@@ -257,8 +258,16 @@ class Forwarding:
         limit = self._limit(q, tcp)
         hit = zone.lookup(q, limit)
         if hit is not None:
+            self.last_hit = zone.cache
             return hit
         return self._safe(zone.resolve(q, limit), q)
+
+    def take_hit(self):  # noqa: ANN201 - (ResponseCache, Entry, replay-until) or None
+        """After `handle` answered from cache: what the server needs to replay that answer."""
+        cache, self.last_hit = self.last_hit, None
+        if cache is None or cache.last_hit is None:
+            return None
+        return cache, cache.last_hit, cache.last_replay_until
 
     async def _safe(self, pending: Awaitable[bytes], q: W.Question) -> bytes:
         try:

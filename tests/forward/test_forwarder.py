@@ -10,7 +10,7 @@ import pytest
 from fakedns import Dnsmasq, addresses, decode, free_port, question
 
 from clusterdns.zones import _wire as W
-from clusterdns.zones.forward import Forwarder, Guarded, UpstreamSpec, parse_hostport
+from clusterdns.zones.forward import Forwarder, ForwardError, Guarded, UpstreamSpec, parse_hostport
 from clusterdns.zones.upstreams import ForwardZone, build_forward_table
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
@@ -85,7 +85,7 @@ async def test_down_upstream_is_probed_back_to_healthy(fake) -> None:
                     timeout=1.0)
     try:
         for _ in range(2):
-            with pytest.raises(Exception):
+            with pytest.raises(ForwardError):
                 await fwd.query(question("www.example.test")[0].name, W.T_NS)
         assert not fwd.upstreams[0].healthy
         up = await fake(WWW, port=port)

@@ -165,7 +165,7 @@ async def serve(kubeconfig: Path) -> AsyncIterator[Callable[..., Awaitable[Clust
 
     async def start(*extra: str, base: bool = True) -> ClusterDNS:
         args = ["serve", "--kubeconfig", str(kubeconfig), "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0",
-                "--ready", "127.0.0.1:0", "--lameduck", "0"] if base else []
+                "--ready", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--lameduck", "0"] if base else []
         proc = ServerProcess(*args, *extra)
         started.append(proc)
         await asyncio.to_thread(proc.start)

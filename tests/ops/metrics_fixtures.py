@@ -39,4 +39,7 @@ def populated() -> M.Metrics:
     s.observe(v4, True, q, reply, 0.003, "kubernetes")
     s.drop(v4, False, "short")
     M.observe_programming(sources, "cluster_ip", 0.05)
+    upstream = handler.forwarding.forwarders[0].upstreams[0]
+    upstream.stats.observe(0, 0.012)  # one NOERROR exchange of 12 ms
+    upstream.stats.conn_misses += 1
     return m

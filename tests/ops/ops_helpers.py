@@ -69,10 +69,10 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return out
 
 
-def total(samples: dict, name: str, **labels: str) -> float:
-    """Sum of the samples called `name` whose labels include `labels`."""
+def total(samples: dict, metric: str, /, **labels: str) -> float:
+    """Sum of the samples called `metric` whose labels include `labels`."""
     want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+    return sum(v for (n, ls), v in samples.items() if n == metric and want <= ls)
 
 
 def query(port: int, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 2.0,

@@ -235,10 +235,15 @@ def test_every_flag_has_a_config_key(mode: str) -> None:
     assert C.unmapped_flags(build_parser(), mode) == []
 
 
-def test_every_serve_option_comes_from_the_config() -> None:
+def test_every_serve_option_comes_from_the_config_with_the_same_default() -> None:
+    """A ServeOptions field added without a config key (or with another default) fails here."""
     kwargs = C.ServeConfig().options_kwargs()
-    assert {f.name for f in fields(ServeOptions)} <= set(kwargs)
-    ServeOptions(**{k: v for k, v in kwargs.items() if k in {f.name for f in fields(ServeOptions)}})
+    set_by_cli = {"config", "reload"}
+    assert {f.name for f in fields(ServeOptions)} - set_by_cli == set(kwargs)
+    from_config, built_in = ServeOptions(**kwargs), ServeOptions()
+    differ = [f.name for f in fields(ServeOptions)
+              if getattr(from_config, f.name) != getattr(built_in, f.name) and f.name not in ("cache_opts", "forward_opts")]
+    assert differ == []
 
 
 # ----------------------------------------------------------------------- documentation
@@ -263,3 +268,19 @@ def test_reference_defaults_round_trip(mode: str) -> None:
             node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(default)
     assert C.parse(doc, mode) == C.SCHEMAS[mode]()
+
+
+def test_forwarding_defaults_match_the_code_s() -> None:
+    """The config's cache and forward defaults are what cluster_forwarding uses without them."""
+    import inspect
+
+    from clusterdns.zones.cache import ResponseCache
+    from clusterdns.zones.forward import Forwarder
+    from clusterdns.zones.upstreams import SERVE_CACHE
+
+    cache = {k: p.default for k, p in inspect.signature(ResponseCache).parameters.items()
+             if k not in ("fetch", "timer")} | SERVE_CACHE
+    assert C.ServeConfig().cache_opts() == cache
+    forward = {k: p.default for k, p in inspect.signature(Forwarder).parameters.items()
+               if k not in ("upstreams", "except_zones", "name")}
+    assert C.ServeConfig().forward_opts() == forward

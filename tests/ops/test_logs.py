@@ -72,18 +72,20 @@ def test_repeated_errors_become_one_line_with_a_count(out: io.StringIO) -> None:
     consolidator = L.setup("info", "text", 10.0, out)
     consolidator.clock = clock
     log = logging.getLogger("clusterdns.forward")
-    for i in range(100):
-        log.warning("upstream %s timed out", f"10.0.0.{i % 3}")
+    for _ in range(100):
+        log.warning("upstream %s timed out", "10.0.0.1")
         clock.now += 0.05
+    log.warning("upstream %s timed out", "10.0.0.2")  # another problem: its own line
     log.error("another kind")
     log.info("info is never collapsed")
     log.info("info is never collapsed")
-    assert len(lines(out)) == 4
+    assert len(lines(out)) == 5
     consolidator.flush()  # window not over yet: nothing
-    assert len(lines(out)) == 4
+    assert len(lines(out)) == 5
     clock.now += 10
     consolidator.flush()
-    assert lines(out)[-1].endswith("[WARNING] clusterdns.forward: 99 more like this within 10s: upstream 10.0.0.0 timed out")
+    assert lines(out)[-1].endswith("[WARNING] clusterdns.forward: 99 more like this within 10s: "
+                                   "upstream 10.0.0.1 timed out")
     assert consolidator.suppressed == 99
 
 

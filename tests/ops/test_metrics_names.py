@@ -98,6 +98,7 @@ def test_coredns_names_and_labels(families: list[Metric]) -> None:
     for name, labels in COREDNS.items():
         assert name in by_name, f"{name} missing"
         m = by_name[name]
+        assert m.samples, f"{name} has no sample to check the labels of"
         for s in m.samples:
             assert set(s.labels) - {"le"} == labels, (name, s.labels)
 

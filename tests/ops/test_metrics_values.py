@@ -164,3 +164,26 @@ async def test_metrics_endpoint_serves_the_registry() -> None:
     finally:
         await m.stop()
     await asyncio.sleep(0)
+
+
+def test_proxy_metrics_per_upstream() -> None:
+    m = populated()  # one NOERROR exchange of 12 ms with 127.0.0.1:9, one TCP connection opened
+    to = dict(proxy_name="forward", to="127.0.0.1:9")
+    assert value(m, "coredns_proxy_request_duration_seconds_bucket", rcode="NOERROR", le="0.008", **to) == 0
+    assert value(m, "coredns_proxy_request_duration_seconds_bucket", rcode="NOERROR", le="0.016", **to) == 1
+    assert value(m, "coredns_proxy_conn_cache_misses_total", proto="tcp", **to) == 1
+    assert value(m, "coredns_proxy_healthcheck_failures_total", rcode="", **to) == 0
+    fwd = m.sources.forwarding.forwarders[0]
+    fwd.stats.refused, fwd.stats.all_down = 3, 2
+    assert value(m, "coredns_forward_max_concurrent_rejects_total") == 3
+    assert value(m, "coredns_forward_healthcheck_broken_total") == 2
+
+
+def test_workers_families_are_summed_but_process_facts_are_not() -> None:
+    leader, worker = populated(), populated()
+    merged = {f.name: f for f in M.merge(list(leader.collector.local()), [list(worker.collector.local())])}
+    req = merged["coredns_dns_requests"]
+    v4 = [s for s in req.samples if s.labels.get("server") == V4 and s.labels.get("proto") == "udp"
+          and s.labels.get("zone") == "."]
+    assert [s.value for s in v4] == [6]  # 3 hot answers in each process
+    assert [s.value for s in merged["coredns_build_info"].samples] == [1]

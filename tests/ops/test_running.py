@@ -221,7 +221,8 @@ def test_restart_only_keys_are_reported_and_kept(tmp_path: Path) -> None:
         cfg.write_text(f"manifests: [{DEMO}]\nlisten: ['127.0.0.1:1']\nttl: 9\n")
         srv.proc.send_signal(signal.SIGHUP)
         eventually(lambda: "config reloaded" in srv.output(), what="the reload line")
-        assert "listen" in srv.output().split("restart", 1)[0].splitlines()[-1]
+        warning = eventually(lambda: [x for x in srv.lines if "takes effect on restart" in x], what="the warning")
+        assert "changes listen:" in warning[0] and "[WARNING]" in warning[0]
         assert _ttl(srv.port) == 9  # still on the old port, with the new ttl
 
 
@@ -371,3 +372,26 @@ def test_query_log_is_off_by_default_and_samples() -> None:
         eventually(lambda: sum("clusterdns.query" in x for x in srv.lines) >= 4, what="4 sampled lines")
         time.sleep(0.2)
         assert sum("clusterdns.query" in x for x in srv.lines) == 4
+
+
+# ----------------------------------------------------------------------- --workers
+
+
+def test_workers_metrics_add_up_and_sighup_reaches_every_worker(tmp_path: Path) -> None:
+    """With --workers, /metrics counts every process's answers, and a reload applies in
+    all of them (each query below comes from a new source port, so the kernel spreads
+    them over the processes)."""
+    cfg = tmp_path / "clusterdns.yaml"
+    cfg.write_text(f"manifests: [{DEMO}]\nlisten: ['127.0.0.1:0']\nmetrics: '127.0.0.1:0'\nttl: 7\nworkers: 3\n")
+    with ServerProcess("serve", "--config", str(cfg)) as srv:
+        mport = port_from(srv, METRICS_LINE)
+        eventually(lambda: srv.output().count("worker ") >= 2, what="two workers")
+        before = total(scrape(mport), "coredns_dns_requests_total")
+        assert {_ttl(srv.port) for _ in range(60)} == {7}
+        eventually(lambda: total(scrape(mport), "coredns_dns_requests_total") - before == 60, timeout=6,
+                   what="every process's answers in /metrics")
+        cfg.write_text(cfg.read_text().replace("ttl: 7", "ttl: 70"))
+        srv.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: srv.output().count("config reloaded") >= 3, what="a reload in all three processes")
+        assert {_ttl(srv.port) for _ in range(60)} == {70}
+        assert total(scrape(mport), "coredns_build_info") == 1

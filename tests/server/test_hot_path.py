@@ -130,3 +130,20 @@ def test_ptr_answers_follow_the_cluster_ip(cluster) -> None:  # noqa: ANN001
     store.delete("Service", "default", "httpd-svc")
     assert handler.table.lookup(q, False) is None
     assert dns.message.from_wire(handler.handle(q, False)).rcode() == 3
+
+
+async def test_warm_up_renders_common_answers_before_any_query(cluster) -> None:  # noqa: ANN001
+    from clusterdns.server.warmup import warm
+
+    store, handler = cluster
+    names = [("httpd-svc.default.svc.cluster.local.", "A"), ("my-dual-service.default.svc.cluster.local.", "AAAA"),
+             ("_pg._tcp.db.team.svc.cluster.local.", "SRV"), ("db-0.db.team.svc.cluster.local.", "A")]
+    wires = []
+    for name, rdtype in names:
+        q = dns.message.make_query(name, rdtype, use_edns=-1)
+        q.id = 0
+        wires.append(q.to_wire())
+    assert all(handler.table.lookup(w, False) is None for w in wires)
+    assert await warm(handler, store, "cluster.local") > len(wires)
+    for w in wires:
+        assert handler.table.lookup(w, False) is not None, dns.message.from_wire(w).question

@@ -1,0 +1,165 @@
+"""The listeners' operating switches, in-process with recording transports (uvicorn's
+habit): counting per listener slot on the hot and slow paths, the query log turned on
+and off without touching the hot path, and draining (no new queries, answers in flight
+still sent)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import dns.message
+import pytest
+
+from clusterdns.app import ServeOptions, build_cluster
+from clusterdns.kube.manifests import load_manifests
+from clusterdns.obs import logs
+from clusterdns.obs.logs import QueryLog, parse_common
+from clusterdns.server.tcp import TCPLimits, TCPProtocol
+from clusterdns.server.udp import UDPProtocol
+from helpers import DEMO
+
+NAME = "httpd-svc.default.svc.cluster.local."
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+        self.paused = False
+
+    def sendto(self, data: bytes, addr: object = None) -> None:
+        self.sent.append(data)
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data[2:])
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 4242) if name == "peername" else None
+
+
+@pytest.fixture
+def handler():  # noqa: ANN201
+    store, handler = build_cluster(ServeOptions(manifests=[str(DEMO)]))
+    store.load(load_manifests([str(DEMO)])[0])
+    handler.table.stats.add_listener("127.0.0.1", 53)
+    handler.table.stats.add_listener("::1", 53)
+    return handler
+
+
+def udp(handler, slot: int = 0) -> tuple[UDPProtocol, RecordingTransport]:  # noqa: ANN001
+    p = UDPProtocol(handler, slot)
+    t = RecordingTransport()
+    p.connection_made(t)  # type: ignore[arg-type]
+    return p, t
+
+
+def wire(name: str = NAME) -> bytes:
+    return dns.message.make_query(name, "A").to_wire()
+
+
+def test_hot_and_slow_answers_count_at_their_slot(handler) -> None:  # noqa: ANN001
+    v4, _ = udp(handler, 0)
+    v6, _ = udp(handler, 1)
+    v4.datagram_received(wire(), ("127.0.0.1", 1))  # slow path, stores the answer
+    for _ in range(3):
+        v4.datagram_received(wire(), ("127.0.0.1", 1))
+    v6.datagram_received(wire(), ("::1", 1, 0, 0))
+    hot = [c for k, c in handler.table.stats.classes.items() if k[1]]
+    slow = [c for k, c in handler.table.stats.classes.items() if not k[1]]
+    assert hot == [[3, 1]] and slow == [[1, 0]]
+
+
+def test_short_packets_and_responses_are_counted_as_dropped(handler) -> None:  # noqa: ANN001
+    p, t = udp(handler)
+    p.datagram_received(b"\x00" * 5, ("127.0.0.1", 1))
+    response = bytearray(wire())
+    response[2] |= 0x80
+    p.datagram_received(bytes(response), ("127.0.0.1", 1))
+    assert t.sent == []
+    assert handler.table.stats.dropped == {(0, False, "short"): 1, (0, False, "response"): 1}
+
+
+def test_query_log_switches_on_and_off_without_a_hot_path_check(handler) -> None:  # noqa: ANN001
+    out = io.StringIO()
+    logs.setup("info", "text", 10.0, out)
+    try:
+        p, t = udp(handler)
+        assert "datagram_received" not in vars(p)  # off: the class's hot path, unchanged
+        p.set_query_log(QueryLog())
+        p.datagram_received(wire(), ("127.0.0.1", 5))  # slow
+        p.datagram_received(wire(NAME.upper()), ("127.0.0.1", 6))  # hot
+        p.set_query_log(None)
+        assert "datagram_received" not in vars(p)
+        p.datagram_received(wire(), ("127.0.0.1", 7))
+        lines = [parse_common(x) for x in out.getvalue().splitlines()]
+        assert [x["port"] for x in lines] == [5, 6] and len(t.sent) == 3
+    finally:
+        logs.reset()
+
+
+async def test_udp_drain_drops_new_queries_but_sends_answers_in_flight(handler) -> None:  # noqa: ANN001
+    p, t = udp(handler)
+    gate = asyncio.get_running_loop().create_future()
+
+    async def slow_answer() -> bytes:
+        return await gate
+
+    handler.handle = lambda data, tcp: slow_answer()  # a forwarded question in flight
+    p.datagram_received(wire("x.example."), ("127.0.0.1", 1))
+    await asyncio.sleep(0)
+    assert p.pending == 1
+    p.stop_reading()
+    p.datagram_received(wire(), ("127.0.0.1", 2))  # after the close: dropped
+    gate.set_result(b"\x00\x01\x81\x80" + b"\x00" * 8)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert p.pending == 0 and t.sent == [b"\x00\x01\x81\x80" + b"\x00" * 8]
+    assert handler.table.stats.dropped == {(0, False, "shutting_down"): 1}
+
+
+async def test_tcp_drain_closes_after_the_last_pending_answer(handler) -> None:  # noqa: ANN001
+    limits = TCPLimits()
+    p = TCPProtocol(handler, limits, 0)
+    t = RecordingTransport()
+    p.connection_made(t)  # type: ignore[arg-type]
+    gate = asyncio.get_running_loop().create_future()
+
+    async def slow_answer() -> bytes:
+        return await gate
+
+    handler.handle = lambda data, tcp: slow_answer()
+    q = wire("x.example.")
+    p.data_received(len(q).to_bytes(2, "big") + q)
+    p.stop_reading()
+    assert t.paused and not t.closed
+    gate.set_result(b"\x00\x01\x81\x80" + b"\x00" * 8)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert t.sent and t.closed
+    p.connection_lost(None)
+
+
+def test_idle_tcp_connection_closes_at_once_on_drain(handler) -> None:  # noqa: ANN001
+    p = TCPProtocol(handler, TCPLimits(), 0)
+    t = RecordingTransport()
+    p.transport = t  # type: ignore[assignment]
+    p.stop_reading()
+    assert t.closed
+
+
+def test_connection_cap_is_counted(handler) -> None:  # noqa: ANN001
+    limits = TCPLimits(max_connections=0)
+    p = TCPProtocol(handler, limits, 0)
+    t = RecordingTransport()
+    p.connection_made(t)  # type: ignore[arg-type]
+    assert t.closed and limits.refused == 1
