@@ -57,6 +57,10 @@ class Handler:
             forwarded = self.forwarding.handle(data, tcp)  # cache hit, or a coroutine
             if forwarded is not None:
                 self.plugin = "cache" if isinstance(forwarded, bytes) else "forward"
+                if isinstance(forwarded, bytes):
+                    hit = self.forwarding.take_hit()
+                    if hit is not None:
+                        self.table.store_replay(data, forwarded, hit, tcp)
                 return forwarded
         try:
             q = message.parse(data)

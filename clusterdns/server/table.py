@@ -52,6 +52,10 @@ class AnswerTable:
         self.stats = stats if stats is not None else QueryStats()
         self.udp: dict[bytes, Entry] = {}
         self.tcp: dict[bytes, Entry] = {}
+        # cached forwarded answers, replayable until `until` (their TTLs tick each second):
+        # (flags + counts, rest, class counts, until, cache entry, cache)
+        self.replay_udp: dict[bytes, tuple] = {}
+        self.replay_tcp: dict[bytes, tuple] = {}
         self._by_dep: dict[DepKey, list[bytes]] = {}
         self.hits = 0  # counted by callers that want it; the hot path does not
 
@@ -78,6 +82,22 @@ class AnswerTable:
         for dep in deps:
             self._by_dep.setdefault(dep, []).append(key)
 
+    def store_replay(self, query: bytes, reply: bytes, hit: tuple, tcp: bool) -> None:
+        """Keep a forward-cache hit for replay until its TTLs tick (`ResponseCache._replay_until`).
+
+        The hot path then counts the hit on the cache and its entry itself, so hit counts,
+        prefetch and metrics see every answer.
+        """
+        end = question_bounds(query)
+        if end <= 12 or len(reply) <= end:
+            return
+        table = self.replay_tcp if tcp else self.replay_udp
+        if len(table) >= self.max_entries:
+            table.clear()
+        cache, entry, until = hit
+        counts = self.stats.hot_class(query, reply, tcp, plugin="cache")
+        table[key_of(query, end)] = (reply[2:12], reply[end:], counts, until, entry, cache)
+
     def invalidate(self, changes: set[DepKey]) -> None:
         """Store listener: drop the answers that read what changed."""
         if ALL in changes:
@@ -91,6 +111,8 @@ class AnswerTable:
     def clear(self) -> None:
         self.udp.clear()
         self.tcp.clear()
+        self.replay_udp.clear()
+        self.replay_tcp.clear()
         self._by_dep.clear()
 
     def __len__(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import perf_counter
+from time import monotonic, perf_counter
 
 from clusterdns.obs.logs import QueryLog
 from clusterdns.server.handler import Handler
@@ -24,6 +24,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
     def __init__(self, handler: Handler, slot: int = 0, query_log: QueryLog | None = None) -> None:
         self.handler = handler
         self.answers = handler.table.udp  # the dict itself: invalidation mutates it in place
+        self.replays = handler.table.replay_udp
         self.stats = handler.table.stats
         self.slot = slot
         self.transport: asyncio.DatagramTransport | None = None
@@ -45,10 +46,18 @@ class UDPProtocol(asyncio.DatagramProtocol):
         else:
             end = 0
         if end > 12:
-            entry = self.answers.get(data[2:12] + data[12:end].lower() + data[end:])
+            key = data[2:12] + data[12:end].lower() + data[end:]
+            entry = self.answers.get(key)
             if entry is not None:
                 self.transport.sendto(data[:2] + entry[0] + data[12:end] + entry[1], addr)  # type: ignore[union-attr]
                 entry[2][self.slot] += 1
+                return
+            hit = self.replays.get(key)  # a forward-cache hit rendered less than a second ago
+            if hit is not None and hit[3] > monotonic():
+                self.transport.sendto(data[:2] + hit[0] + data[12:end] + hit[1], addr)  # type: ignore[union-attr]
+                hit[2][self.slot] += 1
+                hit[4].hits += 1
+                hit[5].hits += 1
                 return
         self._slow(data, addr, perf_counter())
 
