@@ -39,6 +39,7 @@ from clusterdns.server.handler import Handler
 from clusterdns.server.table import AnswerTable
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
 from clusterdns.server.udp import UDPProtocol
+from clusterdns.server.warmup import warm
 from clusterdns.workers import Journal, Worker
 from clusterdns.zones.kubernetes import ClusterZone
 from clusterdns.zones.router import Router
@@ -297,7 +298,9 @@ async def serve(opts: ServeOptions, journal: Journal | None = None, workers: lis
     if handler.forwarding is not None:
         handler.forwarding.start(stop.set, listeners.bound)  # a forwarding loop sets `stop`
     flusher = asyncio.create_task(lifecycle.flush_logs(), name="log-flush")
+    warming = asyncio.create_task(warm_when_synced(handler, store, opts.zone), name="warm-up")
     await stop.wait()
+    warming.cancel()
     await reloader.stop()
     forwarding = handler.forwarding
     if forwarding is not None and forwarding.looped:
@@ -416,6 +419,15 @@ async def _shutdown(listeners: Listeners, source_task: asyncio.Task | None, heal
         await health.stop()
     if metrics is not None:
         await metrics.stop()
+
+
+async def warm_when_synced(handler: Handler, store: ClusterStore, zone: str) -> None:
+    """Pre-render the common answers once the store has synced (bounded wait)."""
+    for _ in range(600):
+        if store.synced:
+            await warm(handler, store, zone.strip(".").lower())
+            return
+        await asyncio.sleep(0.1)
 
 
 def run(coro) -> int:  # noqa: ANN001 - a coroutine returning an exit code
