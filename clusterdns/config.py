@@ -201,7 +201,7 @@ class ServeConfig(CommonSettings):
 
     def cache_opts(self) -> dict[str, Any]:
         """`ResponseCache` keyword arguments for forwarded names."""
-        return _cache_opts(self.cache, self.cache.success_ttl, self.cache.denial_ttl)
+        return cache_opts(self.cache, self.cache.success_ttl, self.cache.denial_ttl)
 
     def forward_opts(self) -> dict[str, Any]:
         """`Forwarder` keyword arguments."""
@@ -238,7 +238,8 @@ SCHEMAS: dict[str, type] = {"serve": ServeConfig, "node-cache": NodeCacheFileCon
 AnyConfig = ServeConfig | NodeCacheFileConfig
 
 
-def _cache_opts(c: Any, max_ttl: int, max_negative_ttl: int) -> dict[str, Any]:
+def cache_opts(c: Any, max_ttl: int, max_negative_ttl: int) -> dict[str, Any]:
+    """ResponseCache keyword arguments from a cache settings section (both modes)."""
     return dict(max_entries=c.max_entries, max_ttl=max_ttl, min_ttl=c.min_ttl,
                 max_negative_ttl=max_negative_ttl, min_negative_ttl=c.min_ttl,
                 servfail_ttl=c.servfail_ttl, prefetch=c.prefetch,

@@ -31,6 +31,7 @@ from typing import Any
 
 from clusterdns import lifecycle
 from clusterdns.app import Listeners, StartupError, parse_listen, run
+from clusterdns.config import cache_opts
 from clusterdns.nodecache_config import ConfigError, NodeCacheConfig, add_arguments, from_args
 from clusterdns.obs import logs
 from clusterdns.obs.health import HealthServer
@@ -53,13 +54,7 @@ log = logging.getLogger("clusterdns")
 
 
 def _cache_opts(cfg: NodeCacheConfig, max_ttl: int, max_negative_ttl: int) -> dict[str, Any]:
-    c = cfg.cache
-    return dict(max_entries=c.max_entries, max_ttl=max_ttl, min_ttl=c.min_ttl,
-                max_negative_ttl=max_negative_ttl, min_negative_ttl=c.min_ttl,
-                servfail_ttl=c.servfail_ttl, prefetch=c.prefetch,
-                prefetch_percentage=c.prefetch_percentage, serve_stale=c.serve_stale,
-                stale_ttl=c.stale_ttl, stale_answer_timeout=c.stale_answer_timeout,
-                stale_recheck=c.stale_recheck)
+    return cache_opts(cfg.cache, max_ttl, max_negative_ttl)
 
 
 def _upstreams(cfg: NodeCacheConfig) -> tuple[list[UpstreamSpec], dict[str, list[UpstreamSpec]]]:
