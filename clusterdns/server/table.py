@@ -96,7 +96,7 @@ class AnswerTable:
             table.clear()
         cache, entry, until = hit
         counts = self.stats.hot_class(query, reply, tcp, plugin="cache")
-        table[key_of(query, end)] = (reply[2:12], reply[end:], counts, until, entry, cache)
+        table[key_of(query, end)] = (reply[2:12], reply[end:], counts, until, entry, cache.hit_counter(entry))
 
     def invalidate(self, changes: set[DepKey]) -> None:
         """Store listener: drop the answers that read what changed."""

@@ -71,10 +71,32 @@ class _Lru(LRUCache):
     def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
         self.evictions = 0
+        self.evictions_by_type = {"success": 0, "denial": 0}  # coredns_cache_evictions_total{type}
 
     def popitem(self):  # type: ignore[no-untyped-def]
         self.evictions += 1
-        return super().popitem()
+        item = super().popitem()
+        self.evictions_by_type["success" if item[1].kind == POSITIVE else "denial"] += 1
+        return item
+
+
+class _DenialHits:
+    """What the replay hot path counts a denial hit on: `.hits += 1` there adds to the
+    cache's hits and to its denial hits (CoreDNS labels hits success or denial)."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+
+    @property
+    def hits(self) -> int:
+        return self.cache.hits
+
+    @hits.setter
+    def hits(self, value: int) -> None:
+        self.cache.denial_hits += value - self.cache.hits
+        self.cache.hits = value
 
 
 class ResponseCache:
@@ -101,6 +123,7 @@ class ResponseCache:
         self._flights: dict[bytes, asyncio.Future[Entry]] = {}
         self._background: set[asyncio.Task[Entry]] = set()
         self.hits = self.misses = self.prefetches = self.stale = 0
+        self.denial_hits = 0  # the NXDOMAIN/NODATA/SERVFAIL share of `hits`
         # the entry of the last hit and until when its reply may be replayed (server/table.py)
         self.last_hit: Entry | None = None
         self.last_replay_until = 0.0
@@ -126,12 +149,22 @@ class ResponseCache:
             return None
         self.hits += 1
         e.hits += 1
+        if e.kind != POSITIVE:
+            self.denial_hits += 1
         window = max(1, e.ttl * self.prefetch_percentage // 100)
         if self.prefetch and e.hits >= self.prefetch and left <= window:
             self._prefetch(q)
         self.last_hit = e
         self.last_replay_until = self._replay_until(e, now, window)
         return W.render(e.wire, e.qend, e.ttl_offsets, left, q, limit)
+
+    def hit_counter(self, e: Entry) -> "ResponseCache | _DenialHits":
+        """The object the replay hot path adds a hit to for entry `e`."""
+        return self if e.kind == POSITIVE else _DenialHits(self)
+
+    @property
+    def evictions_by_type(self) -> dict[str, int]:
+        return self._entries.evictions_by_type
 
     def _replay_until(self, e: Entry, now: float, window: int) -> float:
         """Until when the reply just rendered stays byte-identical, so the server may replay

@@ -317,3 +317,26 @@ async def test_cache_is_bounded_and_eviction_stays_cheap(clock) -> None:
     assert full < empty * 3  # no collapse: same order of cost
     assert cache.lookup(question("h0.example.test")[0], None) is None  # LRU went first
     assert cache.lookup(question("h3999.example.test")[0], None) is not None
+
+
+async def test_hits_and_evictions_are_split_into_success_and_denial(fake, clock) -> None:
+    """coredns_cache_hits_total / _evictions_total carry type=success|denial: the cache
+    counts denial hits apart, also when the server replays a denial from its table."""
+    up = await fake(WWW)
+    z = zone_for(up.port, clock, max_entries=2)
+    try:
+        www, _ = question("www.example.test")
+        nx, _ = question("missing.example.test")
+        await z.resolve(www, None)
+        await z.resolve(nx, None)
+        assert z.lookup(www, None) is not None and z.lookup(nx, None) is not None
+        assert (z.cache.hits, z.cache.denial_hits) == (2, 1)
+        counter = z.cache.hit_counter(z.cache.last_hit)  # what the replay path adds to
+        counter.hits += 1
+        assert (z.cache.hits, z.cache.denial_hits) == (3, 2)
+        other, _ = question("other.example.test")
+        await z.resolve(other, None)  # a third entry in a 2-entry cache evicts the oldest
+        assert sum(z.cache.evictions_by_type.values()) == 1
+        assert z.cache.evictions_by_type["success"] == 1  # www was least recently used
+    finally:
+        z.close()
