@@ -57,7 +57,6 @@ class AnswerTable:
         self.replay_udp: dict[bytes, tuple] = {}
         self.replay_tcp: dict[bytes, tuple] = {}
         self._by_dep: dict[DepKey, list[bytes]] = {}
-        self.hits = 0  # counted by callers that want it; the hot path does not
 
     def lookup(self, data: bytes, tcp: bool) -> bytes | None:
         """The whole hot path in one place (the protocols inline the same steps)."""
