@@ -38,7 +38,8 @@ from clusterdns.reload import Reloader
 from clusterdns.server.handler import Handler
 from clusterdns.server.table import AnswerTable
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
-from clusterdns.server.udp import UDPProtocol
+from clusterdns.server import udp as udp_listener
+from clusterdns.server.udp import UDPListener
 from clusterdns.server.warmup import warm
 from clusterdns.workers import Journal, Worker
 from clusterdns.zones.kubernetes import ClusterZone
@@ -125,8 +126,7 @@ class Listeners:
         self.handler = handler
         self.limits = limits
         self.query_log = query_log
-        self.udp: list[asyncio.DatagramTransport] = []
-        self.udp_protocols: list[UDPProtocol] = []
+        self.udp: list[UDPListener] = []
         self.tcp: list[asyncio.AbstractServer] = []
         self.bound: list[tuple[str, int]] = []
 
@@ -149,22 +149,19 @@ class Listeners:
         stats = self.handler.table.stats
         slot = len(stats.listeners)  # this address's counters; registered once bound
         for attempt in range(20):
-            transport, udp = await loop.create_datagram_endpoint(
-                lambda: UDPProtocol(self.handler, slot, self.query_log), local_addr=(host, port),
-                reuse_port=reuse_port or None)
-            bound_port = transport.get_extra_info("sockname")[1]
+            sock = udp_listener.bind(host, port, reuse_port)
+            bound_port = sock.getsockname()[1]
             try:
                 server = await loop.create_server(
                     lambda: TCPProtocol(self.handler, self.limits, slot, self.query_log), host, bound_port,
                     reuse_address=True, reuse_port=reuse_port or None)
             except OSError:
-                transport.close()
+                sock.close()
                 if port != 0 or attempt == 19:
                     raise
                 continue
             stats.add_listener(host, bound_port)
-            self.udp.append(transport)
-            self.udp_protocols.append(udp)  # type: ignore[arg-type]
+            self.udp.append(UDPListener(self.handler, sock, slot, self.query_log))
             self.tcp.append(server)
             return bound_port
         raise AssertionError("unreachable")
@@ -172,7 +169,7 @@ class Listeners:
     def set_query_log(self, query_log: QueryLog | None) -> None:
         """Turn the query log on or off for every socket and open connection."""
         self.query_log = query_log
-        for p in self.udp_protocols:
+        for p in self.udp:
             p.set_query_log(query_log)
         for c in list(self.limits.open):
             c.set_query_log(query_log)
@@ -181,14 +178,14 @@ class Listeners:
         """Take no new queries (draining); answers in flight still go out."""
         for s in self.tcp:
             s.close()
-        for p in self.udp_protocols:
+        for p in self.udp:
             p.stop_reading()
         for c in list(self.limits.open):
             c.stop_reading()
 
     def pending(self) -> int:
         """Answers still being worked on (forwarded or pipelined)."""
-        return sum(p.pending for p in self.udp_protocols) + sum(c.pending for c in self.limits.open)
+        return sum(p.pending for p in self.udp) + sum(c.pending for c in self.limits.open)
 
     def close(self) -> None:
         for t in self.udp:

@@ -1,10 +1,13 @@
-"""Start a real `clusterdns` process on ephemeral loopback ports and talk to it."""
+"""Start a real `clusterdns` process on ephemeral loopback ports and talk to it; or a
+single UDP listener in the test's own event loop (`udp_listener`, `UDPClient`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -94,3 +97,44 @@ def query(server: ServerProcess, name: str, rdtype: str = "A", tcp: bool = False
     if tcp:
         return dns.query.tcp(q, host, port=port, timeout=3)
     return dns.query.udp(q, host, port=port, timeout=3, ignore_trailing=False)
+
+
+class UDPClient:
+    """A client socket for a UDP listener running in the test's own event loop: it must
+    not block the loop, so it waits with `loop.sock_recv`."""
+
+    def __init__(self, addr: tuple) -> None:
+        self.sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.connect(addr)
+
+    def send(self, wire: bytes) -> None:
+        self.sock.send(wire)
+
+    async def recv(self, timeout: float = 2.0) -> bytes | None:
+        """The next datagram, or None when nothing came within `timeout`."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.sock_recv(self.sock, 65535), timeout)
+        except TimeoutError:
+            return None
+
+    async def ask(self, wire: bytes, timeout: float = 2.0) -> bytes | None:
+        self.send(wire)
+        return await self.recv(timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def udp_listener(handler, slot: int = 0, io: str = "mmsg", host: str = "127.0.0.1"):  # noqa: ANN001, ANN201
+    """A `UDPListener` on `host`, port 0, with batched (`mmsg`) or one-by-one (`plain`) I/O.
+    Call inside a running event loop."""
+    from clusterdns.server import batchio, udp
+
+    listener = udp.UDPListener(handler, udp.bind(host, 0), slot)
+    if io == "plain":
+        listener.io = batchio.PlainIO(listener.sock)
+    else:
+        assert isinstance(listener.io, batchio.BatchIO), "recvmmsg is available on Linux"
+    return listener

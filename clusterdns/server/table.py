@@ -95,7 +95,35 @@ class AnswerTable:
             table.clear()
         cache, entry, until = hit
         counts = self.stats.hot_class(query, reply, tcp, plugin="cache")
-        table[key_of(query, end)] = (reply[2:12], reply[end:], counts, until, entry, cache.hit_counter(entry))
+        # where the TTLs sit in the reply's tail, so `retick` can renew it without the slow
+        # path; None when the reply is not the stored answer's shape (truncated: TC)
+        base = entry.qend - 4  # the stored answer's offset of the tail (after the QNAME)
+        offs: tuple[int, ...] | None = tuple(o - base for o in entry.ttl_offsets)
+        if len(reply) - end < len(entry.wire) - base:
+            offs = None
+        table[key_of(query, end)] = (reply[2:12], reply[end:], counts, until, entry,
+                                     cache.hit_counter(entry), offs, cache)
+
+    def retick(self, key: bytes, hit: tuple, now: float, tcp: bool) -> tuple | None:
+        """A replayed forward-cache hit whose TTLs just ticked: the same reply with the TTLs
+        counted down, kept for the next second; None when the slow path must decide (the
+        entry expired or entered its prefetch window). Once per name and second instead of
+        the whole slow path."""
+        head, tail, counts, _, entry, counter, offs, cache = hit
+        left = entry.remaining(now)
+        if offs is None or left <= 0:
+            return None
+        window = max(1, entry.ttl * cache.prefetch_percentage // 100)
+        until = cache._replay_until(entry, now, window)
+        if until <= now:
+            return None
+        buf = bytearray(tail)
+        packed = left.to_bytes(4, "big")
+        for o in offs:
+            buf[o:o + 4] = packed
+        new = (head, bytes(buf), counts, until, entry, counter, offs, cache)
+        (self.replay_tcp if tcp else self.replay_udp)[key] = new
+        return new
 
     def invalidate(self, changes: set[DepKey]) -> None:
         """Store listener: drop the answers that read what changed."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from time import monotonic, perf_counter
 
 from clusterdns.obs.logs import QueryLog
@@ -94,8 +95,10 @@ class TCPProtocol(asyncio.Protocol):
                 self._write(msg[:2] + entry[0] + msg[12:end] + entry[1])
                 entry[2][self.slot] += 1
                 return
-            hit = self.replays.get(key)  # a forward-cache hit rendered less than a second ago
-            if hit is not None and hit[3] > monotonic():
+            hit = self.replays.get(key)  # a forward-cache hit, TTLs as of this second
+            if hit is not None and hit[3] <= monotonic():
+                hit = self.handler.table.retick(key, hit, monotonic(), True)
+            if hit is not None:
                 self._write(msg[:2] + hit[0] + msg[12:end] + hit[1])
                 hit[2][self.slot] += 1
                 hit[4].hits += 1
@@ -114,13 +117,18 @@ class TCPProtocol(asyncio.Protocol):
             self._done(msg, reply, started, handler.plugin)
         else:
             self._pending += 1
-            asyncio.ensure_future(self._write_later(reply, msg, started, handler.plugin))
+            fut = asyncio.ensure_future(reply)  # a Future stays itself; a coroutine becomes a Task
+            fut.add_done_callback(partial(self._ready, msg, started, handler.plugin))
 
-    async def _write_later(self, pending, msg: bytes, started: float, plugin: str) -> None:  # noqa: ANN001
-        try:
-            reply = await pending
-        finally:
-            self._pending -= 1
+    def _ready(self, msg: bytes, started: float, plugin: str, fut: asyncio.Future) -> None:
+        self._pending -= 1
+        reply = None
+        if not fut.cancelled():
+            exc = fut.exception()
+            if exc is not None:
+                log.debug("tcp answer failed: %r", exc)
+            else:
+                reply = fut.result()
         if reply is not None:
             self._write(reply)
             self._done(msg, reply, started, plugin)

@@ -1,87 +1,168 @@
-"""DNS over UDP: one datagram in, at most one datagram out."""
+"""DNS over UDP: datagrams read and answered in batches, at most one answer per query.
+
+The listener registers its socket with the event loop as a reader; each wake-up takes
+up to `batchio.BATCH` datagrams per system call, answers what the answer table knows
+in a tight loop, and sends all those answers with one more call (`server/batchio.py`
+says why). Anything else goes through the handler (`server/handler.py`); an answer that
+has to wait (forwarding) is sent on its own when it is ready.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from collections.abc import Callable
+from functools import partial
 from time import monotonic, perf_counter
 
 from clusterdns.obs.logs import QueryLog
+from clusterdns.server import batchio
+from clusterdns.server.batchio import BATCH, RECV_SIZE, SEND_SIZE
 from clusterdns.server.handler import Handler
 from clusterdns.server.table import EMPTY_RDATA, NO_EDNS, ONE_OPT, OPT_HEAD, key_of, question_bounds
 
 log = logging.getLogger("clusterdns")
 
+ROUNDS = 8  # batches per wake-up before the loop gets a turn (TCP, timers, the watch)
 
-class UDPProtocol(asyncio.DatagramProtocol):
+
+class UDPListener:
     """One listening socket. `slot` is its index in the query counters (`obs.counters`).
 
-    The query log and draining replace `datagram_received` on the instance (the event
-    loop looks the method up per datagram), so when both are off the hot path carries
-    no check for them.
+    Three readers, swapped on the event loop: `_read` (the hot path), `_read_logged`
+    (the query log is on) and `_read_closed` (draining: queries are dropped and counted
+    while the answers still pending go out).
     """
 
-    def __init__(self, handler: Handler, slot: int = 0, query_log: QueryLog | None = None) -> None:
+    def __init__(self, handler: Handler, sock: socket.socket, slot: int = 0,
+                 query_log: QueryLog | None = None) -> None:
         self.handler = handler
         self.answers = handler.table.udp  # the dict itself: invalidation mutates it in place
         self.replays = handler.table.replay_udp
+        self.table = handler.table
         self.stats = handler.table.stats
         self.slot = slot
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        sock.setblocking(False)
+        self.io = batchio.for_socket(sock)
+        self.loop = asyncio.get_running_loop()
         self.pending = 0  # answers still being worked on (forwarded), for draining
+        self.closed = False
         self.query_log: QueryLog | None = None
+        self._reader: Callable[[], None] = self._read
+        self.loop.add_reader(sock.fileno(), self._reader)
         self.set_query_log(query_log)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def sockname(self) -> tuple:
+        return self.sock.getsockname()
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        # Hot path, inlined from AnswerTable.lookup: about 1 us of Python per answer.
-        n = len(data)
-        counts = data[4:12]
-        if counts == NO_EDNS:
-            end = n - 4
-        elif counts == ONE_OPT and data[n - 11:n - 8] == OPT_HEAD and data[n - 2:] == EMPTY_RDATA:
-            end = n - 15
-        else:
-            end = 0
-        if end > 12:
-            key = data[2:12] + data[12:end].lower() + data[end:]
-            entry = self.answers.get(key)
-            if entry is not None:
-                self.transport.sendto(data[:2] + entry[0] + data[12:end] + entry[1], addr)  # type: ignore[union-attr]
-                entry[2][self.slot] += 1
-                return
-            hit = self.replays.get(key)  # a forward-cache hit rendered less than a second ago
-            if hit is not None and hit[3] > monotonic():
-                self.transport.sendto(data[:2] + hit[0] + data[12:end] + hit[1], addr)  # type: ignore[union-attr]
-                hit[2][self.slot] += 1
-                hit[4].hits += 1
-                hit[5].hits += 1
-                return
-        self._slow(data, addr, perf_counter())
+    def _swap(self, reader: Callable[[], None]) -> None:
+        if not self.closed and reader != self._reader:
+            self._reader = reader
+            self.loop.add_reader(self.sock.fileno(), reader)  # replaces the old callback
 
-    def _slow(self, data: bytes, addr: tuple, started: float) -> None:
+    def _read(self) -> None:
+        # The hot path, inlined from AnswerTable.lookup: no calls but the dict's, no dnslib.
+        io = self.io
+        rbuf, lens, len_at = io.rbuf, io.lens, io.LEN_AT
+        sbuf, slens, snames, name_at, naddr = io.sbuf, io.slens, io.snames, io.NAME_AT, io.name_addrs
+        answers, replays, slot = self.answers, self.replays, self.slot
+        for _ in range(ROUNDS):
+            try:
+                n = io.recv()
+            except OSError as exc:
+                log.debug("udp receive error: %s", exc)
+                return
+            if not n:
+                return
+            j = 0
+            now = 0.0
+            for i in range(n):
+                off = i * RECV_SIZE
+                data = bytes(rbuf[off:off + lens[len_at[i]]])
+                size = len(data)
+                counts = data[4:12]
+                if counts == NO_EDNS:
+                    end = size - 4
+                elif counts == ONE_OPT and data[size - 11:size - 8] == OPT_HEAD and data[size - 2:] == EMPTY_RDATA:
+                    end = size - 15
+                else:
+                    end = 0
+                out = None
+                if end > 12:
+                    key = data[2:12] + data[12:end].lower() + data[end:]
+                    entry = answers.get(key)
+                    if entry is not None:
+                        out = data[:2] + entry[0] + data[12:end] + entry[1]
+                        entry[2][slot] += 1
+                    else:
+                        hit = replays.get(key)  # a forward-cache hit, TTLs as of this second
+                        if hit is not None:
+                            if not now:
+                                now = monotonic()
+                            if hit[3] <= now:
+                                hit = self.table.retick(key, hit, now, False)
+                            if hit is not None:
+                                out = data[:2] + hit[0] + data[12:end] + hit[1]
+                                hit[2][slot] += 1
+                                hit[4].hits += 1
+                                hit[5].hits += 1
+                if out is None:
+                    out = self._slow(data, i, perf_counter())
+                    if out is None:
+                        continue
+                size = len(out)
+                if size > SEND_SIZE:
+                    self._send(out, io.name(i))
+                    continue
+                so = j * SEND_SIZE
+                sbuf[so:so + size] = out
+                slens[2 * j + 1] = size
+                snames[name_at[j]] = naddr[i]
+                j += 1
+            if j:
+                io.send(j)
+            if n < BATCH:
+                return
+
+    def _slow(self, data: bytes, i: int, started: float) -> bytes | None:
+        """The handler's answer to datagram `i`, if it has one now (else it is sent later)."""
         handler = self.handler
+        if self.io.truncated(i):
+            self.stats.drop(self.slot, False, "too_long")
+            return None
         reply = handler.handle(data, False)
         if reply is None:
             self.stats.drop(self.slot, False, "short" if len(data) < 12 else "response")
-            return
+            return None
+        addr = self.io.name(i)
         if isinstance(reply, bytes):
-            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
             self._done(data, reply, addr, started, handler.plugin)
-        else:
-            self.pending += 1
-            asyncio.ensure_future(self._send_later(reply, data, addr, started, handler.plugin))
+            return reply
+        self.pending += 1
+        fut = asyncio.ensure_future(reply)  # a Future stays itself; a coroutine becomes a Task
+        fut.add_done_callback(partial(self._ready, data, addr, started, handler.plugin))
+        return None
 
-    async def _send_later(self, pending, data: bytes, addr: tuple, started: float, plugin: str) -> None:  # noqa: ANN001
-        try:
-            reply = await pending
-        finally:
-            self.pending -= 1
-        if reply is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+    def _ready(self, data: bytes, addr: tuple, started: float, plugin: str, fut: asyncio.Future) -> None:
+        self.pending -= 1
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.debug("udp answer failed: %r", exc)
+            return
+        reply = fut.result()
+        if reply is not None and not self.closed:
+            self._send(reply, addr)
             self._done(data, reply, addr, started, plugin)
+
+    def _send(self, reply: bytes, addr: tuple) -> None:
+        try:
+            self.sock.sendto(reply, addr)
+        except OSError as exc:  # the client's address went away: this answer only
+            log.debug("udp send to %s failed: %s", addr, exc)
 
     def _done(self, data: bytes, reply: bytes, addr: tuple, started: float, plugin: str) -> None:
         took = perf_counter() - started
@@ -89,40 +170,70 @@ class UDPProtocol(asyncio.DatagramProtocol):
         if self.query_log is not None and self.query_log.wanted():
             self.query_log.write(data, reply, addr, "udp", took)
 
-    # -- query log and draining: swapped in on the instance --------------------------------
+    # -- query log and draining ---------------------------------------------------------------
+
+    def _datagrams(self):  # noqa: ANN202 - yields (slot index, bytes)
+        io = self.io
+        for _ in range(ROUNDS):
+            try:
+                n = io.recv()
+            except OSError as exc:
+                log.debug("udp receive error: %s", exc)
+                return
+            for i in range(n):
+                off = i * RECV_SIZE
+                yield i, bytes(io.rbuf[off:off + io.lens[io.LEN_AT[i]]])
+            if n < BATCH:
+                return
 
     def set_query_log(self, query_log: QueryLog | None) -> None:
         self.query_log = query_log
-        if query_log is not None:
-            self.datagram_received = self._logged  # type: ignore[method-assign]
-        else:
-            self.__dict__.pop("datagram_received", None)
+        if self._reader != self._read_closed:
+            self._swap(self._read if query_log is None else self._read_logged)
 
-    def _logged(self, data: bytes, addr: tuple) -> None:
-        """The hot path plus a query-log line (sampled)."""
-        started = perf_counter()
-        end = question_bounds(data)
-        entry = self.answers.get(key_of(data, end)) if end > 12 else None
-        if entry is None:
-            self._slow(data, addr, started)
-            return
-        reply = data[:2] + entry[0] + data[12:end] + entry[1]
-        self.transport.sendto(reply, addr)  # type: ignore[union-attr]
-        entry[2][self.slot] += 1
-        if self.query_log is not None and self.query_log.wanted():
-            self.query_log.write(data, reply, addr, "udp", perf_counter() - started)
+    def _read_logged(self) -> None:
+        """The hot path plus a query-log line (sampled), one send per answer."""
+        for i, data in self._datagrams():
+            started = perf_counter()
+            end = question_bounds(data)
+            entry = self.answers.get(key_of(data, end)) if end > 12 else None
+            if entry is None:
+                reply = self._slow(data, i, started)
+                if reply is not None:
+                    self._send(reply, self.io.name(i))
+                continue
+            reply = data[:2] + entry[0] + data[12:end] + entry[1]
+            addr = self.io.name(i)
+            self._send(reply, addr)
+            entry[2][self.slot] += 1
+            if self.query_log is not None and self.query_log.wanted():
+                self.query_log.write(data, reply, addr, "udp", perf_counter() - started)
 
     def stop_reading(self) -> None:
-        """Listener closed for new queries: drop them (answers in flight still go out).
+        """Listener closed for new queries: drop them (answers in flight still go out)."""
+        self._swap(self._read_closed)
 
-        uvloop has no pause_reading() for UDP, and closing the socket would lose the
-        answers still pending, so new datagrams are dropped until `close()`.
-        """
-        self.datagram_received = self._closed  # type: ignore[method-assign]
+    def _read_closed(self) -> None:
+        for _ in self._datagrams():
+            self.stats.drop(self.slot, False, "shutting_down")
 
-    def _closed(self, data: bytes, addr: tuple) -> None:
-        self.stats.drop(self.slot, False, "shutting_down")
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a client that went away: nothing to do
-        log.debug("udp error: %s", exc)
+
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A bound, non-blocking UDP socket for `host`:`port` (port 0: the kernel picks)."""
+    family, _, _, _, addr = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM, 0, socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -1,5 +1,5 @@
-"""The listeners' operating switches, in-process with recording transports (uvicorn's
-habit): counting per listener slot on the hot and slow paths, the query log turned on
+"""The listeners' operating switches, in-process: UDP through a real listener on
+loopback in the test's event loop, TCP with a recording transport (uvicorn's habit): counting per listener slot on the hot and slow paths, the query log turned on
 and off without touching the hot path, and draining (no new queries, answers in flight
 still sent)."""
 
@@ -16,8 +16,7 @@ from clusterdns.kube.manifests import load_manifests
 from clusterdns.obs import logs
 from clusterdns.obs.logs import QueryLog, parse_common
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
-from clusterdns.server.udp import UDPProtocol
-from helpers import DEMO
+from helpers import DEMO, UDPClient, udp_listener
 
 NAME = "httpd-svc.default.svc.cluster.local."
 
@@ -56,74 +55,94 @@ def handler():  # noqa: ANN201
     return handler
 
 
-def udp(handler, slot: int = 0) -> tuple[UDPProtocol, RecordingTransport]:  # noqa: ANN001
-    p = UDPProtocol(handler, slot)
-    t = RecordingTransport()
-    p.connection_made(t)  # type: ignore[arg-type]
-    return p, t
-
-
 def wire(name: str = NAME) -> bytes:
     return dns.message.make_query(name, "A").to_wire()
 
 
-def test_hot_and_slow_answers_count_at_their_slot(handler) -> None:  # noqa: ANN001
-    v4, _ = udp(handler, 0)
-    v6, _ = udp(handler, 1)
-    v4.datagram_received(wire(), ("127.0.0.1", 1))  # slow path, stores the answer
-    for _ in range(3):
-        v4.datagram_received(wire(), ("127.0.0.1", 1))
-    v6.datagram_received(wire(), ("::1", 1, 0, 0))
+async def test_hot_and_slow_answers_count_at_their_slot(handler) -> None:  # noqa: ANN001
+    v4 = udp_listener(handler, 0)
+    v6 = udp_listener(handler, 1, host="::1")
+    c4, c6 = UDPClient(v4.sockname()), UDPClient(v6.sockname())
+    try:
+        assert await c4.ask(wire())  # slow path, stores the answer
+        for _ in range(3):
+            assert await c4.ask(wire())
+        assert await c6.ask(wire())
+    finally:
+        for x in (c4, c6, v4, v6):
+            x.close()
     hot = [c for k, c in handler.table.stats.classes.items() if k[1]]
     slow = [c for k, c in handler.table.stats.classes.items() if not k[1]]
     assert hot == [[3, 1]] and slow == [[1, 0]]
 
 
-def test_short_packets_and_responses_are_counted_as_dropped(handler) -> None:  # noqa: ANN001
-    p, t = udp(handler)
-    p.datagram_received(b"\x00" * 5, ("127.0.0.1", 1))
-    response = bytearray(wire())
-    response[2] |= 0x80
-    p.datagram_received(bytes(response), ("127.0.0.1", 1))
-    assert t.sent == []
-    assert handler.table.stats.dropped == {(0, False, "short"): 1, (0, False, "response"): 1}
+@pytest.mark.parametrize("io", ["mmsg", "plain"])
+async def test_short_packets_and_responses_are_counted_as_dropped(handler, io: str) -> None:  # noqa: ANN001
+    p = udp_listener(handler, io=io)
+    c = UDPClient(p.sockname())
+    try:
+        c.send(b"\x00" * 5)
+        response = bytearray(wire())
+        response[2] |= 0x80
+        c.send(bytes(response))
+        c.send(b"")  # an empty datagram
+        assert await c.ask(wire()) is not None  # the socket still answers, and only this
+        assert await c.recv(0.2) is None
+    finally:
+        c.close()
+        p.close()
+    assert handler.table.stats.dropped == {(0, False, "short"): 2, (0, False, "response"): 1}
 
 
-def test_query_log_switches_on_and_off_without_a_hot_path_check(handler) -> None:  # noqa: ANN001
+async def test_query_log_switches_on_and_off_without_a_hot_path_check(handler) -> None:  # noqa: ANN001
     out = io.StringIO()
     logs.setup("info", "text", 10.0, out)
+    p = udp_listener(handler)
+    clients = [UDPClient(p.sockname()) for _ in range(3)]
     try:
-        p, t = udp(handler)
-        assert "datagram_received" not in vars(p)  # off: the class's hot path, unchanged
+        assert p._reader == p._read  # off: the plain hot path
         p.set_query_log(QueryLog())
-        p.datagram_received(wire(), ("127.0.0.1", 5))  # slow
-        p.datagram_received(wire(NAME.upper()), ("127.0.0.1", 6))  # hot
+        assert p._reader == p._read_logged
+        assert await clients[0].ask(wire())  # slow
+        assert await clients[1].ask(wire(NAME.upper()))  # hot
         p.set_query_log(None)
-        assert "datagram_received" not in vars(p)
-        p.datagram_received(wire(), ("127.0.0.1", 7))
+        assert p._reader == p._read
+        assert await clients[2].ask(wire())
+        ports = [c.sock.getsockname()[1] for c in clients]
         lines = [parse_common(x) for x in out.getvalue().splitlines()]
-        assert [x["port"] for x in lines] == [5, 6] and len(t.sent) == 3
+        assert [x["port"] for x in lines] == ports[:2]
     finally:
+        for x in (*clients, p):
+            x.close()
         logs.reset()
 
 
 async def test_udp_drain_drops_new_queries_but_sends_answers_in_flight(handler) -> None:  # noqa: ANN001
-    p, t = udp(handler)
+    p = udp_listener(handler)
+    c = UDPClient(p.sockname())
     gate = asyncio.get_running_loop().create_future()
 
     async def slow_answer() -> bytes:
         return await gate
 
-    handler.handle = lambda data, tcp: slow_answer()  # a forwarded question in flight
-    p.datagram_received(wire("x.example."), ("127.0.0.1", 1))
-    await asyncio.sleep(0)
-    assert p.pending == 1
-    p.stop_reading()
-    p.datagram_received(wire(), ("127.0.0.1", 2))  # after the close: dropped
-    gate.set_result(b"\x00\x01\x81\x80" + b"\x00" * 8)
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert p.pending == 0 and t.sent == [b"\x00\x01\x81\x80" + b"\x00" * 8]
+    try:
+        handler.handle = lambda data, tcp: slow_answer()  # a forwarded question in flight
+        c.send(wire("x.example."))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if p.pending:
+                break
+        assert p.pending == 1
+        p.stop_reading()
+        c.send(wire())  # after the close: dropped
+        await asyncio.sleep(0.05)
+        gate.set_result(b"\x00\x01\x81\x80" + b"\x00" * 8)
+        assert await c.recv() == b"\x00\x01\x81\x80" + b"\x00" * 8
+        assert await c.recv(0.2) is None
+        assert p.pending == 0
+    finally:
+        c.close()
+        p.close()
     assert handler.table.stats.dropped == {(0, False, "shutting_down"): 1}
 
 

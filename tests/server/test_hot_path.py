@@ -1,7 +1,9 @@
 """Guards for the hot path: a cached answer never touches dnslib or the slow path, and a
 store change drops exactly the answers that read it (no timing involved).
 
-The protocols are driven in-process with a recording transport (uvicorn's habit).
+UDP goes through a real listener on loopback in the test's event loop, in both I/O modes
+(batched recvmmsg/sendmmsg and one-by-one); TCP through its protocol with a recording
+transport (uvicorn's habit).
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from clusterdns.kube.manifests import load_manifests
 from clusterdns.kube.objects import parse_object
 from clusterdns.server import handler as handler_mod
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
-from clusterdns.server.udp import UDPProtocol
 from clusterdns.wire import message as message_mod
-from helpers import DEMO, TEST_CLUSTER
+from helpers import DEMO, TEST_CLUSTER, UDPClient, udp_listener
 
 NAME = "httpd-svc.default.svc.cluster.local."
 
@@ -25,9 +26,6 @@ NAME = "httpd-svc.default.svc.cluster.local."
 class RecordingTransport:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
-
-    def sendto(self, data: bytes, addr: object = None) -> None:
-        self.sent.append(data)
 
     def write(self, data: bytes) -> None:
         self.sent.append(data[2:])  # strip the TCP length prefix
@@ -46,30 +44,42 @@ def cluster():  # noqa: ANN201
     return store, handler
 
 
-def _forbid_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(*a: object, **k: object) -> None:
-        raise AssertionError("a cached answer went through the slow path or dnslib")
+def _forbid_slow_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make dnslib and the slow path record every use (the listener's reader runs inside
+    the event loop, where an exception would only be logged)."""
+    used: list[str] = []
 
-    monkeypatch.setattr(message_mod.DNSRecord, "parse", boom)
-    monkeypatch.setattr(message_mod.DNSRecord, "pack", boom)
-    monkeypatch.setattr(handler_mod.Handler, "handle", boom)
+    def record(what: str):  # noqa: ANN202
+        def boom(*a: object, **k: object) -> None:
+            used.append(what)
+            raise AssertionError(f"a cached answer went through {what}")
+        return boom
+
+    monkeypatch.setattr(message_mod.DNSRecord, "parse", record("dnslib parse"))
+    monkeypatch.setattr(message_mod.DNSRecord, "pack", record("dnslib pack"))
+    monkeypatch.setattr(handler_mod.Handler, "handle", record("the slow path"))
+    return used
 
 
+@pytest.mark.parametrize("io", ["mmsg", "plain"])
 @pytest.mark.parametrize("edns", [-1, 0])
-def test_cached_udp_answer_skips_dnslib_and_slow_path(cluster, monkeypatch: pytest.MonkeyPatch, edns: int) -> None:  # noqa: ANN001
+async def test_cached_udp_answer_skips_dnslib_and_slow_path(cluster, monkeypatch: pytest.MonkeyPatch, edns: int, io: str) -> None:  # noqa: ANN001
     _, handler = cluster
-    proto = UDPProtocol(handler)
-    t = RecordingTransport()
-    proto.connection_made(t)  # type: ignore[arg-type]
-    first = dns.message.make_query(NAME, "A", use_edns=edns)
-    proto.datagram_received(first.to_wire(), ("127.0.0.1", 1))
-    _forbid_slow_path(monkeypatch)
-    again = dns.message.make_query(NAME.upper(), "A", use_edns=edns)  # other ID, other case
-    proto.datagram_received(again.to_wire(), ("127.0.0.1", 1))
-    assert len(t.sent) == 2
-    r = dns.message.from_wire(t.sent[1])
+    listener = udp_listener(handler, io=io)
+    client = UDPClient(listener.sockname())
+    try:
+        first = dns.message.make_query(NAME, "A", use_edns=edns)
+        assert await client.ask(first.to_wire()) is not None
+        used = _forbid_slow_path(monkeypatch)
+        again = dns.message.make_query(NAME.upper(), "A", use_edns=edns)  # other ID, other case
+        reply = await client.ask(again.to_wire())
+    finally:
+        client.close()
+        listener.close()
+    assert used == [] and reply is not None
+    r = dns.message.from_wire(reply)
     assert r.id == again.id
-    assert t.sent[1][12:12 + len(again.to_wire()) - 12 - (11 if edns == 0 else 0)] == \
+    assert reply[12:12 + len(again.to_wire()) - 12 - (11 if edns == 0 else 0)] == \
         again.to_wire()[12:len(again.to_wire()) - (11 if edns == 0 else 0)]
     assert r.answer[0][0].address == "10.99.229.179"
     assert (r.edns == 0) == (edns == 0)
@@ -88,16 +98,20 @@ def test_cached_tcp_answer_skips_dnslib_and_slow_path(cluster, monkeypatch: pyte
     assert dns.message.from_wire(t.sent[1]).id == dns.message.from_wire(q2).id
 
 
-def test_negative_answers_are_cached_too(cluster, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+async def test_negative_answers_are_cached_too(cluster, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     _, handler = cluster
-    proto = UDPProtocol(handler)
-    t = RecordingTransport()
-    proto.connection_made(t)  # type: ignore[arg-type]
-    q = dns.message.make_query("www.example.com.default.svc.cluster.local.", "A")
-    proto.datagram_received(q.to_wire(), ("127.0.0.1", 1))
-    _forbid_slow_path(monkeypatch)
-    proto.datagram_received(dns.message.make_query("www.example.com.default.svc.cluster.local.", "A").to_wire(), ("127.0.0.1", 1))
-    assert dns.message.from_wire(t.sent[1]).rcode() == 3
+    listener = udp_listener(handler)
+    client = UDPClient(listener.sockname())
+    try:
+        q = dns.message.make_query("www.example.com.default.svc.cluster.local.", "A")
+        assert await client.ask(q.to_wire()) is not None
+        used = _forbid_slow_path(monkeypatch)
+        reply = await client.ask(dns.message.make_query("www.example.com.default.svc.cluster.local.", "A").to_wire())
+    finally:
+        client.close()
+        listener.close()
+    assert used == [] and reply is not None
+    assert dns.message.from_wire(reply).rcode() == 3
 
 
 def test_store_change_drops_only_the_answers_that_read_it(cluster) -> None:  # noqa: ANN001
