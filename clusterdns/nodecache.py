@@ -114,7 +114,10 @@ async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
     """
     started = time.monotonic()
     forwarding = build(cfg, LoopDetector() if cfg.loop_detect else None)
-    handler = Handler(Router(None), AnswerTable(4096), cfg.max_udp, forwarding=forwarding)
+    # room to replay every cached answer, in two query variants (with and without EDNS),
+    # before the replay table starts over (it must not be smaller than the cache)
+    replays = AnswerTable(max(4096, 2 * cfg.cache.max_entries))
+    handler = Handler(Router(None), replays, cfg.max_udp, forwarding=forwarding)
     query_log = lifecycle.query_log(getattr(cfg, "query_log", False), getattr(cfg, "query_log_sample", 1))
     listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log)
     health = HealthServer(cfg.health, cfg.health) if cfg.health else None
