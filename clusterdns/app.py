@@ -21,17 +21,14 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clusterdns import lifecycle
 from clusterdns.config import RESTART_ONLY
-from clusterdns.kube.client import ApiConfigError, load_connection
-from clusterdns.kube.manifests import load_manifests
+from clusterdns.kube.manifests import bulk_load, load_manifests
 from clusterdns.kube.store import ClusterStore
-from clusterdns.kube.watch import KubeSource, WatchSettings
 from clusterdns.lifecycle import StartupError
 from clusterdns.obs import logs
-from clusterdns.obs.health import HealthServer
 from clusterdns.obs.logs import QueryLog
 from clusterdns.obs.metrics import Sources
 from clusterdns.reload import Reloader
@@ -45,6 +42,10 @@ from clusterdns.workers import Journal, Worker
 from clusterdns.zones.kubernetes import ClusterZone
 from clusterdns.zones.router import Router
 from clusterdns.zones.upstreams import Forwarding, cluster_forwarding
+
+if TYPE_CHECKING:  # imported where used: kubernetes and aiohttp cost ~0.4 s of start-up from manifests
+    from clusterdns.kube.watch import KubeSource
+    from clusterdns.obs.health import HealthServer
 
 log = logging.getLogger("clusterdns")
 
@@ -223,6 +224,9 @@ def build_forwarding(opts: ServeOptions, zone: str) -> Forwarding | None:
 
 def build_source(opts: ServeOptions, store: ClusterStore) -> KubeSource:
     """The API watch feeding `store`; a bad kubeconfig is a StartupError."""
+    from clusterdns.kube.client import ApiConfigError, load_connection
+    from clusterdns.kube.watch import KubeSource, WatchSettings
+
     try:
         conn = load_connection(opts.kubeconfig, opts.context)
     except ApiConfigError as exc:
@@ -252,8 +256,9 @@ async def serve(opts: ServeOptions, journal: Journal | None = None, workers: lis
     metrics = None
     skipped = 0
     if opts.manifests:
-        objects, skipped = load_manifests(opts.manifests)
-        store.load(objects)
+        with bulk_load():
+            objects, skipped = load_manifests(opts.manifests)
+            store.load(objects)
     else:
         source = build_source(opts, store)
     listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
@@ -262,6 +267,8 @@ async def serve(opts: ServeOptions, journal: Journal | None = None, workers: lis
                       store=store, tcp_limits=listeners.limits, plugins=_plugins(opts, source is not None))
     try:
         if source is not None or opts.health or opts.ready:
+            from clusterdns.obs.health import HealthServer
+
             health = HealthServer(opts.health or ":8080", opts.ready or ":8181",
                                   source.missing if source is not None else None)
             try:

@@ -6,6 +6,8 @@ skipped with a warning naming file, kind, namespace/name and field, and the rest
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from clusterdns.kube import kubeyaml
 from clusterdns.kube.objects import KubeObject, ObjectError, parse_object
 
 log = logging.getLogger("clusterdns")
@@ -44,6 +47,13 @@ def _documents(path: Path) -> Iterator[Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read: {exc}") from None
+    try:  # kubectl's kind of YAML, read several times faster; the documents PyYAML gives
+        docs = kubeyaml.load_all(text, _one_document)
+    except kubeyaml.NotPlain:
+        pass  # PyYAML reads the file whole, and its errors name the line
+    else:
+        yield from docs
+        return
     try:
         yield from yaml.load_all(text, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -51,6 +61,14 @@ def _documents(path: Path) -> Iterator[Any]:
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ManifestError(f"{path}{where}: not valid YAML: {problem}") from None
+
+
+def _one_document(text: str) -> Any:
+    """One document kubeyaml leaves to PyYAML; any error sends the whole file there."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except Exception:
+        raise kubeyaml.NotPlain from None
 
 
 def _items(doc: Any) -> Iterator[Any]:
@@ -83,3 +101,22 @@ def load_manifests(paths: list[str]) -> tuple[list[KubeObject], int]:
                     if obj is not None:
                         objects.append(obj)
     return objects, skipped
+
+
+@contextlib.contextmanager
+def bulk_load() -> Iterator[None]:
+    """No cyclic garbage collection while a whole cluster is read and stored.
+
+    Parsed objects hold no reference cycles, so the collector frees nothing here, but it
+    would walk the growing heap again and again (~0.2 s of a 5,000-service start-up).
+    What was built is then frozen (gc.freeze): it lives as long as the process, and later
+    collections, on the answer path, skip it.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()

@@ -9,6 +9,7 @@ memory per Service and per endpoint is a design constraint at cluster scale.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -170,6 +171,11 @@ class _Reader:
     def ip(self, value: Any, field: str) -> str:
         if not isinstance(value, str):
             raise self.fail(field, "not a string")
+        try:  # canonical IPv4, nearly every address: libc's parser, ~10 times faster than ipaddress
+            if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value:
+                return value
+        except (OSError, ValueError):
+            pass
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
