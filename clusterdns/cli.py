@@ -18,7 +18,6 @@ from clusterdns.app import ServeOptions, StartupError, parse_listen, run, serve
 from clusterdns.kube.manifests import ManifestError
 from clusterdns.nodecache_config import with_env
 from clusterdns.obs import logs
-from clusterdns.obs.health import parse_address
 from clusterdns.workers import Journal, fork_workers, resolve_ports, serve_worker
 from clusterdns.zones.kubernetes import PODS_MODES
 
@@ -52,6 +51,8 @@ def _names(value: str) -> tuple[str, ...]:
 
 
 def _address(value: str) -> str:
+    from clusterdns.obs.health import parse_address  # with aiohttp: only when the flag is given
+
     try:
         parse_address(value, 0)
     except ValueError as exc:

@@ -34,7 +34,6 @@ from clusterdns.app import Listeners, StartupError, parse_listen, run
 from clusterdns.config import cache_opts
 from clusterdns.nodecache_config import ConfigError, NodeCacheConfig, add_arguments, from_args
 from clusterdns.obs import logs
-from clusterdns.obs.health import HealthServer
 from clusterdns.obs.metrics import Sources
 from clusterdns.reload import Reloader
 from clusterdns.server.handler import Handler
@@ -120,7 +119,11 @@ async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
     handler = Handler(Router(None), replays, cfg.max_udp, forwarding=forwarding)
     query_log = lifecycle.query_log(getattr(cfg, "query_log", False), getattr(cfg, "query_log_sample", 1))
     listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log)
-    health = HealthServer(cfg.health, cfg.health) if cfg.health else None
+    health = None
+    if cfg.health:
+        from clusterdns.obs.health import HealthServer  # aiohttp: not paid by `serve`, which imports this module for its flags
+
+        health = HealthServer(cfg.health, cfg.health)
     sources = Sources(handler=handler, table=handler.table, forwarding=forwarding, tcp_limits=listeners.limits,
                       plugins=lifecycle.plugins(forward=True, cache=True, errors=True, loop=cfg.loop_detect,
                                                 health=bool(cfg.health), log=query_log is not None,
