@@ -2,7 +2,7 @@
 
 The listener registers its socket with the event loop as a reader; each wake-up takes
 up to `batchio.BATCH` datagrams per system call, answers what the answer table knows
-in a tight loop, and sends all those answers with one more call (`server/batchio.py`
+in a tight loop, and sends all those answers with one more call (`clusterdns/batchio.py`
 says why). Anything else goes through the handler (`server/handler.py`); an answer that
 has to wait (forwarding) is sent on its own when it is ready.
 """
@@ -17,8 +17,8 @@ from functools import partial
 from time import monotonic, perf_counter
 
 from clusterdns.obs.logs import QueryLog
-from clusterdns.server import batchio
-from clusterdns.server.batchio import BATCH, RECV_SIZE, SEND_SIZE
+from clusterdns import batchio
+from clusterdns.batchio import BATCH, RECV_SIZE, SEND_SIZE
 from clusterdns.server.handler import Handler
 from clusterdns.server.table import EMPTY_RDATA, NO_EDNS, ONE_OPT, OPT_HEAD, key_of, question_bounds
 

@@ -12,7 +12,7 @@ import pytest
 
 from clusterdns.app import ServeOptions, build_cluster
 from clusterdns.kube.objects import parse_object
-from clusterdns.server.batchio import BATCH, RECV_SIZE, SEND_SIZE
+from clusterdns.batchio import BATCH, RECV_SIZE, SEND_SIZE
 from helpers import UDPClient, udp_listener
 
 IO = pytest.mark.parametrize("io", ["mmsg", "plain"])
