@@ -12,7 +12,9 @@ Follows CoreDNS's cache plugin (operators.md 1.5) and perf-anchors §6 item 6:
   remaining TTL, and copies the client's question bytes in (0x20 case echo);
 * bounded by entries; eviction is cachetools' LRU, O(1), so a full cache costs the same
   as an empty one (dnsmasq drops 250x when full, perf-anchors TL;DR);
-* single flight: concurrent misses for one key share one upstream query;
+* single flight: concurrent misses for one key share one upstream query; a miss is a
+  plain Future resolved by callbacks (`miss`), so it costs no Task or coroutine when the
+  fetch is given as `start` (a callback-style fetch, ForwardZone's);
 * prefetch: an entry asked `prefetch` times is refreshed in the background when less
   than `prefetch_percentage` of its TTL is left;
 * serve-stale (RFC 8767): when the upstreams fail (error, timeout, SERVFAIL, REFUSED), an
@@ -39,6 +41,10 @@ from clusterdns.zones.forward import Overloaded
 log = logging.getLogger("clusterdns.cache")
 
 Fetch = Callable[[W.Question], Awaitable[bytes]]
+#: reports a fetch's end: (answer, None) or (None, exception)
+Done = Callable[[bytes | None, BaseException | None], None]
+#: a fetch without a coroutine: start it and call Done later (may raise at once)
+Start = Callable[[W.Question, Done], None]
 
 POSITIVE, NXDOMAIN, NODATA, SERVFAIL, UNCACHED = range(5)
 
@@ -66,17 +72,21 @@ class Entry:
 
 
 class _Lru(LRUCache):
-    """LRUCache that counts evictions (O(1) popitem of the least recently used)."""
+    """cachetools' LRUCache (O(1) eviction of the least recently used) that counts
+    evictions, by success/denial for Entry values."""
 
     def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
         self.evictions = 0
         self.evictions_by_type = {"success": 0, "denial": 0}  # coredns_cache_evictions_total{type}
 
+    put = LRUCache.__setitem__
+
     def popitem(self):  # type: ignore[no-untyped-def]
         self.evictions += 1
         item = super().popitem()
-        self.evictions_by_type["success" if item[1].kind == POSITIVE else "denial"] += 1
+        kind = getattr(item[1], "kind", POSITIVE)
+        self.evictions_by_type["success" if kind == POSITIVE else "denial"] += 1
         return item
 
 
@@ -99,8 +109,42 @@ class _DenialHits:
         self.cache.hits = value
 
 
+class _Waiter:
+    """A client waiting on a flight: its question, size limit, reply future and (with a
+    stale entry to fall back on) the RFC 8767 client response timer."""
+
+    __slots__ = ("q", "limit", "fut", "timer")
+
+    def __init__(self, q: W.Question, limit: int | None, fut: asyncio.Future[bytes]) -> None:
+        self.q, self.limit, self.fut = q, limit, fut
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class _Flight:
+    """The one upstream fetch for a key and the clients waiting on it."""
+
+    __slots__ = ("cache", "q", "waiters")
+
+    def __init__(self, cache: ResponseCache, q: W.Question) -> None:
+        self.cache, self.q = cache, q
+        self.waiters: list[_Waiter] = []
+
+    def __call__(self, wire: bytes | None, exc: BaseException | None) -> None:
+        self.cache._landed(self, wire, exc)
+
+    def task_done(self, task: asyncio.Task[bytes]) -> None:
+        self.cache._background.discard(task)
+        if task.cancelled():
+            self(None, asyncio.CancelledError())
+        elif task.exception() is not None:
+            self(None, task.exception())
+        else:
+            self(task.result(), None)
+
+
 class ResponseCache:
-    """Cache + single flight + prefetch + serve-stale in front of a `fetch` coroutine."""
+    """Cache + single flight + prefetch + serve-stale in front of a fetch: the coroutine
+    function `fetch`, or the callback-style `start` when set (no Task per miss)."""
 
     def __init__(self, fetch: Fetch, *, max_entries: int = 9984, max_ttl: int = 3600,
                  min_ttl: int = 5, max_negative_ttl: int = 1800, min_negative_ttl: int = 5,
@@ -116,12 +160,14 @@ class ResponseCache:
         self.serve_stale, self.stale_ttl = serve_stale, stale_ttl
         self.stale_answer_timeout, self.stale_recheck = stale_answer_timeout, stale_recheck
         self.fetch = fetch
+        # when set (ForwardZone sets it), misses use this callback-style fetch: no Task
+        self.start: Start | None = None
         self.timer = timer
         self._entries: _Lru = _Lru(max_entries)
         # name -> when a positive answer for it was last stored (stale-NXDOMAIN rule)
-        self._positive: LRUCache[bytes, float] = LRUCache(max_entries)
-        self._flights: dict[bytes, asyncio.Future[Entry]] = {}
-        self._background: set[asyncio.Task[Entry]] = set()
+        self._positive: _Lru = _Lru(max_entries)
+        self._flights: dict[bytes, _Flight] = {}
+        self._background: set[asyncio.Task[bytes]] = set()
         self.hits = self.misses = self.prefetches = self.stale = 0
         self.denial_hits = 0  # the NXDOMAIN/NODATA/SERVFAIL share of `hits`
         # the entry of the last hit and until when its reply may be replayed (server/table.py)
@@ -180,27 +226,86 @@ class ResponseCache:
         hit = self.lookup(q, limit)
         if hit is not None:
             return hit
+        reply = self.miss(q, limit)
+        return reply if isinstance(reply, bytes) else await reply
+
+    def miss(self, q: W.Question, limit: int | None) -> bytes | asyncio.Future[bytes]:
+        """After `lookup` found nothing fresh: the reply now (stale, during a recheck
+        pause) or a Future of it. The Future always gets a reply, never an exception:
+        the answer, REFUSED on overload, a stale answer, or SERVFAIL."""
         self.misses += 1
         key = q.key
-        stale = self._stale_candidate(key)
-        now = self.timer()
-        if stale is not None and now < stale.retry_after:
+        stale = self._stale_candidate(key) if self.serve_stale else None
+        if stale is not None and self.timer() < stale.retry_after:
             return self._serve_stale(stale, q, limit)  # upstream failed just now: don't hammer
-        fut = self._flight(q)
-        try:
-            if stale is not None:
-                entry = await asyncio.wait_for(asyncio.shield(fut), self.stale_answer_timeout)
-            else:
-                entry = await asyncio.shield(fut)
-        except Overloaded:
+        loop = asyncio.get_running_loop()
+        w = _Waiter(q, limit, loop.create_future())
+        if stale is not None:  # a slow upstream gets stale_answer_timeout (RFC 8767 5)
+            w.timer = loop.call_later(self.stale_answer_timeout, self._stale_timeout, w, stale)
+        f = self._flights.get(key)
+        if f is not None:
+            self.coalesced += 1
+            f.waiters.append(w)
+        else:
+            f = _Flight(self, q)
+            f.waiters.append(w)
+            self._launch(f)
+        return w.fut
+
+    def _stale_timeout(self, w: _Waiter, stale: Entry) -> None:
+        w.timer = None
+        if not w.fut.done():
+            w.fut.set_result(self._serve_stale(stale, w.q, w.limit))
+
+    def _launch(self, f: _Flight) -> None:
+        """Register the flight, then start its fetch (which may even report at once)."""
+        self._flights[f.q.key] = f
+        if self.start is not None:
+            try:
+                self.start(f.q, f)
+            except Exception as exc:  # Overloaded, Guarded, a loop probe: fails the flight
+                f(None, exc)
+            return
+        task = asyncio.get_running_loop().create_task(self.fetch(f.q))  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(f.task_done)
+
+    def _landed(self, f: _Flight, wire: bytes | None, exc: BaseException | None) -> None:
+        """The fetch ended: store what came back and answer every waiting client."""
+        key = f.q.key
+        if self._flights.get(key) is f:
+            del self._flights[key]
+        entry = None
+        if exc is None:
+            try:
+                entry = self._store(wire, f.q)  # type: ignore[arg-type]
+            except Exception as err:
+                log.exception("internal error storing the answer for %s", f.q.text)
+                exc = err
+        else:
+            self._failed(key)
+            if not isinstance(exc, Overloaded):
+                log.debug("fetch %s failed: %r", f.q.text, exc)
+        for w in f.waiters:
+            if w.timer is not None:
+                w.timer.cancel()
+                w.timer = None
+            if w.fut.done():
+                continue  # served stale already, or the asker gave up
+            try:
+                reply = self._reply(w.q, w.limit, entry, exc)
+            except Exception:  # a bug must cost one answer, never the others
+                log.exception("internal error answering %s", w.q.text)
+                reply = W.error_reply(w.q, W.SERVFAIL)
+            w.fut.set_result(reply)
+
+    def _reply(self, q: W.Question, limit: int | None, entry: Entry | None,
+               exc: BaseException | None) -> bytes:
+        """A waiting client's reply from its flight's outcome."""
+        if isinstance(exc, Overloaded):
             return W.error_reply(q, W.REFUSED)
-        except TimeoutError:  # only with a stale entry: the upstream is slow (RFC 8767 5)
-            return self._serve_stale(stale, q, limit)  # type: ignore[arg-type]
-        except Exception as exc:  # every upstream failed
-            log.debug("fetch %s failed: %r", q.text, exc)
-            entry = None
         if entry is None or entry.kind == SERVFAIL or entry.wire[3] & 0x0F == W.REFUSED:
-            stale = self._stale_candidate(key)
+            stale = self._stale_candidate(q.key)
             if stale is not None:
                 return self._serve_stale(stale, q, limit)
             if entry is None:
@@ -208,35 +313,13 @@ class ResponseCache:
         ttl = entry.remaining(self.timer()) if entry.kind != UNCACHED else None
         return W.render(entry.wire, entry.qend, entry.ttl_offsets, ttl, q, limit)
 
-    def _flight(self, q: W.Question) -> asyncio.Future[Entry]:
-        """The one in-flight fetch for this key, started if there is none."""
-        fut = self._flights.get(q.key)
-        if fut is not None:
-            self.coalesced += 1
-            return fut
-        task = asyncio.get_running_loop().create_task(self._fetch(q))
-        self._flights[q.key] = task
-        task.add_done_callback(lambda t, k=q.key: self._flights.pop(k, None))
-        self._background.add(task)
-        task.add_done_callback(self._reap)
-        return task
-
-    def _reap(self, task: asyncio.Task[Entry]) -> None:
-        self._background.discard(task)
-        if not task.cancelled():
-            task.exception()  # mark it retrieved: a failed prefetch has nobody waiting
-
     def _prefetch(self, q: W.Question) -> None:
         if q.key not in self._flights:
             self.prefetches += 1
-            self._flight(q)
+            self._launch(_Flight(self, q))
 
-    async def _fetch(self, q: W.Question) -> Entry:
-        try:
-            wire = await self.fetch(q)
-        except Exception:
-            self._failed(q.key)
-            raise
+    def _store(self, wire: bytes, q: W.Question) -> Entry:
+        """Classify an upstream answer and keep it (or not); the entry to answer from."""
         entry = self._entry(wire, q)
         if entry.kind == UNCACHED:
             return entry
@@ -248,10 +331,10 @@ class ResponseCache:
             return entry
         if old is not None:
             entry.hits = old.hits  # popularity carries over, so prefetch keeps going
-        self._entries[q.key] = entry
+        self._entries.put(q.key, entry)
         self.inserts += 1
         if entry.kind == POSITIVE:
-            self._positive[entry.name] = entry.stored
+            self._positive.put(entry.name, entry.stored)
         return entry
 
     def _failed(self, key: bytes) -> None:

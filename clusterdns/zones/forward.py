@@ -8,10 +8,16 @@ only (`force_tcp`); TCP connections are pooled and closed after `expire` idle se
 more than `max_concurrent` questions in flight are refused (REFUSED, no queueing, so
 memory stays flat under a flood).
 
-Safety (RFC 5452): every UDP query gets a random ID and its own new socket, so a new
-source port; the socket is connected, so the kernel drops datagrams from any other
-address or port, and we check again; an answer counts only with our ID and our exact
-question (case included). Everything else is dropped and counted in `stats.spoofed`.
+Safety (RFC 5452): every UDP query gets a random ID; UDP goes over a connected socket
+per upstream that is replaced by one on a new random port every few hundred queries or
+seconds (udppool.py says why it is not one socket per query); the kernel drops datagrams
+from any other address or port, and we check again; an answer counts only with our ID
+and our exact question (case included). Everything else is dropped and counted in
+`stats.spoofed` (`stats.late` for answers to queries that already timed out).
+
+A question's walk through the upstreams (`_Query`) runs on callbacks, not a Task: a
+UDP exchange creates no coroutine, so a cache miss stays cheap. TCP (TC retries,
+force_tcp) runs as a Task inside that walk.
 """
 
 from __future__ import annotations
@@ -24,11 +30,15 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from clusterdns.obs.counters import TIME_BUCKETS, _Hist, rcode_label
 from clusterdns.zones import _wire as W
+from clusterdns.zones.udppool import UdpPool
+
+#: how a question's end is reported: (answer, None) or (None, exception)
+Done = Callable[[bytes | None, BaseException | None], None]
 
 log = logging.getLogger("clusterdns.forward")
 
@@ -98,6 +108,7 @@ class ForwardStats:
     requests: int = 0  # exchanges with an upstream (retries and TCP fallbacks included)
     failures: int = 0  # exchanges that timed out or failed
     spoofed: int = 0  # datagrams or TCP messages dropped: wrong address, ID or question
+    late: int = 0  # UDP answers to a query that had already timed out (dropped)
     refused: int = 0  # questions turned away over max_concurrent
     tc_retries: int = 0  # UDP answers with TC retried over TCP
     health_checks: int = 0
@@ -124,26 +135,6 @@ class UpstreamStats:
         hist.observe(TIME_BUCKETS, seconds)
 
 
-class _UdpExchange(asyncio.DatagramProtocol):
-    """One query on one fresh socket; resolves `fut` with the first valid answer."""
-
-    def __init__(self, fut: asyncio.Future[bytes], peer: tuple[str, int], qid: int,
-                 question: bytes, stats: ForwardStats) -> None:
-        self.fut, self.peer, self.qid, self.question, self.stats = fut, peer, qid, question, stats
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
-        if self.fut.done():
-            return
-        if (addr[0], addr[1]) != self.peer or not W.is_answer_to(data, self.qid, self.question):
-            self.stats.spoofed += 1
-            return
-        self.fut.set_result(data)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self.fut.done():  # ICMP port unreachable: the upstream is not listening
-            self.fut.set_exception(exc)
-
-
 @dataclass(slots=True)
 class _Conn:
     reader: asyncio.StreamReader
@@ -155,7 +146,7 @@ class _Conn:
 
 
 class Upstream:
-    """One upstream server: its transport, TCP pool and health state."""
+    """One upstream server: its UDP socket pool, TCP pool and health state."""
 
     def __init__(self, spec: UpstreamSpec, fwd: Forwarder) -> None:
         self.spec = spec
@@ -165,6 +156,9 @@ class Upstream:
         self._idle: list[_Conn] = []
         self._probe: asyncio.Task[None] | None = None
         self._peer = (str(ipaddress.ip_address(spec.host.split("%")[0])), spec.port)
+        self.pool = UdpPool(self._peer, spec.family, fwd.stats,
+                            rotate_queries=fwd.udp_rotate_queries,
+                            rotate_seconds=fwd.udp_rotate_seconds)
 
     def __repr__(self) -> str:
         return f"Upstream({self.spec}, fails={self.fails})"
@@ -185,33 +179,22 @@ class Upstream:
         stats.requests += 1
         if self.spec.force_tcp:
             return await self._tcp(name, qtype, qclass, do, cd)
-        qid = secrets.randbits(16)
-        wire = W.build_query(qid, name, qtype, qclass, do=do, cd=cd)
-        answer = await self._udp(wire, qid, len(wire) - 11 - W.HEADER)
+        answer = await self._udp(W.build_query(0, name, qtype, qclass, do=do, cd=cd))
         if answer[2] & 0x02:  # TC: the full answer needs TCP (RFC 7766 5)
             stats.tc_retries += 1
             return await self._tcp(name, qtype, qclass, do, cd)
         return answer
 
-    async def _udp(self, wire: bytes, qid: int, qlen: int) -> bytes:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        question = wire[W.HEADER:W.HEADER + qlen]
-        sock = socket.socket(self.spec.family, socket.SOCK_DGRAM)
+    async def _udp(self, query: bytes) -> bytes:
+        """One UDP exchange on the pool, as a coroutine (health checks; the hot path
+        calls `pool.send` with a callback instead)."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        token = self.pool.send(query, self._fwd.read_timeout, lambda a, e: _settle(fut, a, e))
         try:
-            sock.setblocking(False)
-            sock.bind(("::" if self.spec.family == socket.AF_INET6 else "0.0.0.0", 0))
-            sock.connect(self._peer)  # the kernel now drops datagrams from anyone else
-        except OSError:
-            sock.close()
-            raise
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpExchange(fut, self._peer, qid, question, self._fwd.stats), sock=sock)
-        try:
-            transport.sendto(wire)
             return await fut
         finally:
-            transport.close()
+            if not fut.done() or fut.cancelled():
+                self.pool.cancel(token)
 
     async def _tcp(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> bytes:
         """One exchange on a pooled connection; a pooled one the server closed is retried once."""
@@ -305,12 +288,28 @@ class Upstream:
         for c in self._idle:
             c.close()
         self._idle.clear()
+        self.pool.close()
         if self._probe is not None:
             self._probe.cancel()
 
 
+def _settle(fut: asyncio.Future[bytes], answer: bytes | None, exc: BaseException | None) -> None:
+    """A Done callback that resolves `fut` (unless its awaiter gave up)."""
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(answer)  # type: ignore[arg-type]
+
+
 class Forwarder:
-    """Upstream list + policy; `query()` returns an upstream's answer bytes or raises."""
+    """Upstream list + policy; `start()` (callback) or `query()` (coroutine) ask them."""
+
+    #: each upstream's UDP socket moves to a new random source port after this many
+    #: queries or seconds (udppool.py); not in the config yet: set on a pool to change it
+    udp_rotate_queries = 256
+    udp_rotate_seconds = 10.0
 
     def __init__(self, upstreams: Sequence[UpstreamSpec], *, policy: str = "random",
                  max_fails: int = 2, health_interval: float = 0.5, read_timeout: float = 2.0,
@@ -335,6 +334,7 @@ class Forwarder:
         self.in_flight = 0
         self._rr = itertools.count()
         self._sweeper: asyncio.Task[None] | None = None
+        self._tcp_tasks: set[asyncio.Task[bytes]] = set()
 
     def __repr__(self) -> str:
         return f"Forwarder({self.name}, {[str(u.spec) for u in self.upstreams]}, {self.policy})"
@@ -361,43 +361,30 @@ class Forwarder:
         SERVFAIL and REFUSED do too (another server may know), and the last such answer is
         returned when nobody did better. Raises Overloaded, Guarded or ForwardError.
         """
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.start(name, qtype, qclass, do, cd, lambda a, e: _settle(fut, a, e))
+        return await fut
+
+    def start(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool, done: Done) -> None:
+        """`query()` without a coroutine: `done` gets the answer or the ForwardError, once,
+        never before this returns. Guarded and Overloaded are raised here, at once."""
         for zone in self.except_zones:
             if W.in_zone(name, zone):
                 raise Guarded(f"{W.name_to_text(name)} is in a zone never forwarded upstream")
         if self.in_flight >= self.max_concurrent:
             self.stats.refused += 1
             raise Overloaded(f"more than {self.max_concurrent} queries in flight")
-        self._ensure_sweeper()
+        if self._sweeper is None:
+            self._ensure_sweeper()
         self.stats.queries += 1
-        if not any(u.healthy for u in self.upstreams):
+        max_fails = self.max_fails
+        for u in self.upstreams:
+            if u.fails < max_fails:
+                break
+        else:
             self.stats.all_down += 1  # CoreDNS coredns_forward_healthcheck_broken_total
         self.in_flight += 1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        fallback: bytes | None = None
-        try:
-            for up in self._order():
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(min(self.read_timeout, left)):
-                        answer = await up.exchange(name, qtype, qclass, do, cd)
-                except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-                    self.stats.failures += 1
-                    log.debug("upstream %s failed: %r", up.spec, exc)
-                    up.failed()
-                    continue
-                up.succeeded()
-                if answer[3] & 0x0F in (W.SERVFAIL, W.REFUSED):
-                    fallback = answer
-                    continue
-                return answer
-        finally:
-            self.in_flight -= 1
-        if fallback is not None:
-            return fallback
-        raise ForwardError(f"no upstream of {self.name} answered {W.name_to_text(name)}")
+        _Query(self, name, qtype, qclass, do, cd, done).step()
 
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None and not self.closed:
@@ -410,13 +397,142 @@ class Forwarder:
                 up.sweep()
 
     def close(self) -> None:
-        """Stop health probes and the sweeper; close pooled connections."""
+        """Stop health probes and the sweeper; close sockets and pooled connections."""
         self.closed = True
         for up in self.upstreams:
             up.close()
+        for t in list(self._tcp_tasks):
+            t.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+
+class _Query:
+    """One question's walk through the upstreams in policy order, driven by callbacks.
+
+    Each step asks one upstream within min(read_timeout, what is left of `timeout`);
+    a timeout or error marks a failure and moves on, SERVFAIL/REFUSED is kept as a
+    fallback and moves on, anything else is the answer. TC and force_tcp run the TCP
+    exchange as a Task inside the same step budget.
+    """
+
+    __slots__ = ("fwd", "name", "qtype", "qclass", "do", "cd", "done", "order", "i",
+                 "deadline", "until", "fallback", "up", "started", "finished")
+
+    def __init__(self, fwd: Forwarder, name: bytes, qtype: int, qclass: int, do: bool, cd: bool,
+                 done: Done) -> None:
+        self.fwd, self.name, self.qtype, self.qclass, self.do, self.cd = fwd, name, qtype, qclass, do, cd
+        self.done = done
+        self.order = fwd._order()
+        self.i = 0
+        self.deadline = asyncio.get_running_loop().time() + fwd.timeout
+        self.until = 0.0  # end of the current step (loop time)
+        self.fallback: bytes | None = None
+        self.up: Upstream | None = None
+        self.started = 0.0
+        self.finished = False
+
+    def step(self) -> None:
+        """Ask the next upstream, or finish when there is none or no time left."""
+        fwd = self.fwd
+        try:
+            while self.i < len(self.order) and not fwd.closed:
+                up = self.order[self.i]
+                self.i += 1
+                now = asyncio.get_running_loop().time()
+                left = self.deadline - now
+                if left <= 0:
+                    break
+                timeout = fwd.read_timeout if fwd.read_timeout < left else left
+                self.until = now + timeout
+                self.up = up
+                self.started = time.perf_counter()
+                fwd.stats.requests += 1
+                if up.spec.force_tcp:
+                    self._tcp()
+                else:
+                    up.pool.send(W.build_query(0, self.name, self.qtype, self.qclass,
+                                               do=self.do, cd=self.cd), timeout, self._udp_done)
+                return
+        except Exception as exc:  # a bug must cost one answer, never the question's waiters
+            self._finish(None, exc)
+            return
+        self._finish(None, None)
+
+    def _udp_done(self, answer: bytes | None, exc: BaseException | None) -> None:
+        if self.finished:
+            return
+        try:
+            if exc is not None:
+                self._failed(exc)
+            elif answer[2] & 0x02:  # type: ignore[index]  # TC: the full answer needs TCP (RFC 7766 5)
+                self.fwd.stats.tc_retries += 1
+                self._tcp()
+            else:
+                self._answered(answer)  # type: ignore[arg-type]
+        except Exception as exc2:
+            self._finish(None, exc2)
+
+    def _answered(self, answer: bytes) -> None:
+        up = self.up
+        assert up is not None
+        up.stats.observe(answer[3] & 0x0F, time.perf_counter() - self.started)
+        up.fails = 0
+        if answer[3] & 0x0F in (W.SERVFAIL, W.REFUSED):
+            self.fallback = answer
+            self.step()
+        else:
+            self._finish(answer, None)
+
+    def _failed(self, exc: BaseException) -> None:
+        up = self.up
+        assert up is not None
+        self.fwd.stats.failures += 1
+        log.debug("upstream %s failed: %r", up.spec, exc)
+        up.failed()
+        self.step()
+
+    def _tcp(self) -> None:
+        up = self.up
+        assert up is not None
+        task = asyncio.get_running_loop().create_task(self._tcp_exchange(up, self.until))
+        self.fwd._tcp_tasks.add(task)
+        task.add_done_callback(self._tcp_done)
+
+    async def _tcp_exchange(self, up: Upstream, until: float) -> bytes:
+        async with asyncio.timeout_at(until):
+            return await up._tcp(self.name, self.qtype, self.qclass, self.do, self.cd)
+
+    def _tcp_done(self, task: asyncio.Task[bytes]) -> None:
+        self.fwd._tcp_tasks.discard(task)
+        if self.finished:
+            return
+        try:
+            if task.cancelled():
+                self._finish(None, ForwardError("forwarder closed"))
+                return
+            exc = task.exception()
+            if exc is None:
+                self._answered(task.result())
+            elif isinstance(exc, (OSError, TimeoutError, asyncio.IncompleteReadError)):
+                self._failed(exc)
+            else:
+                self._finish(None, exc)
+        except Exception as exc2:
+            self._finish(None, exc2)
+
+    def _finish(self, answer: bytes | None, exc: BaseException | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.fwd.in_flight -= 1
+        if answer is None and exc is None:
+            answer = self.fallback
+            if answer is None:
+                exc = ForwardError(f"no upstream of {self.fwd.name} answered "
+                                   f"{W.name_to_text(self.name)}")
+        self.done(answer, exc)
 
 
 LOOP_ZONE = "clusterdns-loop."

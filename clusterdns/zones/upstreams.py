@@ -25,6 +25,7 @@ from clusterdns.wire.records import Record
 from clusterdns.zones import _wire as W
 from clusterdns.zones.cache import ResponseCache
 from clusterdns.zones.forward import (
+    Done,
     Forwarder,
     ForwardError,
     Guarded,
@@ -122,9 +123,17 @@ class ForwardZone:
         self.forwarder = forwarder
         self.loop = loop
         self.cache = ResponseCache(self._fetch, **cache_opts) if cache_opts is not None else None
+        if self.cache is not None:
+            self.cache.start = self._start  # misses without a Task (the coroutine stays for tests)
 
     def __repr__(self) -> str:
         return f"ForwardZone({self.zone}, {self.forwarder!r}, cached={self.cache is not None})"
+
+    def _start(self, q: W.Question, done: Done) -> None:
+        """The cache's fetch, callback style (no Task): see Forwarder.start."""
+        if self.loop is not None and self.loop.seen(q.name):
+            raise ForwardError("our own loop probe came back")
+        self.forwarder.start(q.name, q.qtype, q.qclass, q.do, q.cd, done)
 
     async def _fetch(self, q: W.Question) -> bytes:
         if self.loop is not None and self.loop.seen(q.name):
@@ -217,7 +226,8 @@ class Forwarding:
 
     `handle()` takes a query for a name outside the authoritative zones (`local_zones`)
     straight to its forward zone, without dnslib: a cache hit is answered synchronously,
-    a miss returns a coroutine. `follow()` runs after the cluster zone answered: a
+    a miss returns an asyncio.Future of the reply (resolved by callbacks: no Task), an
+    uncached zone a coroutine. `follow()` runs after the cluster zone answered: a
     reverse name it does not know falls through to the upstreams (kubeadm's
     `fallthrough in-addr.arpa ip6.arpa`), and an ExternalName target outside the zone
     is resolved upstream and appended after the CNAME.
@@ -237,6 +247,8 @@ class Forwarding:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _is_local(self, name: bytes) -> bool:
+        if not self.local:
+            return False  # node-cache: no authoritative zones (the common miss path)
         return any(W.in_zone(name, z) for z in self.local)
 
     def _limit(self, q: W.Question, tcp: bool) -> int | None:
@@ -245,7 +257,8 @@ class Forwarding:
         return W.CLASSIC_UDP if not q.edns else max(W.CLASSIC_UDP, min(q.udp_size, self.max_udp))
 
     def handle(self, data: bytes, tcp: bool) -> bytes | Awaitable[bytes] | None:
-        """The reply (bytes or a coroutine) for a forwarded name; None: not ours to forward."""
+        """The reply (bytes, a Future or a coroutine) for a forwarded name; None: not ours
+        to forward. A Future or coroutine never fails: errors become SERVFAIL replies."""
         try:
             q = W.parse_question(data)
         except W.Malformed:
@@ -260,7 +273,19 @@ class Forwarding:
         if hit is not None:
             self.last_hit = zone.cache
             return hit
-        return self._safe(zone.resolve(q, limit), q)
+        return self._miss(zone, q, limit)
+
+    def _miss(self, zone: ForwardZone, q: W.Question, limit: int | None
+              ) -> bytes | Awaitable[bytes]:
+        """A cached zone's miss as a Future (the fast path); else the coroutine."""
+        if zone.cache is None:
+            return self._safe(zone.resolve(q, limit), q)
+        try:
+            return zone.cache.miss(q, limit)
+        except Exception:  # a bug must cost one answer, never the server
+            self.errors += 1
+            log.exception("internal error forwarding %s", q.text)
+            return W.error_reply(q, W.SERVFAIL)
 
     def take_hit(self):  # noqa: ANN201 - (ResponseCache, Entry, replay-until) or None
         """After `handle` answered from cache: what the server needs to replay that answer."""
@@ -291,7 +316,7 @@ class Forwarding:
             if any(W.in_zone(q.name, z) for z in self.fallthrough_zones):
                 zone = self.table.route(q.name)
                 if zone is not None:
-                    return self._safe(zone.resolve(q, limit), q)
+                    return self._miss(zone, q, limit)
         return None
 
     async def _chase(self, query: Any, answer: Any, limit: int | None) -> bytes:

@@ -1,0 +1,422 @@
+"""Pooled, connected UDP sockets to one upstream: what keeps a cache miss cheap.
+
+A fresh socket and event-loop endpoint per query (a new source port each time, as
+unbound does) cost more CPU than the rest of a cache miss together. Like dnsdist, each
+upstream instead has one connected socket shared by many queries; answers are matched
+to their query by ID and exact question (RFC 5452 9.1) through an in-flight map, and a
+datagram that matches nothing is dropped and counted (`spoofed`, or `late` when it
+answers a query that already timed out).
+
+The trade-off: the source port no longer changes with every query, so while a socket
+lives a forger who learnt its port has only the 16-bit ID left to guess. To bound that
+window the socket is replaced by one on a new kernel-chosen (random) port after
+`rotate_queries` queries or `rotate_seconds` seconds (or when 128 queries are in flight
+on it, so a burst of answers fits its receive buffer); the old one stays open until its
+last query is answered or times out. The socket is connected, so the kernel drops
+datagrams from any other address or port before we see them.
+
+Cheap by construction: the socket is read with `loop.add_reader` (no transport, no
+address tuples); where Linux offers them, the queries of one loop turn leave in one
+sendmmsg(2) and answers are read with recvmmsg(2) (batchio.py): on loopback a
+send that wakes the upstream costs about 4 us, once per batch instead of per query.
+Answers go to plain callbacks, and timeouts are one timer per pool over a
+deadline-ordered deque (queries share the same timeout, so deadlines arrive in order),
+not a timer or a Task per query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from clusterdns import batchio
+from clusterdns.zones import _wire as W
+
+log = logging.getLogger("clusterdns.forward")
+
+#: called once per query: (answer, None) or (None, exception)
+Callback = Callable[[bytes | None, BaseException | None], None]
+
+_EXPIRED_MAX = 4096  # timed-out IDs remembered per socket, to tell late answers from spoofs
+_READS = 256  # datagrams read per wake-up at most, so one busy socket cannot starve the loop
+_RECV_SIZE = 65535
+_RCVBUF = 1 << 20  # bytes asked for each upstream socket's receive buffer
+#: queries in flight on one socket at most: a burst beyond it moves to a fresh socket, so
+#: its answers never overflow a receive buffer capped at the default (about 170 datagrams)
+_MAX_PENDING = 128
+
+
+class Counters(Protocol):
+    """Where the pool counts dropped datagrams (ForwardStats)."""
+
+    spoofed: int
+    late: int
+
+
+class _Ids:
+    """Query IDs from the OS's CSPRNG, drawn in batches (one syscall per 1024 IDs)."""
+
+    __slots__ = ("_buf", "_i")
+
+    def __init__(self) -> None:
+        self._buf = array("H")
+        self._i = 0
+
+    def next(self) -> int:
+        if self._i >= len(self._buf):
+            self._buf = array("H", os.urandom(2048))
+            self._i = 0
+        qid = self._buf[self._i]
+        self._i += 1
+        return qid
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    """Room for a burst of answers (a whole batch of misses answered at once): the
+    default buffer holds about 170 datagrams. Past net.core.rmem_max only with
+    CAP_NET_ADMIN (SO_RCVBUFFORCE); else the kernel caps SO_RCVBUF there."""
+    for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if opt is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, _RCVBUF)
+            return
+        except OSError:
+            continue
+
+
+class Pending:
+    """One query waiting for its answer: the token `UdpPool.cancel` takes."""
+
+    __slots__ = ("question", "callback", "deadline", "live", "sock", "qid", "timer")
+
+    def __init__(self, question: bytes, callback: Callback) -> None:
+        self.question = question
+        self.callback = callback
+        self.deadline = 0.0
+        self.live = True  # False once answered, timed out, failed or cancelled
+        self.sock: _Socket | None = None
+        self.qid = 0
+        self.timer: asyncio.TimerHandle | None = None  # only for an out-of-order deadline
+
+
+class _Socket:
+    """One connected socket and the queries in flight on it, by ID."""
+
+    def __init__(self, pool: UdpPool, loop: asyncio.AbstractEventLoop) -> None:
+        sock = socket.socket(pool.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            _grow_receive_buffer(sock)
+            sock.bind(("::" if pool.family == socket.AF_INET6 else "0.0.0.0", 0))
+            sock.connect(pool.peer)  # the kernel now drops datagrams from anyone else
+            loop.add_reader(sock.fileno(), self._readable)
+        except BaseException:
+            sock.close()
+            raise
+        self.pool = pool
+        self.loop = loop
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self.born = loop.time()
+        self.pending: dict[int, Pending] = {}
+        self.expired: dict[int, bytes] = {}  # ID -> question of queries that timed out
+        self.sent = 0
+        self.retired = False
+        self.closed = False
+        self._out: list[tuple[Pending, bytes]] = []  # queries of this loop turn, not yet sent
+        self._io: batchio.BatchIO | None = None  # the pool's batch buffers, while current
+
+    def send(self, p: Pending, wire: bytes) -> None:
+        """Send `wire` (ID 0) under a fresh random ID no query here uses or used lately."""
+        pending, expired, ids = self.pending, self.expired, self.pool._ids
+        qid = ids.next()
+        while qid in pending or qid in expired:
+            qid = ids.next()
+        p.qid, p.sock = qid, self
+        pending[qid] = p
+        self.sent += 1
+        data = qid.to_bytes(2, "big") + wire[2:]
+        if self._io is not None:
+            if not self._out:
+                self.loop.call_soon(self._flush)
+            self._out.append((p, data))
+            return
+        try:
+            self.sock.send(data)
+        except OSError as exc:  # buffer full, or an ICMP error reported now
+            del pending[qid]
+            p.live = False
+            self.loop.call_soon(p.callback, None, exc)
+
+    def _flush(self) -> None:
+        """Send this loop turn's queries with one sendmmsg per BATCH; a query the kernel
+        refuses is not retried (its timeout moves on to the next upstream)."""
+        out, self._out = self._out, []
+        io = self._io
+        if not out or self.closed or io is None:
+            return
+        sbuf, slens, size, batch = io.sbuf, io.slens, batchio.SEND_SIZE, batchio.BATCH
+        j = 0
+        for p, data in out:
+            if not p.live:
+                continue  # cancelled or failed before it left
+            off = j * size
+            sbuf[off:off + len(data)] = data
+            slens[2 * j + 1] = len(data)
+            j += 1
+            if j == batch:
+                io.send(j)
+                j = 0
+        if j:
+            io.send(j)
+
+    def _readable(self) -> None:
+        io = self._io
+        if io is not None:
+            self._read_batches(io)
+            return
+        recv = self.sock.recv
+        for _ in range(_READS):
+            try:
+                data = recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP port unreachable: nobody listens, all fail
+                self.fail(exc)
+                return
+            self._answer(data)
+
+    def _read_batches(self, io: batchio.BatchIO) -> None:
+        rbuf, lens, len_at, size = io.rbuf, io.lens, io.LEN_AT, batchio.RECV_SIZE
+        for _ in range(_READS // batchio.BATCH):
+            try:
+                n = io.recv()
+            except OSError as exc:  # ICMP port unreachable: nobody listens, all fail
+                self.fail(exc)
+                return
+            for i in range(n):
+                if io.truncated(i):
+                    continue  # longer than we advertise: not an answer we can take
+                off = i * size
+                self._answer(bytes(rbuf[off:off + lens[len_at[i]]]))
+                if self.closed:
+                    return
+            if n < batchio.BATCH:
+                return
+
+    def _answer(self, data: bytes) -> None:
+        qid = int.from_bytes(data[:2], "big")
+        p = self.pending.get(qid)
+        if p is None or not W.is_answer_to(data, qid, p.question):
+            q = self.expired.get(qid)
+            if p is None and q is not None and W.is_answer_to(data, qid, q):
+                self.pool.stats.late += 1
+            else:
+                self.pool.stats.spoofed += 1
+            return
+        del self.pending[qid]
+        p.live = False
+        if p.timer is not None:
+            p.timer.cancel()
+        self.pool._trim()
+        if self.retired and not self.pending:
+            self.close()
+        try:
+            p.callback(data, None)
+        except Exception:  # a bug must cost one answer, never the socket
+            log.exception("internal error handling an upstream answer")
+
+    def forget(self, p: Pending) -> None:
+        """`p` timed out or was cancelled: free its ID, remember it to spot a late answer."""
+        if self.pending.get(p.qid) is p:
+            del self.pending[p.qid]
+            if len(self.expired) >= _EXPIRED_MAX:
+                self.expired.clear()
+            self.expired[p.qid] = p.question
+        if self.retired and not self.pending:
+            self.close()
+
+    def fail(self, exc: BaseException, later: bool = False) -> None:
+        """Fail every query in flight here: now, or on the next loop turn (`later`)."""
+        pending, self.pending = self.pending, {}
+        for p in pending.values():
+            p.live = False
+            if p.timer is not None:
+                p.timer.cancel()
+            if later:
+                self.loop.call_soon(p.callback, None, exc)
+            else:
+                p.callback(None, exc)
+        if self.retired:
+            self.close()
+
+    def retire(self) -> None:
+        """A newer socket took over: send what is queued, hand the batch buffers on
+        (stragglers are read one by one), close once the last query here is done."""
+        self._flush()
+        self._io = None
+        self.retired = True
+        if not self.pending:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.pool._retired.discard(self)
+
+
+class UdpPool:
+    """UDP queries to one upstream over a reused, periodically replaced connected socket."""
+
+    def __init__(self, peer: tuple[str, int], family: int, stats: Counters, *,
+                 rotate_queries: int = 256, rotate_seconds: float = 10.0) -> None:
+        self.peer = peer
+        self.family = family
+        self.stats = stats
+        self.rotate_queries = rotate_queries
+        self.rotate_seconds = rotate_seconds
+        self.opened = 0  # sockets opened so far
+        self.closed = False
+        self._ids = _Ids()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._current: _Socket | None = None
+        self._retired: set[_Socket] = set()
+        self._deadlines: deque[Pending] = deque()  # in deadline order
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._io: batchio.BatchIO | None = None
+
+    def __repr__(self) -> str:
+        return f"UdpPool({self.peer}, opened={self.opened})"
+
+    @property
+    def in_flight(self) -> int:
+        socks = [*self._retired, *([self._current] if self._current is not None else [])]
+        return sum(len(s.pending) for s in socks)
+
+    @property
+    def port(self) -> int | None:
+        """Local port of the current socket (None before the first query)."""
+        return self._current.port if self._current is not None else None
+
+    def send(self, query: bytes, timeout: float, callback: Callback) -> Pending:
+        """Send `query` (built with ID 0); `callback` gets the answer or an exception
+        (TimeoutError after `timeout` seconds, OSError) exactly once, never before this
+        returns. The result is the token for `cancel`."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        p = Pending(query[W.HEADER:len(query) - 11], callback)
+        if self.closed:
+            p.live = False
+            loop.call_soon(callback, None, ConnectionError("forwarder closed"))
+            return p
+        now = loop.time()
+        s = self._current
+        if s is None or s.sent >= self.rotate_queries or now - s.born >= self.rotate_seconds \
+                or len(s.pending) >= _MAX_PENDING:
+            try:
+                s = self._rotate(loop)
+            except OSError as exc:
+                if s is None:  # no socket at all (descriptor limit?): this query fails
+                    p.live = False
+                    loop.call_soon(callback, None, exc)
+                    return p
+                log.debug("cannot open a new socket to %s: %r; keeping the old one", self.peer, exc)
+        p.deadline = deadline = now + timeout
+        dq = self._deadlines
+        if not dq or dq[-1].deadline <= deadline:
+            dq.append(p)
+            if self._sweeper is None:
+                self._sweeper = loop.call_at(deadline, self._sweep)
+        else:  # shorter than the queries before it (the forwarder's overall deadline)
+            p.timer = loop.call_at(deadline, self._expire, p)
+        s.send(p, query)
+        return p
+
+    def cancel(self, p: Pending) -> None:
+        """The asker gave up: free the query's ID and never call it back."""
+        if not p.live:
+            return
+        p.live = False
+        if p.timer is not None:
+            p.timer.cancel()
+        if p.sock is not None:
+            p.sock.forget(p)
+
+    def _rotate(self, loop: asyncio.AbstractEventLoop) -> _Socket:
+        """A socket on a new random port takes over; the old one drains, then closes."""
+        s = _Socket(self, loop)
+        self.opened += 1
+        old, self._current = self._current, s
+        if old is not None:
+            self._retired.add(old)
+            old.retire()
+        if self._io is None and batchio.available():
+            # allocated once per pool (half a megabyte, slow to set up), moved to each new socket
+            self._io = batchio.BatchIO(s.sock)
+            for j in range(batchio.BATCH):
+                self._io.snames[self._io.NAME_AT[j]] = 0  # connected: no per-message address
+        if self._io is not None:
+            self._io.fd = s.sock.fileno()
+            s._io = self._io
+        return s
+
+    def _trim(self) -> None:
+        """Drop answered queries from the front of the deadline queue (amortised O(1))."""
+        dq = self._deadlines
+        while dq and not dq[0].live:
+            dq.popleft()
+
+    def _sweep(self) -> None:
+        """Time out every query whose deadline has passed; re-arm for the next one."""
+        self._sweeper = None
+        loop = self._loop
+        assert loop is not None
+        dq = self._deadlines
+        now = loop.time()
+        while dq:
+            p = dq[0]
+            if p.live and p.deadline > now:
+                break
+            dq.popleft()
+            if p.live:
+                self._expire(p)
+        if dq and not self.closed:
+            self._sweeper = loop.call_at(dq[0].deadline, self._sweep)
+
+    def _expire(self, p: Pending) -> None:
+        if not p.live:
+            return
+        p.live = False
+        if p.sock is not None:
+            p.sock.forget(p)
+        try:
+            p.callback(None, TimeoutError(f"no answer from {self.peer[0]}:{self.peer[1]}"))
+        except Exception:
+            log.exception("internal error handling an upstream timeout")
+
+    def close(self) -> None:
+        """Close every socket; queries in flight fail with ConnectionError (next loop turn)."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._deadlines.clear()
+        socks: Iterable[_Socket] = [*self._retired, *([self._current] if self._current else [])]
+        self._current = None
+        for s in socks:
+            if not s.loop.is_closed():
+                s.fail(ConnectionError("forwarder closed"), later=True)
+            s.close()
+        self._retired.clear()
