@@ -106,6 +106,7 @@ class BatchIO:
         self._rbuf = ctypes.create_string_buffer(BATCH * RECV_SIZE)
         self._sbuf = ctypes.create_string_buffer(BATCH * SEND_SIZE)
         self._names = ctypes.create_string_buffer(BATCH * NAME_SIZE)
+        self._onames = ctypes.create_string_buffer(BATCH * NAME_SIZE)  # send_each's addresses
         self._riov = (_Iovec * BATCH)()
         self._siov = (_Iovec * BATCH)()
         self._rmsgs = (_Mmsghdr * BATCH)()
@@ -126,6 +127,8 @@ class BatchIO:
         self.rbuf = memoryview(self._rbuf).cast("B")
         self.sbuf = memoryview(self._sbuf).cast("B")
         self.names = memoryview(self._names).cast("B")
+        self._onames_mv = memoryview(self._onames).cast("B")
+        self._oname_addrs = tuple(ctypes.addressof(self._onames) + i * NAME_SIZE for i in range(BATCH))
         self.lens = memoryview(self._rmsgs).cast("B").cast("I")  # msg_len, msg_flags: LEN_AT, FLAGS_AT
         self.slens = memoryview(self._siov).cast("B").cast("Q")  # iov_len of send slot j: [2 * j + 1]
         self.snames = memoryview(self._smsgs).cast("B").cast("Q")  # msg_name of send slot j: NAME_AT
@@ -133,6 +136,36 @@ class BatchIO:
     def name(self, i: int) -> tuple:
         """Receive slot i's source as an address tuple (slow path, query log)."""
         return sockaddr_to_tuple(bytes(self.names[i * NAME_SIZE:(i + 1) * NAME_SIZE]))
+
+    def source(self, i: int) -> bytes:
+        """Receive slot i's source, kept as the kernel's sockaddr for `send_each` (cheaper
+        than a tuple; `address()` makes one when a log line needs it)."""
+        return bytes(self.names[i * NAME_SIZE:(i + 1) * NAME_SIZE])
+
+    @staticmethod
+    def address(source: bytes) -> tuple:
+        return sockaddr_to_tuple(source)
+
+    def send_each(self, items: list[tuple[bytes, bytes]]) -> None:
+        """Send (answer, source) pairs, BATCH per call: answers that were not ready in
+        their receive batch (forwarded) still leave together. Answers must fit SEND_SIZE."""
+        sbuf, slens, snames, name_at = self.sbuf, self.slens, self.snames, self.NAME_AT
+        onames, oaddrs = self._onames_mv, self._oname_addrs
+        j = 0
+        for reply, source in items:
+            size = len(reply)
+            so = j * SEND_SIZE
+            sbuf[so:so + size] = reply
+            slens[2 * j + 1] = size
+            oo = j * NAME_SIZE
+            onames[oo:oo + NAME_SIZE] = source
+            snames[name_at[j]] = oaddrs[j]
+            j += 1
+            if j == BATCH:
+                self.send(j)
+                j = 0
+        if j:
+            self.send(j)
 
     def truncated(self, i: int) -> bool:
         """Datagram i was longer than RECV_SIZE (only its start was read)."""
@@ -183,6 +216,20 @@ class PlainIO:
 
     def name(self, i: int) -> tuple:
         return self._addrs[i]
+
+    def source(self, i: int) -> tuple:
+        return self._addrs[i]
+
+    @staticmethod
+    def address(source: tuple) -> tuple:
+        return source
+
+    def send_each(self, items: list[tuple[bytes, tuple]]) -> None:
+        for reply, addr in items:
+            try:
+                self.sock.sendto(reply, addr)
+            except OSError:
+                pass  # one unroutable address costs its own answer only
 
     def truncated(self, i: int) -> bool:
         return self.lens[i] >= RECV_SIZE

@@ -49,6 +49,7 @@ class UDPListener:
         self.loop = asyncio.get_running_loop()
         self.pending = 0  # answers still being worked on (forwarded), for draining
         self.closed = False
+        self._outbox: list[tuple[bytes, object]] = []  # forwarded answers ready, sent together
         self.query_log: QueryLog | None = None
         self._reader: Callable[[], None] = self._read
         self.loop.add_reader(sock.fileno(), self._reader)
@@ -136,16 +137,18 @@ class UDPListener:
         if reply is None:
             self.stats.drop(self.slot, False, "short" if len(data) < 12 else "response")
             return None
-        addr = self.io.name(i)
+        source = self.io.source(i)
         if isinstance(reply, bytes):
-            self._done(data, reply, addr, started, handler.plugin)
+            self._done(data, reply, source, started, handler.plugin)
             return reply
         self.pending += 1
         fut = asyncio.ensure_future(reply)  # a Future stays itself; a coroutine becomes a Task
-        fut.add_done_callback(partial(self._ready, data, addr, started, handler.plugin))
+        fut.add_done_callback(partial(self._ready, data, source, started, handler.plugin))
         return None
 
-    def _ready(self, data: bytes, addr: tuple, started: float, plugin: str, fut: asyncio.Future) -> None:
+    def _ready(self, data: bytes, source: object, started: float, plugin: str, fut: asyncio.Future) -> None:
+        """A forwarded answer is ready: queued, and sent with the others ready in this turn
+        of the loop (answers from one upstream batch land together)."""
         self.pending -= 1
         if fut.cancelled():
             return
@@ -154,9 +157,20 @@ class UDPListener:
             log.debug("udp answer failed: %r", exc)
             return
         reply = fut.result()
-        if reply is not None and not self.closed:
-            self._send(reply, addr)
-            self._done(data, reply, addr, started, plugin)
+        if reply is None or self.closed:
+            return
+        if len(reply) > SEND_SIZE:
+            self._send(reply, self.io.address(source))
+        else:
+            if not self._outbox:
+                self.loop.call_soon(self._flush)
+            self._outbox.append((reply, source))
+        self._done(data, reply, source, started, plugin)
+
+    def _flush(self) -> None:
+        out, self._outbox = self._outbox, []
+        if out and not self.closed:
+            self.io.send_each(out)
 
     def _send(self, reply: bytes, addr: tuple) -> None:
         try:
@@ -164,11 +178,11 @@ class UDPListener:
         except OSError as exc:  # the client's address went away: this answer only
             log.debug("udp send to %s failed: %s", addr, exc)
 
-    def _done(self, data: bytes, reply: bytes, addr: tuple, started: float, plugin: str) -> None:
+    def _done(self, data: bytes, reply: bytes, source: object, started: float, plugin: str) -> None:
         took = perf_counter() - started
         self.stats.observe(self.slot, False, data, reply, took, plugin)
         if self.query_log is not None and self.query_log.wanted():
-            self.query_log.write(data, reply, addr, "udp", took)
+            self.query_log.write(data, reply, self.io.address(source), "udp", took)  # type: ignore[arg-type]
 
     # -- query log and draining ---------------------------------------------------------------
 
@@ -219,6 +233,7 @@ class UDPListener:
 
     def close(self) -> None:
         if not self.closed:
+            self._flush()  # answers queued this turn still go out
             self.closed = True
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()

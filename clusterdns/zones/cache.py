@@ -164,8 +164,9 @@ class ResponseCache:
         self.start: Start | None = None
         self.timer = timer
         self._entries: _Lru = _Lru(max_entries)
-        # name -> when a positive answer for it was last stored (stale-NXDOMAIN rule)
-        self._positive: _Lru = _Lru(max_entries)
+        # name -> when a positive answer for it was last stored (stale-NXDOMAIN rule; kept
+        # only while serve-stale is on, the only reader)
+        self._positive: LRUCache[bytes, float] = LRUCache(max_entries)
         self._flights: dict[bytes, _Flight] = {}
         self._background: set[asyncio.Task[bytes]] = set()
         self.hits = self.misses = self.prefetches = self.stale = 0
@@ -333,8 +334,8 @@ class ResponseCache:
             entry.hits = old.hits  # popularity carries over, so prefetch keeps going
         self._entries.put(q.key, entry)
         self.inserts += 1
-        if entry.kind == POSITIVE:
-            self._positive.put(entry.name, entry.stored)
+        if entry.kind == POSITIVE and self.serve_stale:
+            self._positive[entry.name] = entry.stored
         return entry
 
     def _failed(self, key: bytes) -> None:

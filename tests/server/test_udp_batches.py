@@ -113,3 +113,43 @@ async def test_answers_to_a_gone_client_cost_only_their_own(handler) -> None:  #
     finally:
         stays.close()
         listener.close()
+
+
+@IO
+async def test_answers_ready_later_go_out_together_each_to_its_client(handler, io: str) -> None:  # noqa: ANN001
+    """Forwarded answers resolved in one turn of the loop leave in one batch (send_each),
+    each at the address its query came from; the listener closing sends what is queued."""
+    listener = udp_listener(handler, io=io)
+    clients = [UDPClient(listener.sockname()) for _ in range(3)]
+    loop = asyncio.get_running_loop()
+    futures: list[tuple[bytes, asyncio.Future]] = []
+
+    def later(data: bytes, tcp: bool) -> asyncio.Future:
+        fut = loop.create_future()
+        futures.append((data, fut))
+        return fut
+
+    handler.handle = later  # every query is "forwarded"
+    try:
+        for n in range(2 * BATCH + 5):
+            q = dns.message.make_query("x.example.", "A")
+            q.id = n
+            clients[n % 3].send(q.to_wire())
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if len(futures) == 2 * BATCH + 5:
+                break
+        assert listener.pending == len(futures) == 2 * BATCH + 5
+        for data, fut in futures:
+            fut.set_result(data[:2] + b"\x81\x80" + data[4:])  # the query turned into a reply
+        for k, c in enumerate(clients):
+            ids = set()
+            for _ in range(len(range(k, 2 * BATCH + 5, 3))):
+                reply = await c.recv()
+                assert reply is not None and reply[2] & 0x80
+                ids.add(int.from_bytes(reply[:2], "big"))
+            assert ids == set(range(k, 2 * BATCH + 5, 3))
+        assert listener.pending == 0
+    finally:
+        for x in (*clients, listener):
+            x.close()
