@@ -45,9 +45,19 @@ class Backend:
     """One ready endpoint address of a Service, with the DNS label it is published under."""
 
     ip: str
-    host: str  # hostname, pod name (endpoint_pod_names) or the dashed address
-    named: bool  # True when host came from a hostname (then no dashed name exists)
+    label: str | None  # hostname or pod name (endpoint_pod_names); None: the dashed address
     ports: tuple[Port, ...]
+
+    @property
+    def host(self) -> str:
+        """The DNS label: the hostname, or the dashed address made when asked (not kept:
+        at 100,000 endpoints those strings would be 6 MB)."""
+        return self.label if self.label is not None else dashed(self.ip)
+
+    @property
+    def named(self) -> bool:
+        """True when the label came from a hostname (then no dashed name exists)."""
+        return self.label is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +72,15 @@ class ServiceView:
 class PtrTarget:
     namespace: str
     service: str
-    host: str | None  # None: the Service's own name (a ClusterIP)
+    label: str | None  # an endpoint's hostname or pod name
+    endpoint_ip: str | None = None  # an endpoint without a label (its dashed address)
+
+    @property
+    def host(self) -> str | None:
+        """The endpoint's DNS label; None: the Service's own name (a ClusterIP)."""
+        if self.label is not None:
+            return self.label
+        return dashed(self.endpoint_ip) if self.endpoint_ip is not None else None
 
 
 def dashed(ip: str) -> str:
@@ -293,24 +311,24 @@ class ClusterStore:
             return None
         if svc.external_name is not None:
             return ServiceView(svc, ())
-        merged: dict[tuple[str, str], Backend] = {}
+        merged: dict[tuple[str, str | None], Backend] = {}
         for sl in self._slices_of(key):
             for ep in sl.endpoints:
                 if not (ep.ready or svc.publish_not_ready):
                     continue
                 for ip in ep.addresses:
                     if ep.hostname:
-                        host, named = ep.hostname, True
+                        label: str | None = ep.hostname
                     elif self.endpoint_pod_names and ep.pod_name and len(ep.pod_name) < 64:
-                        host, named = ep.pod_name.lower(), True
+                        label = ep.pod_name.lower()
                     else:
-                        host, named = dashed(ip), False
-                    prev = merged.get((ip, host))
+                        label = None
+                    prev = merged.get((ip, label))
                     if prev is None:
-                        merged[(ip, host)] = Backend(ip, host, named, sl.ports)
+                        merged[(ip, label)] = Backend(ip, label, sl.ports)
                     elif sl.ports != prev.ports:
                         ports = prev.ports + tuple(p for p in sl.ports if p not in prev.ports)
-                        merged[(ip, host)] = Backend(ip, host, named, ports)
+                        merged[(ip, label)] = Backend(ip, label, ports)
         return ServiceView(svc, tuple(merged.values()))
 
     @staticmethod
@@ -319,7 +337,8 @@ class ClusterStore:
             return set()
         svc = view.service
         pairs = {(ip, PtrTarget(svc.namespace, svc.name, None)) for ip in svc.cluster_ips}
-        pairs.update((b.ip, PtrTarget(svc.namespace, svc.name, b.host)) for b in view.backends)
+        pairs.update((b.ip, PtrTarget(svc.namespace, svc.name, b.label, None if b.named else b.ip))
+                     for b in view.backends)
         return pairs
 
     def _flush(self) -> None:

@@ -5,6 +5,10 @@ pass over a 5,000-service cluster runs at a slow-path pace. After start-up (and 
 re-list) we render, in the background and in small chunks so queries keep their turn,
 what pods ask most: A and AAAA of every Service, SRV of its named ports, and A/AAAA of
 headless endpoint names, as plain questions with RD set (glibc, musl, dnsperf).
+
+At most `LIMIT` answers: enough for every Service of a 5,000-service cluster, and a
+bounded amount of memory (~8 MB) on larger ones, whose other answers fill on first use
+(CoreDNS's cache is 9,984 entries by default for the same reason).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from clusterdns.wire import records as R
 
 log = logging.getLogger("clusterdns")
 CHUNK = 100  # questions rendered between two turns of the event loop
+LIMIT = 20_000  # answers pre-rendered at most
 
 
 def _query(name: str, qtype: int) -> bytes:
@@ -44,6 +49,8 @@ async def warm(handler: Handler, store: ClusterStore, zone: str) -> int:
     """Render the answers `questions` lists; returns how many were rendered."""
     done = 0
     for wire in questions(store, zone):
+        if done >= LIMIT:
+            break
         if handler.table.lookup(wire, False) is None:
             handler.handle(wire, False)
             done += 1
