@@ -22,6 +22,7 @@ import errno
 import os
 import socket
 import sys
+from collections.abc import Iterable
 
 BATCH = 64  # datagrams per system call; a wake-up under load finds tens waiting
 RECV_SIZE = 4096  # largest query read over UDP; longer ones arrive truncated (MSG_TRUNC)
@@ -160,6 +161,22 @@ class BatchIO:
             oo = j * NAME_SIZE
             onames[oo:oo + NAME_SIZE] = source
             snames[name_at[j]] = oaddrs[j]
+            j += 1
+            if j == BATCH:
+                self.send(j)
+                j = 0
+        if j:
+            self.send(j)
+
+    def send_connected(self, datas: Iterable[bytes]) -> None:
+        """Send datagrams on a connected socket (send slots without addresses), BATCH per
+        call. Each must fit SEND_SIZE."""
+        sbuf, slens = self.sbuf, self.slens
+        j = 0
+        for data in datas:
+            off = j * SEND_SIZE
+            sbuf[off:off + len(data)] = data
+            slens[2 * j + 1] = len(data)
             j += 1
             if j == BATCH:
                 self.send(j)

@@ -162,20 +162,7 @@ class _Socket:
         io = self._io
         if not out or self.closed or io is None:
             return
-        sbuf, slens, size, batch = io.sbuf, io.slens, batchio.SEND_SIZE, batchio.BATCH
-        j = 0
-        for p, data in out:
-            if not p.live:
-                continue  # cancelled or failed before it left
-            off = j * size
-            sbuf[off:off + len(data)] = data
-            slens[2 * j + 1] = len(data)
-            j += 1
-            if j == batch:
-                io.send(j)
-                j = 0
-        if j:
-            io.send(j)
+        io.send_connected(data for p, data in out if p.live)  # not cancelled or failed before it left
 
     def _readable(self) -> None:
         io = self._io
