@@ -150,33 +150,26 @@ class BatchIO:
     def send_each(self, items: list[tuple[bytes, bytes]]) -> None:
         """Send (answer, source) pairs, BATCH per call: answers that were not ready in
         their receive batch (forwarded) still leave together. Answers must fit SEND_SIZE."""
-        sbuf, slens, snames, name_at = self.sbuf, self.slens, self.snames, self.NAME_AT
-        onames, oaddrs = self._onames_mv, self._oname_addrs
-        j = 0
-        for reply, source in items:
-            size = len(reply)
-            so = j * SEND_SIZE
-            sbuf[so:so + size] = reply
-            slens[2 * j + 1] = size
-            oo = j * NAME_SIZE
-            onames[oo:oo + NAME_SIZE] = source
-            snames[name_at[j]] = oaddrs[j]
-            j += 1
-            if j == BATCH:
-                self.send(j)
-                j = 0
-        if j:
-            self.send(j)
+        self._send_all(items, addressed=True)
 
     def send_connected(self, datas: Iterable[bytes]) -> None:
         """Send datagrams on a connected socket (send slots without addresses), BATCH per
         call. Each must fit SEND_SIZE."""
-        sbuf, slens = self.sbuf, self.slens
+        self._send_all(((data, b"") for data in datas), addressed=False)
+
+    def _send_all(self, items: Iterable[tuple[bytes, bytes]], addressed: bool) -> None:
+        sbuf, slens, snames, name_at = self.sbuf, self.slens, self.snames, self.NAME_AT
+        onames, oaddrs = self._onames_mv, self._oname_addrs
         j = 0
-        for data in datas:
-            off = j * SEND_SIZE
-            sbuf[off:off + len(data)] = data
-            slens[2 * j + 1] = len(data)
+        for data, source in items:
+            size = len(data)
+            so = j * SEND_SIZE
+            sbuf[so:so + size] = data
+            slens[2 * j + 1] = size
+            if addressed:
+                oo = j * NAME_SIZE
+                onames[oo:oo + NAME_SIZE] = source
+                snames[name_at[j]] = oaddrs[j]
             j += 1
             if j == BATCH:
                 self.send(j)

@@ -82,7 +82,7 @@ class AnswerTable:
             self._by_dep.setdefault(dep, []).append(key)
 
     def store_replay(self, query: bytes, reply: bytes, hit: tuple, tcp: bool) -> None:
-        """Keep a forward-cache hit for replay until its TTLs tick (`ResponseCache._replay_until`).
+        """Keep a forward-cache hit for replay until its TTLs tick (`ResponseCache.replay_until`).
 
         The hot path then counts the hit on the cache and its entry itself, so hit counts,
         prefetch and metrics see every answer.
@@ -114,7 +114,7 @@ class AnswerTable:
         if offs is None or left <= 0:
             return None
         window = max(1, entry.ttl * cache.prefetch_percentage // 100)
-        until = cache._replay_until(entry, now, window)
+        until = cache.replay_until(entry, now, window)
         if until <= now:
             return None
         buf = bytearray(tail)

@@ -202,7 +202,7 @@ class ResponseCache:
         if self.prefetch and e.hits >= self.prefetch and left <= window:
             self._prefetch(q)
         self.last_hit = e
-        self.last_replay_until = self._replay_until(e, now, window)
+        self.last_replay_until = self.replay_until(e, now, window)
         return W.render(e.wire, e.qend, e.ttl_offsets, left, q, limit)
 
     def hit_counter(self, e: Entry) -> "ResponseCache | _DenialHits":
@@ -213,7 +213,7 @@ class ResponseCache:
     def evictions_by_type(self) -> dict[str, int]:
         return self._entries.evictions_by_type
 
-    def _replay_until(self, e: Entry, now: float, window: int) -> float:
+    def replay_until(self, e: Entry, now: float, window: int) -> float:
         """Until when the reply just rendered stays byte-identical, so the server may replay
         it without coming here: TTLs tick once a second; never past expiry, and never inside
         the prefetch window (there every hit must be seen to start the refresh)."""
