@@ -19,7 +19,7 @@ from clusterdns.kube.manifests import ManifestError
 from clusterdns.nodecache_config import with_env
 from clusterdns.obs import logs
 from clusterdns.workers import Journal, fork_workers, resolve_ports, serve_worker
-from clusterdns.zones.kubernetes import PODS_MODES
+from clusterdns.cluster.compile import PODS_MODES
 
 log = logging.getLogger("clusterdns")
 
@@ -87,15 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-tcp-connections", type=int, default=d.max_tcp_connections,
                    help="open TCP connections at most (default %(default)s)")
     s.add_argument("--answer-cache-size", type=int, default=d.answer_cache_size,
-                   help="rendered answers kept for the hot path (default %(default)s)")
+                   help="forward-cache answers kept ready for replay (default %(default)s)")
+    f = s.add_argument_group("which objects exist (API watch and --manifests alike)")
     k = s.add_argument_group("Kubernetes API (used when no --manifests are given)")
     k.add_argument("--kubeconfig", metavar="PATH",
                    help="kubeconfig to use (default: in-cluster service account in a pod, "
                         "else $KUBECONFIG or ~/.kube/config)")
     k.add_argument("--context", metavar="NAME", help="kubeconfig context (default: its current-context)")
-    k.add_argument("--namespaces", type=_names, default=(), metavar="NS[,NS...]",
+    f.add_argument("--namespaces", type=_names, default=(), metavar="NS[,NS...]",
                    help="only these namespaces exist (default all)")
-    k.add_argument("--labels", metavar="SELECTOR",
+    f.add_argument("--labels", metavar="SELECTOR",
                    help="label selector for Services and EndpointSlices, e.g. 'app=web,tier!=test'")
     k.add_argument("--sync-timeout", type=_seconds, default=d.sync_timeout, metavar="SECONDS",
                    help="wait this long for the first sync, then serve anyway with SERVFAIL for "

@@ -42,7 +42,7 @@ from clusterdns.typedyaml import Check, Problems, Rules
 MODES = ("serve", "node-cache")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-PODS_MODES = ("disabled", "insecure", "verified")  # zones.kubernetes.PODS_MODES, without its imports
+PODS_MODES = ("disabled", "insecure", "verified")  # cluster.compile.PODS_MODES, without its imports
 POLICIES = ("random", "round_robin", "sequential")
 
 
@@ -142,7 +142,7 @@ class ServeConfig(CommonSettings):
     max_tcp_connections: int = 1024
     """Open TCP connections at most; beyond it new ones are closed so memory stays bounded."""
     answer_cache_size: int = 200_000
-    """Rendered answers kept for the hot path; beyond it the table starts over."""
+    """Forward-cache answers kept ready for replay; beyond it the replay table starts over."""
     workers: int = 1
     """Processes answering on the same port (SO_REUSEPORT), one per core; one owns the source."""
     manifests: list[str] = field(default_factory=list)
@@ -154,7 +154,7 @@ class ServeConfig(CommonSettings):
     namespaces: list[str] = field(default_factory=list)
     """Only these namespaces exist (CoreDNS `namespaces`); empty = all."""
     labels: str | None = None
-    """Label selector for Services and EndpointSlices (CoreDNS `labels`), sent to the API."""
+    """Label selector for Services and EndpointSlices (CoreDNS `labels`), for the API and manifests."""
     sync_timeout: float = 5.0
     """Wait this long for the first API sync, then serve anyway, SERVFAIL for unknown names
     (CoreDNS `startup_timeout`)."""
@@ -335,7 +335,16 @@ def _upstream(v: str) -> str | None:
 
 
 def _label_selector(v: str) -> str | None:
-    return None if v.strip() and "\n" not in v else "a label selector such as 'app=web,tier!=test'"
+    from clusterdns.kube.selector import SelectorError, parse_selector
+
+    expected = "a label selector such as 'app=web,tier!=test'"
+    if not v.strip() or "\n" in v:
+        return expected
+    try:
+        parse_selector(v)
+    except SelectorError as exc:
+        return f"{expected} ({exc.problem})"
+    return None
 
 
 #: key path -> check; `[]` applies to each list item, `{}` to each mapping key

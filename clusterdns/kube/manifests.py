@@ -2,6 +2,12 @@
 
 A file that is not YAML stops start-up with the file and line; one broken object is
 skipped with a warning naming file, kind, namespace/name and field, and the rest is used.
+
+`namespaces` and `labels` filter as they do with the API source (kube/watch.py), so the
+same objects give the same answers from either source: the label selector, which the API
+server applies to Services and EndpointSlices, is matched against the raw object's
+metadata.labels before parsing; the namespace filter drops every object outside the
+listed namespaces after parsing, Namespace objects by their own name.
 """
 
 from __future__ import annotations
@@ -9,14 +15,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from clusterdns.kube import kubeyaml
-from clusterdns.kube.objects import KubeObject, ObjectError, parse_object
+from clusterdns.kube.objects import KINDS, KubeObject, Namespace, ObjectError, parse_object
+from clusterdns.kube.selector import Selector, parse_selector
 
 log = logging.getLogger("clusterdns")
 
@@ -26,6 +33,11 @@ except AttributeError:  # pragma: no cover - pyyaml wheels ship libyaml
     _Loader = yaml.SafeLoader
 
 SUFFIXES = (".yaml", ".yml", ".json")
+
+#: kinds the `labels` selector applies to: the API source's selectable resources
+#: (watch.Resource.selectable: Services, EndpointSlices) and v1 Endpoints, which stand in
+#: for a Service's EndpointSlices and carry the Service's labels as slices do
+SELECTABLE_KINDS = frozenset({"Service", "EndpointSlice", "Endpoints"})
 
 
 class ManifestError(Exception):
@@ -84,8 +96,42 @@ def _items(doc: Any) -> Iterator[Any]:
         yield doc
 
 
-def load_manifests(paths: list[str]) -> tuple[list[KubeObject], int]:
-    """Every usable object under `paths`, and how many broken objects were skipped."""
+def _selected(selector: Selector, item: Any) -> bool:
+    """What the API server's labelSelector would return; other kinds always pass.
+
+    Labels that could not come from an API server (not a mapping of strings) make the
+    object broken, as a broken field does, rather than silently unselected.
+    """
+    if not isinstance(item, dict):
+        return True  # parse_object reports it
+    kind = item.get("kind")
+    if not isinstance(kind, str) or kind not in SELECTABLE_KINDS or item.get("apiVersion") not in KINDS[kind]:
+        return True
+    meta = item.get("metadata")
+    if not isinstance(meta, dict):
+        return True  # parse_object reports it
+    labels = meta.get("labels")
+    if labels is None:
+        return selector.matches({})
+    if isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values()):
+        return selector.matches(labels)
+    ref = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+    if not isinstance(labels, dict):
+        raise ObjectError(kind, ref, "metadata.labels", "not a mapping")
+    key, value = next((k, v) for k, v in labels.items() if not isinstance(v, str))
+    raise ObjectError(kind, ref, f"metadata.labels[{key}]", f"not a string: {value!r}")
+
+
+def load_manifests(paths: list[str], namespaces: Iterable[str] = (),
+                   labels: str | None = None) -> tuple[list[KubeObject], int]:
+    """Every usable object under `paths` that the filters keep, and how many broken
+    objects were skipped.
+
+    `namespaces` (empty: all) and the label selector `labels` (None or "": none) mean
+    what they mean with the API source; a bad selector raises SelectorError (ValueError).
+    """
+    selector = parse_selector(labels) if labels else None
+    allowed = frozenset(namespaces)
     objects: list[KubeObject] = []
     skipped = 0
     for path in paths:
@@ -93,13 +139,18 @@ def load_manifests(paths: list[str]) -> tuple[list[KubeObject], int]:
             for doc in _documents(f):
                 for item in _items(doc):
                     try:
+                        if selector is not None and not _selected(selector, item):
+                            continue
                         obj = parse_object(item)
                     except ObjectError as exc:
                         skipped += 1
                         log.warning("%s: skipped %s", f, exc)
                         continue
-                    if obj is not None:
-                        objects.append(obj)
+                    if obj is None:
+                        continue
+                    if allowed and (obj.name if isinstance(obj, Namespace) else obj.namespace) not in allowed:
+                        continue  # watch.KubeSource._wanted: an unlisted namespace does not exist
+                    objects.append(obj)
     return objects, skipped
 
 
