@@ -7,7 +7,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # tests run in a private network namespace with only loopback: nothing can leave the machine
 NETNS   := $(shell [ "$$(id -u)" = 0 ] && echo "unshare -n" || echo "unshare -rn")
 # Debian tools the tests drive: dig/nslookup, dnsmasq (a real upstream), dnsperf, ip, unshare
-TOOLS   := dig:bind9-dnsutils nslookup:bind9-dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf ip:iproute2 unshare:util-linux openssl:openssl knotd:knot
+TOOLS   := dig:bind9-dnsutils nslookup:bind9-dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf ip:iproute2 unshare:util-linux openssl:openssl knotd:knot musl-gcc:musl-tools
 
 .PHONY: install tools run test bench clean
 

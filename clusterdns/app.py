@@ -32,15 +32,14 @@ from clusterdns.obs import logs
 from clusterdns.obs.logs import QueryLog
 from clusterdns.obs.metrics import Sources
 from clusterdns.reload import Reloader
+from clusterdns.cluster.compile import ZoneSettings
+from clusterdns.cluster.zone import ClusterZone
 from clusterdns.server.handler import Handler
-from clusterdns.server.table import AnswerTable
+from clusterdns.server.replay import ReplayTable
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
 from clusterdns.server import udp as udp_listener
 from clusterdns.server.udp import UDPListener
-from clusterdns.server.warmup import warm
 from clusterdns.workers import Journal, Worker
-from clusterdns.zones.kubernetes import ClusterZone
-from clusterdns.zones.router import Router
 from clusterdns.zones.upstreams import Forwarding, cluster_forwarding
 
 if TYPE_CHECKING:  # imported where used: kubernetes and aiohttp cost ~0.4 s of start-up from manifests
@@ -199,17 +198,15 @@ class Listeners:
 
 
 def build_cluster(opts: ServeOptions) -> tuple[ClusterStore, Handler]:
-    """Store, zone, table and handler, wired so store changes reach the table."""
+    """Store, compiled zone and handler, wired so store changes recompile the zone."""
     store = ClusterStore(endpoint_pod_names=opts.endpoint_pod_names)
-    table = AnswerTable(opts.answer_cache_size)
-    store.subscribe(table.invalidate)
     zone = build_zone(opts, store)
-    return store, Handler(Router(zone), table, opts.max_udp, build_forwarding(opts, zone.zone))
+    return store, Handler(zone, ReplayTable(opts.answer_cache_size), opts.max_udp, build_forwarding(opts, zone.zone))
 
 
 def build_zone(opts: ServeOptions, store: ClusterStore) -> ClusterZone:
     own = tuple(h for h, _ in map(parse_listen, opts.listen) if h not in ("0.0.0.0", "::"))
-    return ClusterZone(store, opts.zone, opts.ttl, opts.pods, opts.ignore_empty_service, own)
+    return ClusterZone(store, ZoneSettings(opts.zone, opts.ttl, opts.pods, opts.ignore_empty_service, own))
 
 
 def build_forwarding(opts: ServeOptions, zone: str) -> Forwarding | None:
@@ -257,7 +254,7 @@ async def serve(opts: ServeOptions, journal: Journal | None = None, workers: lis
     skipped = 0
     if opts.manifests:
         with bulk_load():
-            objects, skipped = load_manifests(opts.manifests)
+            objects, skipped = load_manifests(opts.manifests, namespaces=opts.namespaces, labels=opts.labels)
             store.load(objects)
     else:
         source = build_source(opts, store)
@@ -302,9 +299,9 @@ async def serve(opts: ServeOptions, journal: Journal | None = None, workers: lis
     if handler.forwarding is not None:
         handler.forwarding.start(stop.set, listeners.bound)  # a forwarding loop sets `stop`
     flusher = asyncio.create_task(lifecycle.flush_logs(), name="log-flush")
-    warming = asyncio.create_task(warm_when_synced(handler, store, opts.zone), name="warm-up")
+    trimming = asyncio.create_task(trim_when_synced(store), name="trim")
     await stop.wait()
-    warming.cancel()
+    trimming.cancel()
     await reloader.stop()
     forwarding = handler.forwarding
     if forwarding is not None and forwarding.looped:
@@ -384,10 +381,12 @@ class Running:
     def _apply(self, old: ServeOptions, new: ServeOptions, zone: ClusterZone, forwarding: Forwarding | None) -> None:
         """Swap in the new parts; the store (the watch cache) and the sockets stay."""
         h = self.handler
-        h.router = Router(zone)
+        old_zone, h.zone = h.zone, zone
+        if old_zone is not None and old_zone is not zone:
+            old_zone.close()
         h.max_udp = new.max_udp
         h.table.max_entries = new.answer_cache_size
-        h.table.clear()  # answers rendered under the old settings; the next query re-renders
+        h.table.clear()
         self.listeners.limits.idle_timeout = new.tcp_idle_timeout
         self.listeners.limits.max_connections = new.max_tcp_connections
         if (old.query_log, old.query_log_sample) != (new.query_log, new.query_log_sample):
@@ -425,11 +424,10 @@ async def _shutdown(listeners: Listeners, source_task: asyncio.Task | None, heal
         await metrics.stop()
 
 
-async def warm_when_synced(handler: Handler, store: ClusterStore, zone: str) -> None:
-    """Pre-render the common answers once the store has synced (bounded wait)."""
+async def trim_when_synced(store: ClusterStore) -> None:
+    """Give the heap of the initial sync back to the OS once the store has synced."""
     for _ in range(600):
         if store.synced:
-            await warm(handler, store, zone.strip(".").lower())
             give_back_memory()
             return
         await asyncio.sleep(0.1)

@@ -37,10 +37,9 @@ from clusterdns.obs import logs
 from clusterdns.obs.metrics import Sources
 from clusterdns.reload import Reloader
 from clusterdns.server.handler import Handler
-from clusterdns.server.table import AnswerTable
+from clusterdns.server.replay import ReplayTable
 from clusterdns.server.tcp import TCPLimits
 from clusterdns.zones.forward import Forwarder, LoopDetector, UpstreamSpec, parse_hostport
-from clusterdns.zones.router import Router
 from clusterdns.zones.upstreams import (
     Forwarding,
     ForwardTable,
@@ -115,8 +114,8 @@ async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
     forwarding = build(cfg, LoopDetector() if cfg.loop_detect else None)
     # room to replay every cached answer, in two query variants (with and without EDNS),
     # before the replay table starts over (it must not be smaller than the cache)
-    replays = AnswerTable(max(4096, 2 * cfg.cache.max_entries))
-    handler = Handler(Router(None), replays, cfg.max_udp, forwarding=forwarding)
+    replays = ReplayTable(max(4096, 2 * cfg.cache.max_entries))
+    handler = Handler(None, replays, cfg.max_udp, forwarding=forwarding)
     query_log = lifecycle.query_log(getattr(cfg, "query_log", False), getattr(cfg, "query_log_sample", 1))
     listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log)
     health = None

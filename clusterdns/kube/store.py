@@ -2,7 +2,7 @@
 
 Single writer (the loader or the watch tasks, on the event loop), many readers (the zone
 logic). Every mutation ends with one notification that names what changed as dependency
-keys, so the answer table can drop exactly the answers that read those parts:
+keys, so the compiled zone (cluster/zone.py) recompiles exactly those parts:
 
     ("svc", ns, name)   a Service, its endpoints and everything below its name
     ("ns", ns)          whether a namespace exists
@@ -142,6 +142,10 @@ class ClusterStore:
     # ---------------------------------------------------------------- writers
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:

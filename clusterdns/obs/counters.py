@@ -5,10 +5,10 @@ and so a process that serves no /metrics still has the numbers (logs, workers).
 
 Every distinct kind of answer -- (proto, hot path or not, plugin, zone, qtype, rcode,
 DO bit, request size, response size) -- is a *traffic class*: one `list[int]` of counts,
-one per listen address (slot). The answer table keeps a reference to its class in each
-entry, so the hot path pays one `entry[2][slot] += 1`; a table entry's sizes never
-change, so the size histograms come out exact without any per-query work. Slow-path
-answers are counted into the same classes and timed with `perf_counter`.
+one per listen address (slot). A compiled answer keeps references to its classes (by
+query size and shape), so the hot path pays one `counts[slot] += 1`, and the size
+histograms come out exact without any per-query work. General-path answers are counted
+into the same classes and timed with `perf_counter`.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class QueryStats:
 
     def hot_class(self, query: bytes, reply: bytes, tcp: bool, plugin: str = "kubernetes",
                   zone: str = ".") -> list[int]:
-        """The class an answer-table entry counts into (called when the entry is stored)."""
+        """The class a replayed answer counts into (called when it is stored)."""
         info = question_info(query)
         qtype, do = info if info is not None else (0, False)
         return self.traffic_class((tcp, True, plugin, zone, qtype, reply[3] & 0x0F, do, len(query), len(reply)))

@@ -9,17 +9,17 @@ about as much as a whole cached answer (~1 us). Instead:
 
 * every distinct kind of answer -- (proto, plugin, zone, qtype, rcode, DO, request
   size, response size) -- gets one `list[int]` of per-listener counts, a *traffic
-  class*. The answer table keeps a reference to its class in each entry, so the hot path
-  pays one `entry[2][slot] += 1`. Request and response sizes of a table entry never
-  change, so the size histograms are exact without per-query work;
-* slow-path answers (parsed with dnslib, forwarded, errors) are counted into the same
+  class*. Each compiled answer keeps references to its classes, keyed by the query's
+  size and shape, so the hot path pays one dict lookup and one `counts[slot] += 1`; the
+  sizes are exact without per-query work;
+* general-path answers (parsed, forwarded, errors) are counted into the same
   classes and timed exactly with `perf_counter`;
 * hot-path answers are synchronous Python of about a microsecond, so they fall in the
   first duration bucket (<= 0.25 ms) by construction; their share of `_sum` is the
   count times a per-process calibration of that path (`calibrate_hot_path`);
 * `DNSCollector` folds the classes (a few hundred, not one per name) into CoreDNS's
   metric families at scrape time, and reads the caches, forwarders, Kubernetes watch
-  and answer table counters the same way.
+  and replay table counters the same way.
 """
 
 from __future__ import annotations
@@ -109,8 +109,9 @@ DOCUMENTED: dict[str, str] = {
                                         "`tcp_connection_cap`.",
     "clusterdns_config_reloads_total": "{result} - config reloads, success|failure.",
     "clusterdns_config_last_reload_success_timestamp_seconds": "{} - when the running config was loaded.",
-    "clusterdns_answer_table_entries": "{proto} - rendered answers held for the hot path.",
-    "clusterdns_answer_table_hits_total": "{proto} - queries answered from that table.",
+    "clusterdns_replay_entries": "{proto} - forward-cache answers kept ready for replay.",
+    "clusterdns_hot_path_answers_total": "{proto} - queries answered on the hot path: compiled "
+                                         "cluster answers and replayed cache hits.",
     "clusterdns_tcp_connections": "{} - open DNS-over-TCP connections.",
     "clusterdns_forward_queries_total": "{zone} - questions sent upstream (cache misses).",
     "clusterdns_forward_failures_total": "{zone} - upstream exchanges that timed out or failed.",
@@ -150,7 +151,7 @@ class Sources:
     """
 
     handler: Any = None  # server.handler.Handler: `errors` (internal errors caught = panics)
-    table: Any = None  # server.table.AnswerTable: `udp`, `tcp` dicts
+    table: Any = None  # server.replay.ReplayTable: `udp`, `tcp` dicts
     forwarding: Any = None  # zones.upstreams.Forwarding: `.table.zones`, `.errors`
     kube: Any = None  # kube.watch.KubeSource: `.states`
     store: Any = None  # kube.store.ClusterStore: object dicts, `synced`, `last_change`
@@ -342,13 +343,13 @@ class DNSCollector(Collector):
         m.add_metric([], src.reloads.last_success or src.started)
         yield m
         if src.table is not None:
-            m = _gauge("clusterdns_answer_table_entries",
-                       "Rendered answers kept for the hot path, by protocol.", ("proto",))
+            m = _gauge("clusterdns_replay_entries",
+                       "Forward-cache answers kept ready for replay, by protocol.", ("proto",))
             m.add_metric(["udp"], len(src.table.udp))
             m.add_metric(["tcp"], len(src.table.tcp))
             yield m
-            m = _counter("clusterdns_answer_table_hits",
-                         "Queries answered from the rendered-answer table (the hot path).", ("proto",))
+            m = _counter("clusterdns_hot_path_answers",
+                         "Queries answered on the hot path (compiled answers, replayed cache hits).", ("proto",))
             hits = {False: 0, True: 0}
             for k, counts in list(self.stats.classes.items()):
                 if k[1]:

@@ -1,7 +1,9 @@
-"""The slow path: every query the answer table does not know goes through here.
+"""Every query's answer, in two steps: `fast` for the plain shape, `handle` for the rest.
 
-It parses with dnslib, applies the protocol rules (RFC 1035, 6891, 7766, 8482), asks
-the zone, renders, and stores cacheable answers in the table for the hot path. It never
+`fast` answers a query of the ordinary shape (one question, no other records but a bare
+OPT of version 0) from the compiled zone with byte slicing only: no parse, no object
+per query. `handle` parses with the one query parser (`wire/question.py`), applies the
+protocol rules (RFC 1035, 6891, 7766, 8482), and asks the zone or the forwarder. Neither
 raises: malformed input gets FORMERR when a header is there, else nothing.
 """
 
@@ -12,25 +14,32 @@ import os
 import socket
 from collections.abc import Awaitable
 
-from clusterdns.server.table import AnswerTable
-from clusterdns.wire import message
-from clusterdns.wire import records as R
-from clusterdns.wire.message import FormError, Query
-from clusterdns.wire.records import Answer
-from clusterdns.zones.router import Router
+from clusterdns.cluster.zone import ClusterZone
+from clusterdns.obs.counters import QueryStats
+from clusterdns.server.replay import ReplayTable
+from clusterdns.wire import encode as E
+from clusterdns.wire import question as Q
+from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, MAX_TCP, RRClass, RRType, Rcode
 from clusterdns.zones.upstreams import Forwarding
 
 log = logging.getLogger("clusterdns")
-IDENTITY_NAMES = ("id.server", "hostname.bind")
+IDENTITY_NAMES = (b"\x02id\x06server\x00", b"\x08hostname\x04bind\x00")
 
 Reply = bytes | None | Awaitable[bytes | None]
 
+NO_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x00"  # QD=1 AN=0 NS=0 AR=0
+ONE_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"  # ... AR=1
+OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
+EMPTY_RDATA = b"\x00\x00"
+CLASS_LIMIT = 4096  # traffic classes remembered per compiled answer (bounded under floods)
+
 
 class Handler:
-    def __init__(self, router: Router, table: AnswerTable, max_udp: int = message.DEFAULT_EDNS_UDP,
-                 forwarding: Forwarding | None = None) -> None:
-        self.router = router
-        self.table = table
+    def __init__(self, zone: ClusterZone | None, replays: ReplayTable | None = None,
+                 max_udp: int = EDNS_UDP, forwarding: Forwarding | None = None) -> None:
+        self.zone = zone
+        self.table = replays if replays is not None else ReplayTable()
+        self.stats: QueryStats = self.table.stats
         self.max_udp = max_udp
         self.forwarding = forwarding  # names outside our zones, fallthrough, ExternalName chase
         self.errors = 0
@@ -38,58 +47,109 @@ class Handler:
         # answered to CH TXT id.server / hostname.bind (RFC 4892): which process answered
         self.identity = f"{socket.gethostname()}/{os.getpid()}"
 
+    # ------------------------------------------------------------------ the hot path
+    def fast(self, data: bytes, tcp: bool, slot: int) -> bytes | None:
+        """The answer to a plain query from the compiled zone, counted; None: `handle` it.
+
+        Only compiled answers come out here; anything the zone must compute, forward or
+        refuse goes the general way. The question's bytes are the client's own (0x20).
+        """
+        zone = self.zone
+        size = len(data)
+        counts = data[4:12]
+        if counts == NO_EDNS:
+            end, j = size - 4, 0
+        elif (counts == ONE_OPT and data[size - 11:size - 8] == OPT_HEAD and data[size - 2:] == EMPTY_RDATA
+              and data[size - 5] == 0):
+            end, j = size - 15, 2 | (data[size - 4] >> 7)
+        else:
+            return None
+        if end <= 12 or data[2] & 0xF8 or zone is None:
+            return None  # a response, an opcode other than QUERY, or no zone
+        qend = end + 4
+        p = zone.lookup(data[12:end].lower(), data[end:qend])
+        if p is None or (p.chase is not None and self.forwarding is not None):
+            return None
+        if p.rcode == Rcode.NXDOMAIN and self.forwarding is not None and p is not zone.nxdomain[0]:
+            return None  # the reverse zones fall through to the upstreams
+        edns = j & 2
+        out = data[:2] + p.heads[(data[2] & 1) | ((data[3] >> 3) & 2) | (4 if edns else 0)] + data[12:qend] + p.body
+        if edns:
+            out += E.OPTS[j & 1]
+        if len(out) > CLASSIC_UDP:
+            limit = MAX_TCP if tcp else max(CLASSIC_UDP, min((data[size - 8] << 8) | data[size - 7], self.max_udp)) \
+                if edns else CLASSIC_UDP
+            if len(out) > limit:
+                out = E.fit(data, qend, p, bool(edns), bool(j & 1), limit)
+        classes = p.classes
+        if classes is None:
+            classes = p.classes = {}
+        qtype = (data[end] << 8) | data[end + 1]
+        k = (((size << 3) | (j << 1) | tcp) << 16) | qtype
+        cls = classes.get(k)
+        if cls is None:
+            cls = self.stats.traffic_class((bool(tcp), True, "kubernetes", ".", qtype, p.rcode, bool(j & 1),
+                                            size, len(out)))
+            if len(classes) < CLASS_LIMIT:
+                classes[k] = cls
+        cls[slot] += 1
+        return out
+
+    # ------------------------------------------------------------------ everything else
     def handle(self, data: bytes, tcp: bool) -> Reply:
         """Answer one query's bytes; None means drop (no header, or not a query)."""
         self.plugin = ""
-        if len(data) < message.HEADER or data[2] & 0x80:
-            return None  # too short to answer, or a response: answering it could loop
         try:
             return self._handle(data, tcp)
         except Exception:  # a bug must cost one answer, never the server
             self.errors += 1
             log.exception("internal error answering a query")
-            return message.header_reply(data, R.SERVFAIL)
+            return E.header_reply(data, Rcode.SERVFAIL)
 
     def _handle(self, data: bytes, tcp: bool) -> Reply:
-        if (data[2] >> 3) & 0xF != 0:
-            return message.header_reply(data, R.NOTIMP)  # only QUERY is implemented
-        if self.forwarding is not None:
-            forwarded = self.forwarding.handle(data, tcp)  # cache hit, or a coroutine
-            if forwarded is not None:
-                self.plugin = "cache" if isinstance(forwarded, bytes) else "forward"
-                if isinstance(forwarded, bytes):
-                    hit = self.forwarding.take_hit()
-                    if hit is not None:
-                        self.table.store_replay(data, forwarded, hit, tcp)
-                return forwarded
         try:
-            q = message.parse(data)
-        except FormError:
-            return message.header_reply(data, R.FORMERR)
-        if q.edns is not None and q.edns.version > 0:
-            return message.badvers(q)
-        ans = self._answer(q)
-        limit = None if tcp else message.udp_limit(q, self.max_udp)
-        if self.forwarding is not None:
-            follow = self.forwarding.follow(q, ans, data, limit)  # fallthrough PTR, ExternalName
+            q = Q.parse(data)
+        except (Q.ShortHeader, Q.NotQuery):
+            return None  # too short to answer, or a response: answering it could loop
+        except Q.NotImplementedOpcode:
+            return E.header_reply(data, Rcode.NOTIMP)  # only QUERY is implemented
+        except Q.FormError:
+            return E.header_reply(data, Rcode.FORMERR)
+        if q.edns and q.version > 0:  # RFC 6891 6.1.3: BADVERS, with an OPT of version 0
+            return self._reply(data, q, E.Prepared(rcode=Rcode.BADVERS, aa=False), None)
+        limit = MAX_TCP if tcp else q.udp_limit(self.max_udp)
+        if q.qtype == RRType.OPT:
+            return self._reply(data, q, E.Prepared(rcode=Rcode.FORMERR, aa=False), limit)  # not a question (RFC 6891)
+        if q.qclass == RRClass.CH and q.name in IDENTITY_NAMES and q.qtype in (RRType.TXT, RRType.ANY):
+            self.plugin = "chaos"
+            rec = E.rr(E.OWNER, RRType.TXT, 0, E.txt(self.identity), RRClass.CH)
+            return self._reply(data, q, E.Prepared(answer=[rec]), limit)
+        if q.qclass != RRClass.IN or q.qtype in (RRType.AXFR, RRType.IXFR):
+            return self._reply(data, q, E.Prepared(rcode=Rcode.REFUSED, aa=False), limit)  # no zone transfers
+        zone = self.zone
+        apex = zone.apex_of(q.name) if zone is not None else None
+        forwarding = self.forwarding
+        if apex is None:
+            if forwarding is not None:
+                forwarded = forwarding.handle(q, data, tcp)  # cache hit, or a Future / coroutine
+                if forwarded is not None:
+                    self.plugin = "cache" if isinstance(forwarded, bytes) else "forward"
+                    if isinstance(forwarded, bytes):
+                        hit = forwarding.take_hit()
+                        if hit is not None:
+                            self.table.store(data, forwarded, hit, tcp)
+                    return forwarded
+            return self._reply(data, q, E.Prepared(rcode=Rcode.REFUSED, aa=False), limit)
+        assert zone is not None
+        self.plugin = "kubernetes"
+        p = zone.answer(q.name, q.qtype)
+        if forwarding is not None:
+            follow = forwarding.follow(q, p, data, limit, apex)  # fallthrough PTR, ExternalName
             if follow is not None:
                 self.plugin = "forward"
                 return follow
-        reply = message.render(q, ans, limit)
-        if ans.cacheable and q.plain_question:
-            self.table.store(data, q.question_end, reply, ans.deps, tcp)
-        return reply
+        return self._reply(data, q, p, limit)
 
-    def _answer(self, q: Query) -> Answer:
-        if q.qtype == R.OPT:
-            return Answer(rcode=R.FORMERR, aa=False)  # OPT is not a question (RFC 6891)
-        if q.qclass == R.CH and q.name in IDENTITY_NAMES and q.qtype in (R.TXT, R.ANY):
-            self.plugin = "chaos"
-            return Answer(answer=[R.Record(q.name, R.TXT, 0, self.identity, R.CH)], cacheable=False)
-        if q.qclass != R.IN or q.qtype in (R.AXFR, R.IXFR):
-            return Answer(rcode=R.REFUSED, aa=False)  # zone transfers are not offered
-        zone = self.router.zone_for(q.name)
-        if zone is None:
-            return Answer(rcode=R.REFUSED, aa=False)
-        self.plugin = "kubernetes"
-        return zone.answer(q.name, q.qtype)
+    @staticmethod
+    def _reply(data: bytes, q: Q.Query, p: E.Prepared, limit: int | None) -> bytes:
+        return E.assemble(data, q.qend, p, q.edns, q.do, MAX_TCP if limit is None else limit)

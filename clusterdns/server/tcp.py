@@ -11,7 +11,7 @@ from time import monotonic, perf_counter
 
 from clusterdns.obs.logs import QueryLog
 from clusterdns.server.handler import Handler
-from clusterdns.server.table import key_of, question_bounds
+from clusterdns.server.replay import key_of, question_bounds
 
 log = logging.getLogger("clusterdns")
 
@@ -31,8 +31,7 @@ class TCPProtocol(asyncio.Protocol):
     def __init__(self, handler: Handler, limits: TCPLimits, slot: int = 0,
                  query_log: QueryLog | None = None) -> None:
         self.handler = handler
-        self.answers = handler.table.tcp
-        self.replays = handler.table.replay_tcp
+        self.replays = handler.table.tcp
         self.stats = handler.table.stats
         self.limits = limits
         self.slot = slot
@@ -87,14 +86,13 @@ class TCPProtocol(asyncio.Protocol):
             self._answer(msg)
 
     def _answer(self, msg: bytes) -> None:
-        end = question_bounds(msg)
+        out = self.handler.fast(msg, 1, self.slot)
+        if out is not None:
+            self._write(out)
+            return
+        end = question_bounds(msg) if self.replays else 0
         if end > 12:
             key = key_of(msg, end)
-            entry = self.answers.get(key)
-            if entry is not None:
-                self._write(msg[:2] + entry[0] + msg[12:end] + entry[1])
-                entry[2][self.slot] += 1
-                return
             hit = self.replays.get(key)  # a forward-cache hit, TTLs as of this second
             if hit is not None and hit[3] <= monotonic():
                 hit = self.handler.table.retick(key, hit, monotonic(), True)
@@ -157,14 +155,11 @@ class TCPProtocol(asyncio.Protocol):
 
     def _logged(self, msg: bytes) -> None:
         started = perf_counter()
-        end = question_bounds(msg)
-        entry = self.answers.get(key_of(msg, end)) if end > 12 else None
-        if entry is None:
+        reply = self.handler.fast(msg, 1, self.slot)
+        if reply is None:
             self._slow(msg, started)
             return
-        reply = msg[:2] + entry[0] + msg[12:end] + entry[1]
         self._write(reply)
-        entry[2][self.slot] += 1
         if self.query_log is not None and self.query_log.wanted():
             self.query_log.write(msg, reply, self.peer, "tcp", perf_counter() - started)
 

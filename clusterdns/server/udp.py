@@ -1,7 +1,7 @@
 """DNS over UDP: datagrams read and answered in batches, at most one answer per query.
 
 The listener registers its socket with the event loop as a reader; each wake-up takes
-up to `batchio.BATCH` datagrams per system call, answers what the answer table knows
+up to `batchio.BATCH` datagrams per system call, answers what the compiled zone knows
 in a tight loop, and sends all those answers with one more call (`clusterdns/batchio.py`
 says why). Anything else goes through the handler (`server/handler.py`); an answer that
 has to wait (forwarding) is sent on its own when it is ready.
@@ -20,7 +20,7 @@ from clusterdns.obs.logs import QueryLog
 from clusterdns import batchio
 from clusterdns.batchio import BATCH, RECV_SIZE, SEND_SIZE
 from clusterdns.server.handler import Handler
-from clusterdns.server.table import EMPTY_RDATA, NO_EDNS, ONE_OPT, OPT_HEAD, key_of, question_bounds
+from clusterdns.server.replay import question_bounds
 
 log = logging.getLogger("clusterdns")
 
@@ -38,8 +38,7 @@ class UDPListener:
     def __init__(self, handler: Handler, sock: socket.socket, slot: int = 0,
                  query_log: QueryLog | None = None) -> None:
         self.handler = handler
-        self.answers = handler.table.udp  # the dict itself: invalidation mutates it in place
-        self.replays = handler.table.replay_udp
+        self.replays = handler.table.udp  # the dict itself: the table mutates it in place
         self.table = handler.table
         self.stats = handler.table.stats
         self.slot = slot
@@ -64,11 +63,11 @@ class UDPListener:
             self.loop.add_reader(self.sock.fileno(), reader)  # replaces the old callback
 
     def _read(self) -> None:
-        # The hot path, inlined from AnswerTable.lookup: no calls but the dict's, no dnslib.
+        # The hot path: the compiled zone (`Handler.fast`), then replayed forward-cache hits.
         io = self.io
         rbuf, lens, len_at = io.rbuf, io.lens, io.LEN_AT
         sbuf, slens, snames, name_at, naddr = io.sbuf, io.slens, io.snames, io.NAME_AT, io.name_addrs
-        answers, replays, slot = self.answers, self.replays, self.slot
+        fast, replays, slot = self.handler.fast, self.replays, self.slot
         for _ in range(ROUNDS):
             try:
                 n = io.recv()
@@ -82,22 +81,11 @@ class UDPListener:
             for i in range(n):
                 off = i * RECV_SIZE
                 data = bytes(rbuf[off:off + lens[len_at[i]]])
-                size = len(data)
-                counts = data[4:12]
-                if counts == NO_EDNS:
-                    end = size - 4
-                elif counts == ONE_OPT and data[size - 11:size - 8] == OPT_HEAD and data[size - 2:] == EMPTY_RDATA:
-                    end = size - 15
-                else:
-                    end = 0
-                out = None
-                if end > 12:
-                    key = data[2:12] + data[12:end].lower() + data[end:]
-                    entry = answers.get(key)
-                    if entry is not None:
-                        out = data[:2] + entry[0] + data[12:end] + entry[1]
-                        entry[2][slot] += 1
-                    else:
+                out = fast(data, 0, slot)
+                if out is None and replays:
+                    end = question_bounds(data)
+                    if end > 12:
+                        key = data[2:12] + data[12:end].lower() + data[end:]
                         hit = replays.get(key)  # a forward-cache hit, TTLs as of this second
                         if hit is not None:
                             if not now:
@@ -209,17 +197,14 @@ class UDPListener:
         """The hot path plus a query-log line (sampled), one send per answer."""
         for i, data in self._datagrams():
             started = perf_counter()
-            end = question_bounds(data)
-            entry = self.answers.get(key_of(data, end)) if end > 12 else None
-            if entry is None:
+            reply = self.handler.fast(data, 0, self.slot)
+            if reply is None:
                 reply = self._slow(data, i, started)
                 if reply is not None:
                     self._send(reply, self.io.name(i))
                 continue
-            reply = data[:2] + entry[0] + data[12:end] + entry[1]
             addr = self.io.name(i)
             self._send(reply, addr)
-            entry[2][self.slot] += 1
             if self.query_log is not None and self.query_log.wanted():
                 self.query_log.write(data, reply, addr, "udp", perf_counter() - started)
 

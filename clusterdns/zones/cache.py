@@ -35,16 +35,19 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from clusterdns.zones import _wire as W
+from clusterdns.wire import scan as W
+from clusterdns.wire.constants import HEADER, Rcode
+from clusterdns.wire.names import Malformed
+from clusterdns.wire.question import Query
 from clusterdns.zones.forward import Overloaded
 
 log = logging.getLogger("clusterdns.cache")
 
-Fetch = Callable[[W.Question], Awaitable[bytes]]
+Fetch = Callable[[Query], Awaitable[bytes]]
 #: reports a fetch's end: (answer, None) or (None, exception)
 Done = Callable[[bytes | None, BaseException | None], None]
 #: a fetch without a coroutine: start it and call Done later (may raise at once)
-Start = Callable[[W.Question, Done], None]
+Start = Callable[[Query, Done], None]
 
 POSITIVE, NXDOMAIN, NODATA, SERVFAIL, UNCACHED = range(5)
 
@@ -115,7 +118,7 @@ class _Waiter:
 
     __slots__ = ("q", "limit", "fut", "timer")
 
-    def __init__(self, q: W.Question, limit: int | None, fut: asyncio.Future[bytes]) -> None:
+    def __init__(self, q: Query, limit: int | None, fut: asyncio.Future[bytes]) -> None:
         self.q, self.limit, self.fut = q, limit, fut
         self.timer: asyncio.TimerHandle | None = None
 
@@ -125,7 +128,7 @@ class _Flight:
 
     __slots__ = ("cache", "q", "waiters")
 
-    def __init__(self, cache: ResponseCache, q: W.Question) -> None:
+    def __init__(self, cache: ResponseCache, q: Query) -> None:
         self.cache, self.q = cache, q
         self.waiters: list[_Waiter] = []
 
@@ -185,7 +188,7 @@ class ResponseCache:
 
     # -- the fast path: synchronous, no task ------------------------------------------------
 
-    def lookup(self, q: W.Question, limit: int | None) -> bytes | None:
+    def lookup(self, q: Query, limit: int | None) -> bytes | None:
         """The client's reply from a fresh entry, or None (then call `resolve`)."""
         e = self._entries.get(q.key)
         if e is None:
@@ -222,7 +225,7 @@ class ResponseCache:
 
     # -- the full path -----------------------------------------------------------------------
 
-    async def resolve(self, q: W.Question, limit: int | None) -> bytes:
+    async def resolve(self, q: Query, limit: int | None) -> bytes:
         """Answer from cache, or fetch (one flight per key), or serve stale on failure."""
         hit = self.lookup(q, limit)
         if hit is not None:
@@ -230,7 +233,7 @@ class ResponseCache:
         reply = self.miss(q, limit)
         return reply if isinstance(reply, bytes) else await reply
 
-    def miss(self, q: W.Question, limit: int | None) -> bytes | asyncio.Future[bytes]:
+    def miss(self, q: Query, limit: int | None) -> bytes | asyncio.Future[bytes]:
         """After `lookup` found nothing fresh: the reply now (stale, during a recheck
         pause) or a Future of it. The Future always gets a reply, never an exception:
         the answer, REFUSED on overload, a stale answer, or SERVFAIL."""
@@ -297,29 +300,29 @@ class ResponseCache:
                 reply = self._reply(w.q, w.limit, entry, exc)
             except Exception:  # a bug must cost one answer, never the others
                 log.exception("internal error answering %s", w.q.text)
-                reply = W.error_reply(w.q, W.SERVFAIL)
+                reply = W.error_reply(w.q, Rcode.SERVFAIL)
             w.fut.set_result(reply)
 
-    def _reply(self, q: W.Question, limit: int | None, entry: Entry | None,
+    def _reply(self, q: Query, limit: int | None, entry: Entry | None,
                exc: BaseException | None) -> bytes:
         """A waiting client's reply from its flight's outcome."""
         if isinstance(exc, Overloaded):
-            return W.error_reply(q, W.REFUSED)
-        if entry is None or entry.kind == SERVFAIL or entry.wire[3] & 0x0F == W.REFUSED:
+            return W.error_reply(q, Rcode.REFUSED)
+        if entry is None or entry.kind == SERVFAIL or entry.wire[3] & 0x0F == Rcode.REFUSED:
             stale = self._stale_candidate(q.key)
             if stale is not None:
                 return self._serve_stale(stale, q, limit)
             if entry is None:
-                return W.error_reply(q, W.SERVFAIL)
+                return W.error_reply(q, Rcode.SERVFAIL)
         ttl = entry.remaining(self.timer()) if entry.kind != UNCACHED else None
         return W.render(entry.wire, entry.qend, entry.ttl_offsets, ttl, q, limit)
 
-    def _prefetch(self, q: W.Question) -> None:
+    def _prefetch(self, q: Query) -> None:
         if q.key not in self._flights:
             self.prefetches += 1
             self._launch(_Flight(self, q))
 
-    def _store(self, wire: bytes, q: W.Question) -> Entry:
+    def _store(self, wire: bytes, q: Query) -> Entry:
         """Classify an upstream answer and keep it (or not); the entry to answer from."""
         entry = self._entry(wire, q)
         if entry.kind == UNCACHED:
@@ -343,28 +346,28 @@ class ResponseCache:
         if old is not None:
             old.retry_after = self.timer() + self.stale_recheck
 
-    def _entry(self, wire: bytes, q: W.Question) -> Entry:
+    def _entry(self, wire: bytes, q: Query) -> Entry:
         """Classify an upstream answer and decide how long it may be kept."""
         now = self.timer()
         try:
             s = W.scan_response(wire)
-        except W.Malformed as exc:
+        except Malformed as exc:
             log.debug("uncacheable answer for %s: %s", q.text, exc)
-            bad = W.error_reply(W.Question(0, True, False, q.qwire.lower(), q.name, q.qtype,
-                                           q.qclass, False, 0, False), W.SERVFAIL)
-            return Entry(bad, W.HEADER + len(q.qwire), (), UNCACHED, q.name, now, 0)
+            bad = W.error_reply(Query(0, True, False, q.qwire.lower(), q.name, q.qtype,
+                                           q.qclass, False, 0, False), Rcode.SERVFAIL)
+            return Entry(bad, HEADER + len(q.qwire), (), UNCACHED, q.name, now, 0)
         kind, ttl = UNCACHED, 0
         if s.tc:
             pass  # RFC 2181 9: a truncated answer is not cached
-        elif s.rcode == W.NOERROR and s.ancount:
+        elif s.rcode == Rcode.NOERROR and s.ancount:
             kind = POSITIVE
             ttl = min(max(s.min_ttl or 0, self.min_ttl), self.max_ttl)
-        elif s.rcode in (W.NOERROR, W.NXDOMAIN) and s.negative_ttl is not None:
-            kind = NXDOMAIN if s.rcode == W.NXDOMAIN else NODATA
+        elif s.rcode in (Rcode.NOERROR, Rcode.NXDOMAIN) and s.negative_ttl is not None:
+            kind = NXDOMAIN if s.rcode == Rcode.NXDOMAIN else NODATA
             neg = s.negative_ttl if s.answer_min_ttl is None else \
                 min(s.negative_ttl, s.answer_min_ttl)
             ttl = min(max(neg, self.min_negative_ttl), self.max_negative_ttl)
-        elif s.rcode == W.SERVFAIL and self.servfail_ttl > 0:
+        elif s.rcode == Rcode.SERVFAIL and self.servfail_ttl > 0:
             kind, ttl = SERVFAIL, self.servfail_ttl
         return Entry(s.wire, s.qend, s.ttl_offsets, kind, q.name, now, ttl)
 
@@ -388,7 +391,7 @@ class ResponseCache:
             return None
         return e
 
-    def _serve_stale(self, e: Entry, q: W.Question, limit: int | None) -> bytes:
+    def _serve_stale(self, e: Entry, q: Query, limit: int | None) -> bytes:
         self.stale += 1
         return W.render(e.wire, e.qend, e.ttl_offsets, self.stale_ttl, q, limit)
 

@@ -34,7 +34,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from clusterdns.obs.counters import TIME_BUCKETS, _Hist, rcode_label
-from clusterdns.zones import _wire as W
+from clusterdns.wire import scan as W
+from clusterdns.wire.constants import HEADER, RRClass, RRType, Rcode
+from clusterdns.wire.names import Malformed, in_zone, to_text, to_wire
 from clusterdns.zones.udppool import UdpPool
 
 #: how a question's end is reported: (answer, None) or (None, exception)
@@ -200,7 +202,7 @@ class Upstream:
         """One exchange on a pooled connection; a pooled one the server closed is retried once."""
         qid = secrets.randbits(16)
         wire = W.build_query(qid, name, qtype, qclass, do=do, cd=cd)
-        question = wire[W.HEADER:len(wire) - 11]
+        question = wire[HEADER:len(wire) - 11]
         for attempt in range(2):
             conn = self._take()
             reused = conn is not None
@@ -273,8 +275,8 @@ class Upstream:
                 stats.health_checks += 1
                 try:
                     async with asyncio.timeout(self._fwd.read_timeout):
-                        await self._exchange(b"\x00", W.T_NS, W.C_IN, False, False)
-                except (OSError, TimeoutError, asyncio.IncompleteReadError, W.Malformed):
+                        await self._exchange(b"\x00", RRType.NS, RRClass.IN, False, False)
+                except (OSError, TimeoutError, asyncio.IncompleteReadError, Malformed):
                     stats.health_failures += 1
                     self.stats.health_failures += 1
                     continue
@@ -327,7 +329,7 @@ class Forwarder:
         self.timeout = timeout
         self.expire = expire
         self.max_concurrent = max_concurrent
-        self.except_zones = tuple(W.name_to_wire(z) for z in except_zones)
+        self.except_zones = tuple(to_wire(z) for z in except_zones)
         self.stats = ForwardStats()
         self.upstreams = [Upstream(s, self) for s in upstreams]
         self.closed = False
@@ -353,7 +355,7 @@ class Forwarder:
         # all down: still try them (CoreDNS tries one at random); the deadline bounds it
         return healthy + [u for u in ups if not u.healthy]
 
-    async def query(self, name: bytes, qtype: int, qclass: int = W.C_IN, *, do: bool = False,
+    async def query(self, name: bytes, qtype: int, qclass: int = RRClass.IN, *, do: bool = False,
                     cd: bool = False) -> bytes:
         """Ask the upstreams for (name, type, class) and return the first usable answer.
 
@@ -369,8 +371,8 @@ class Forwarder:
         """`query()` without a coroutine: `done` gets the answer or the ForwardError, once,
         never before this returns. Guarded and Overloaded are raised here, at once."""
         for zone in self.except_zones:
-            if W.in_zone(name, zone):
-                raise Guarded(f"{W.name_to_text(name)} is in a zone never forwarded upstream")
+            if in_zone(name, zone):
+                raise Guarded(f"{to_text(name)} is in a zone never forwarded upstream")
         if self.in_flight >= self.max_concurrent:
             self.stats.refused += 1
             raise Overloaded(f"more than {self.max_concurrent} queries in flight")
@@ -479,7 +481,7 @@ class _Query:
         assert up is not None
         up.stats.observe(answer[3] & 0x0F, time.perf_counter() - self.started)
         up.fails = 0
-        if answer[3] & 0x0F in (W.SERVFAIL, W.REFUSED):
+        if answer[3] & 0x0F in (Rcode.SERVFAIL, Rcode.REFUSED):
             self.fallback = answer
             self.step()
         else:
@@ -531,7 +533,7 @@ class _Query:
             answer = self.fallback
             if answer is None:
                 exc = ForwardError(f"no upstream of {self.fwd.name} answered "
-                                   f"{W.name_to_text(self.name)}")
+                                   f"{to_text(self.name)}")
         self.done(answer, exc)
 
 
@@ -559,7 +561,7 @@ class LoopDetector:
 
     def __init__(self) -> None:
         rand = secrets.token_hex(8)
-        self.name = W.name_to_wire(f"{rand}.{secrets.token_hex(4)}.{LOOP_ZONE}")
+        self.name = to_wire(f"{rand}.{secrets.token_hex(4)}.{LOOP_ZONE}")
         self.tripped: asyncio.Event = asyncio.Event()
         self.message = ""
         self._upstreams: list[str] = []
@@ -569,7 +571,7 @@ class LoopDetector:
         if name != self.name:
             return False
         if not self.tripped.is_set():
-            self.message = LOOP_HELP.format(probe=W.name_to_text(self.name),
+            self.message = LOOP_HELP.format(probe=to_text(self.name),
                                             upstreams=", ".join(self._upstreams) or "?")
             log.error(self.message)
             self.tripped.set()
@@ -581,7 +583,7 @@ class LoopDetector:
         self._upstreams = sorted({str(u.spec) for f in fwds for u in f.upstreams})
         for f in fwds:
             try:
-                await f.query(self.name, W.T_HINFO, W.C_IN)
+                await f.query(self.name, RRType.HINFO, RRClass.IN)
             except ForwardError:
                 pass  # upstream down or answered nothing useful: no loop seen through it
 

@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from clusterdns import batchio
-from clusterdns.zones import _wire as W
+from clusterdns.wire import scan as W
+from clusterdns.wire.constants import HEADER
 
 log = logging.getLogger("clusterdns.forward")
 
@@ -303,7 +304,7 @@ class UdpPool:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        p = Pending(query[W.HEADER:len(query) - 11], callback)
+        p = Pending(query[HEADER:len(query) - 11], callback)
         if self.closed:
             p.live = False
             loop.call_soon(callback, None, ConnectionError("forwarder closed"))

@@ -20,9 +20,12 @@ from typing import Any
 
 import yaml
 
-from clusterdns.wire import message
-from clusterdns.wire.records import Record
-from clusterdns.zones import _wire as W
+from clusterdns.wire import encode as E
+from clusterdns.wire.encode import Prepared
+from clusterdns.wire import scan as W
+from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, RRClass, RRType, Rcode
+from clusterdns.wire.names import Malformed, in_zone, to_text, to_wire
+from clusterdns.wire.question import Query
 from clusterdns.zones.cache import ResponseCache
 from clusterdns.zones.forward import (
     Done,
@@ -61,7 +64,7 @@ def parse_stub(text: str) -> tuple[str, list[UpstreamSpec]]:
 
 
 def _zone(text: str) -> str:
-    return W.name_to_text(W.name_to_wire(text))
+    return to_text(to_wire(text))
 
 
 @dataclass(slots=True)
@@ -129,35 +132,35 @@ class ForwardZone:
     def __repr__(self) -> str:
         return f"ForwardZone({self.zone}, {self.forwarder!r}, cached={self.cache is not None})"
 
-    def _start(self, q: W.Question, done: Done) -> None:
+    def _start(self, q: Query, done: Done) -> None:
         """The cache's fetch, callback style (no Task): see Forwarder.start."""
         if self.loop is not None and self.loop.seen(q.name):
             raise ForwardError("our own loop probe came back")
         self.forwarder.start(q.name, q.qtype, q.qclass, q.do, q.cd, done)
 
-    async def _fetch(self, q: W.Question) -> bytes:
+    async def _fetch(self, q: Query) -> bytes:
         if self.loop is not None and self.loop.seen(q.name):
             raise ForwardError("our own loop probe came back")
         return await self.forwarder.query(q.name, q.qtype, q.qclass, do=q.do, cd=q.cd)
 
-    def lookup(self, q: W.Question, limit: int | None) -> bytes | None:
+    def lookup(self, q: Query, limit: int | None) -> bytes | None:
         """A fresh cached reply, synchronously, or None."""
         return self.cache.lookup(q, limit) if self.cache is not None else None
 
-    async def resolve(self, q: W.Question, limit: int | None) -> bytes:
+    async def resolve(self, q: Query, limit: int | None) -> bytes:
         """The client's reply: cached, forwarded, stale, REFUSED (overload) or SERVFAIL."""
         if self.cache is not None:
             return await self.cache.resolve(q, limit)
         try:
             wire = await self._fetch(q)
         except Overloaded:
-            return W.error_reply(q, W.REFUSED)
+            return W.error_reply(q, Rcode.REFUSED)
         except (ForwardError, Guarded):
-            return W.error_reply(q, W.SERVFAIL)
+            return W.error_reply(q, Rcode.SERVFAIL)
         try:
             s = W.scan_response(wire)
-        except W.Malformed:
-            return W.error_reply(q, W.SERVFAIL)
+        except Malformed:
+            return W.error_reply(q, Rcode.SERVFAIL)
         return W.render(s.wire, s.qend, s.ttl_offsets, None, q, limit)
 
     def close(self) -> None:
@@ -175,7 +178,7 @@ class ForwardTable:
             self.add(z)
 
     def add(self, zone: ForwardZone) -> None:
-        self._zones[W.name_to_wire(zone.zone)] = zone
+        self._zones[to_wire(zone.zone)] = zone
 
     @property
     def zones(self) -> list[ForwardZone]:
@@ -235,10 +238,10 @@ class Forwarding:
 
     def __init__(self, table: ForwardTable, *, local_zones: Iterable[str] = (),
                  fallthrough: Iterable[str] = ("in-addr.arpa", "ip6.arpa"),
-                 max_udp: int = W.EDNS_UDP, loop: LoopDetector | None = None) -> None:
+                 max_udp: int = EDNS_UDP, loop: LoopDetector | None = None) -> None:
         self.table = table
-        self.local = tuple(W.name_to_wire(z) for z in local_zones)
-        self.fallthrough_zones = tuple(W.name_to_wire(z) for z in fallthrough)
+        self.local = tuple(to_wire(z) for z in local_zones)
+        self.fallthrough_zones = tuple(to_wire(z) for z in fallthrough)
         self.max_udp = max_udp
         self.loop = loop
         self.errors = 0
@@ -249,21 +252,17 @@ class Forwarding:
     def _is_local(self, name: bytes) -> bool:
         if not self.local:
             return False  # node-cache: no authoritative zones (the common miss path)
-        return any(W.in_zone(name, z) for z in self.local)
+        return any(in_zone(name, z) for z in self.local)
 
-    def _limit(self, q: W.Question, tcp: bool) -> int | None:
+    def _limit(self, q: Query, tcp: bool) -> int | None:
         if tcp:
             return None
-        return W.CLASSIC_UDP if not q.edns else max(W.CLASSIC_UDP, min(q.udp_size, self.max_udp))
+        return CLASSIC_UDP if not q.edns else max(CLASSIC_UDP, min(q.udp_size, self.max_udp))
 
-    def handle(self, data: bytes, tcp: bool) -> bytes | Awaitable[bytes] | None:
+    def handle(self, q: Query, data: bytes, tcp: bool) -> bytes | Awaitable[bytes] | None:
         """The reply (bytes, a Future or a coroutine) for a forwarded name; None: not ours
         to forward. A Future or coroutine never fails: errors become SERVFAIL replies."""
-        try:
-            q = W.parse_question(data)
-        except W.Malformed:
-            return None  # unusual shape: the handler's dnslib path answers it
-        if q.qclass != W.C_IN or q.qtype in (W.T_OPT, 251, 252) or self._is_local(q.name):
+        if q.qclass != RRClass.IN or q.qtype in (RRType.OPT, 251, 252) or self._is_local(q.name):
             return None
         zone = self.table.route(q.name)
         if zone is None:
@@ -275,7 +274,7 @@ class Forwarding:
             return hit
         return self._miss(zone, q, limit)
 
-    def _miss(self, zone: ForwardZone, q: W.Question, limit: int | None
+    def _miss(self, zone: ForwardZone, q: Query, limit: int | None
               ) -> bytes | Awaitable[bytes]:
         """A cached zone's miss as a Future (the fast path); else the coroutine."""
         if zone.cache is None:
@@ -285,7 +284,7 @@ class Forwarding:
         except Exception:  # a bug must cost one answer, never the server
             self.errors += 1
             log.exception("internal error forwarding %s", q.text)
-            return W.error_reply(q, W.SERVFAIL)
+            return W.error_reply(q, Rcode.SERVFAIL)
 
     def take_hit(self):  # noqa: ANN201 - (ResponseCache, Entry, replay-until) or None
         """After `handle` answered from cache: what the server needs to replay that answer."""
@@ -294,51 +293,49 @@ class Forwarding:
             return None
         return cache, cache.last_hit, cache.last_replay_until
 
-    async def _safe(self, pending: Awaitable[bytes], q: W.Question) -> bytes:
+    async def _safe(self, pending: Awaitable[bytes], q: Query) -> bytes:
         try:
             return await pending
         except Exception:  # a bug must cost one answer, never the server
             self.errors += 1
             log.exception("internal error forwarding %s", q.text)
-            return W.error_reply(q, W.SERVFAIL)
+            return W.error_reply(q, Rcode.SERVFAIL)
 
-    def follow(self, query: Any, answer: Any, data: bytes, limit: int | None
+    def follow(self, q: Query, answer: Prepared, data: bytes, limit: int | None, apex: int
                ) -> Awaitable[bytes] | None:
-        """After the cluster zone answered `query` (wire.message.Query) with `answer`
-        (wire.records.Answer): a coroutine giving the final reply, or None to keep it."""
-        if answer.chase:
-            return self._chase(query, answer, limit)
-        if answer.rcode == W.NXDOMAIN:
-            try:
-                q = W.parse_question(data)
-            except W.Malformed:
-                return None
-            if any(W.in_zone(q.name, z) for z in self.fallthrough_zones):
+        """After the cluster zone answered `q` with `answer`: a coroutine giving the final
+        reply, or None to keep it. `apex` is the zone the name is in (0: the cluster zone)."""
+        if answer.chase is not None:
+            return self._chase(q, answer, data, limit)
+        if answer.rcode == Rcode.NXDOMAIN and apex != 0 and self.fallthrough_zones:
+            if any(in_zone(q.name, z) for z in self.fallthrough_zones):
                 zone = self.table.route(q.name)
                 if zone is not None:
                     return self._miss(zone, q, limit)
         return None
 
-    async def _chase(self, query: Any, answer: Any, limit: int | None) -> bytes:
+    async def _chase(self, q: Query, answer: Prepared, data: bytes, limit: int | None) -> bytes:
         """Resolve the CNAME target upstream and append its records (CoreDNS `upstream`)."""
-        answer.cacheable = False  # the upstream part expires; only the forward cache keeps it
+        records = _split(answer.body[:answer.ans_end], answer.an)
+        rcode = answer.rcode
+        target = answer.chase or b"\x00"
         try:
-            name = W.name_to_wire(answer.chase)
-            zone = None if self._is_local(name) else self.table.route(name)
+            zone = None if self._is_local(target) else self.table.route(target)
             if zone is not None:
-                tail = name + query.qtype.to_bytes(2, "big") + W.C_IN.to_bytes(2, "big")
-                tq = W.Question(0, True, bool(query.cd), tail, name, query.qtype, W.C_IN,
-                                True, 65535, False)
-                rcode, records = W.answer_records(await zone.resolve(tq, None))
-                answer.answer.extend(Record(n, t, ttl, d) for n, t, ttl, d in records)
-                if rcode == W.NXDOMAIN:
-                    answer.rcode = W.NXDOMAIN  # RFC 6604: the rcode of the last name
-        except (ValueError, W.Malformed) as exc:
-            log.debug("cannot chase %s: %s", answer.chase, exc)
+                tail = target + q.qtype.to_bytes(2, "big") + int(RRClass.IN).to_bytes(2, "big")
+                tq = Query(0, True, q.cd, tail, target, q.qtype, RRClass.IN, True, 65535, False)
+                up_rcode, found = W.answer_records(await zone.resolve(tq, None))
+                for owner, rtype, ttl, rdata in found:
+                    records.append(E.rr(to_wire(owner), rtype, ttl, _rdata(rtype, rdata)))
+                if up_rcode == Rcode.NXDOMAIN:
+                    rcode = Rcode.NXDOMAIN  # RFC 6604: the rcode of the last name
+        except (ValueError, Malformed) as exc:
+            log.debug("cannot chase %s: %s", to_text(target), exc)
         except Exception:
             self.errors += 1
-            log.exception("internal error chasing %s", answer.chase)
-        return message.render(query, answer, limit)
+            log.exception("internal error chasing %s", to_text(target))
+        full = Prepared(rcode=rcode, answer=records)
+        return E.assemble(data, q.qend, full, q.edns, q.do, 65535 if limit is None else limit)
 
     @property
     def forwarders(self) -> list[Forwarder]:
@@ -374,7 +371,7 @@ class Forwarding:
 
 def cluster_forwarding(zone: str, *, upstreams: Sequence[str] = (), resolv_conf: str | None = None,
                        stubs: Sequence[str] = (), kube_dns_configmap: str | None = None,
-                       max_udp: int = W.EDNS_UDP, loop_detect: bool = True,
+                       max_udp: int = EDNS_UDP, loop_detect: bool = True,
                        cache_opts: Mapping[str, Any] | None = None,
                        forward_opts: Mapping[str, Any] | None = None) -> Forwarding | None:
     """Forwarding for `clusterdns serve`, as kubeadm's Corefile: `forward . <servers>`
@@ -412,3 +409,18 @@ def cluster_forwarding(zone: str, *, upstreams: Sequence[str] = (), resolv_conf:
 #: kubeadm's `cache 30` for forwarded names, plus serve-stale for an hour (CoreDNS's
 #: `serve_stale` default duration) so an upstream outage does not fail cached names
 SERVE_CACHE: dict[str, Any] = dict(max_ttl=30, max_negative_ttl=30, serve_stale=3600.0)
+
+
+def _split(body: bytes, count: int) -> list[bytes]:
+    out, i = [], 0
+    for end in E.record_ends(body, count):
+        out.append(body[i:end])
+        i = end
+    return out
+
+
+def _rdata(rtype: int, text: str) -> bytes:
+    """RDATA of an A, AAAA, CNAME or PTR record read by `scan.answer_records`."""
+    if rtype in (RRType.A, RRType.AAAA):
+        return E.address(text)[1]
+    return to_wire(text)

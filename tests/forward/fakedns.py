@@ -23,7 +23,7 @@ import dns.rdatatype
 import pytest
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
-from clusterdns.zones import _wire as W
+from clusterdns.wire.question import Query, parse
 
 SOA_LINE = "example.test. 120 IN SOA ns.example.test. host.example.test. 1 7200 1800 86400 60"
 ATTACK_IP = "6.6.6.6"  # what every spoofed reply claims; a test must never see it
@@ -275,10 +275,10 @@ class Clock:
         self.now += seconds
 
 
-def question(name: str, rdtype: str = "A", **make: object) -> tuple[W.Question, dns.message.Message]:
+def question(name: str, rdtype: str = "A", **make: object) -> tuple[Query, dns.message.Message]:
     """A client query as our minimal parser sees it, plus the dnspython message."""
     msg = dns.message.make_query(name, dns.rdatatype.from_text(rdtype), **make)  # type: ignore[arg-type]
-    return W.parse_question(msg.to_wire()), msg
+    return parse(msg.to_wire()), msg
 
 
 def decode(wire: bytes) -> dns.message.Message:

@@ -10,7 +10,8 @@ import dns.rcode
 from dnslib import RR, DNSRecord
 from fakedns import addresses, decode, question, ttls
 
-from clusterdns.zones import _wire as W
+from clusterdns.wire.names import to_text
+from clusterdns.wire.question import Query
 from clusterdns.zones.cache import ResponseCache
 from clusterdns.zones.forward import Forwarder, UpstreamSpec
 from clusterdns.zones.upstreams import ForwardZone
@@ -112,7 +113,7 @@ async def test_negative_answer_without_soa_is_not_cached(fake, clock) -> None:
 
 
 def _static_fetch(wire: bytes, calls: list[int]):
-    async def fetch(q: W.Question) -> bytes:
+    async def fetch(q: Query) -> bytes:
         calls.append(1)
         return wire
     return fetch
@@ -298,9 +299,9 @@ async def test_cache_is_bounded_and_eviction_stays_cheap(clock) -> None:
     reply = DNSRecord.question("x.example.test").reply()
     reply.add_answer(*RR.fromZone("x.example.test. 300 IN A 192.0.2.1"))
 
-    async def fetch(q: W.Question) -> bytes:
+    async def fetch(q: Query) -> bytes:
         r = DNSRecord.parse(reply.pack())
-        r.q.qname = r.rr[0].rname = W.name_to_text(q.name)
+        r.q.qname = r.rr[0].rname = to_text(q.name)
         return r.pack()
 
     cache = ResponseCache(fetch, max_entries=2000, timer=clock)

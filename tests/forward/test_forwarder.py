@@ -9,7 +9,7 @@ import dns.rcode
 import pytest
 from fakedns import Dnsmasq, addresses, decode, free_port, question
 
-from clusterdns.zones import _wire as W
+from clusterdns.wire.constants import RRType
 from clusterdns.zones.forward import Forwarder, ForwardError, Guarded, UpstreamSpec, parse_hostport
 from clusterdns.zones.upstreams import ForwardZone, build_forward_table
 
@@ -86,7 +86,7 @@ async def test_down_upstream_is_probed_back_to_healthy(fake) -> None:
     try:
         for _ in range(2):
             with pytest.raises(ForwardError):
-                await fwd.query(question("www.example.test")[0].name, W.T_NS)
+                await fwd.query(question("www.example.test")[0].name, RRType.NS)
         assert not fwd.upstreams[0].healthy
         up = await fake(WWW, port=port)
         for _ in range(40):  # bounded: 2 s

@@ -12,9 +12,8 @@ from fakedns import FakeUpstream
 
 from clusterdns.server import handler as handler_mod
 from clusterdns.server.handler import Handler
-from clusterdns.server.table import AnswerTable
+from clusterdns.server.replay import ReplayTable
 from clusterdns.zones.forward import Forwarder, UpstreamSpec
-from clusterdns.zones.router import Router
 from clusterdns.zones.upstreams import ForwardTable, ForwardZone, Forwarding
 from helpers import UDPClient, udp_listener
 
@@ -24,7 +23,7 @@ WWW = "www.example.test. 300 IN A 192.0.2.1"
 def node_handler(up: FakeUpstream, **cache: object) -> Handler:
     table = ForwardTable()
     table.add(ForwardZone(".", Forwarder([UpstreamSpec("127.0.0.1", up.port)], read_timeout=0.5), cache))
-    return Handler(Router(None), AnswerTable(100), forwarding=Forwarding(table))
+    return Handler(None, ReplayTable(100), forwarding=Forwarding(table))
 
 
 def close(handler: Handler) -> None:

@@ -11,7 +11,7 @@ import dns.rcode
 import pytest
 from fakedns import Dnsmasq, addresses, decode, question
 
-from clusterdns.zones import _wire as W
+from clusterdns.wire.question import parse
 from clusterdns.zones.forward import Forwarder, ForwardError, UpstreamSpec
 from clusterdns.zones.upstreams import Forwarding, build_forward_table
 
@@ -185,7 +185,7 @@ async def test_many_concurrent_misses_are_answered_through_futures() -> None:
         try:
             queries = [dns.message.make_query(f"H{i}.example.test", "A", use_edns=0)
                        for i in list(range(n)) + list(range(0, n, 10))]
-            replies = [fw.handle(q.to_wire(), False) for q in queries]
+            replies = [fw.handle(parse(q.to_wire()), q.to_wire(), False) for q in queries]
             assert all(type(r) is asyncio.Future for r in replies)  # noqa: E721
             done = await asyncio.wait_for(asyncio.gather(*replies), 5)  # type: ignore[arg-type]
             for q, wire in zip(queries, done, strict=True):
@@ -214,7 +214,7 @@ async def test_miss_future_turns_upstream_failure_into_servfail() -> None:
     fw = Forwarding(table, local_zones=(), fallthrough=())
     try:
         q = dns.message.make_query("www.example.test", "A")
-        fut = fw.handle(q.to_wire(), False)
+        fut = fw.handle(parse(q.to_wire()), q.to_wire(), False)
         assert isinstance(fut, asyncio.Future)
         reply = decode(await asyncio.wait_for(fut, 2))
         assert reply.id == q.id and reply.rcode() == dns.rcode.SERVFAIL

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 
+import dns.edns
 import dns.message
 import pytest
 
@@ -64,16 +65,17 @@ async def test_hot_and_slow_answers_count_at_their_slot(handler) -> None:  # noq
     v6 = udp_listener(handler, 1, host="::1")
     c4, c6 = UDPClient(v4.sockname()), UDPClient(v6.sockname())
     try:
-        assert await c4.ask(wire())  # slow path, stores the answer
-        for _ in range(3):
-            assert await c4.ask(wire())
+        for _ in range(4):
+            assert await c4.ask(wire())  # compiled: the hot path, first time included
         assert await c6.ask(wire())
+        cookie = dns.message.make_query(NAME, "A", use_edns=0, options=[dns.edns.GenericOption(10, b"12345678")])
+        assert await c4.ask(cookie.to_wire())  # an EDNS option: the general path
     finally:
         for x in (c4, c6, v4, v6):
             x.close()
     hot = [c for k, c in handler.table.stats.classes.items() if k[1]]
     slow = [c for k, c in handler.table.stats.classes.items() if not k[1]]
-    assert hot == [[3, 1]] and slow == [[1, 0]]
+    assert hot == [[4, 1]] and slow == [[1, 0]]
 
 
 @pytest.mark.parametrize("io", ["mmsg", "plain"])

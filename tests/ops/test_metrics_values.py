@@ -32,7 +32,7 @@ def test_hot_and_slow_answers_by_listener_proto_type_and_rcode() -> None:
     assert value(m, "coredns_dns_responses_total", server=V4, zone=".", view="", rcode="NOERROR",
                  plugin="kubernetes") == 4
     assert value(m, "coredns_dns_do_requests_total", server=V4, zone=".", view="") == 4
-    assert value(m, "clusterdns_answer_table_hits_total", proto="udp") == 4
+    assert value(m, "clusterdns_hot_path_answers_total", proto="udp") == 4
     assert value(m, "clusterdns_dropped_packets_total", server=V4, proto="udp", reason="short") == 1
 
 

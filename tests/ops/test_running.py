@@ -131,9 +131,8 @@ def test_metrics_move_as_queries_are_made() -> None:
         assert delta("coredns_dns_responses_total", rcode="NOERROR", plugin="kubernetes") == 6
         assert delta("coredns_dns_responses_total", rcode="NOERROR", plugin="forward") == 1
         assert delta("coredns_dns_responses_total", rcode="NOERROR", plugin="cache") == 1
-        # the warm-up rendered NAME's A before the first query (its first chunk runs before
-        # the loop reads any socket), so all 5 are hits; plus the NXDOMAIN repeat
-        assert delta("clusterdns_answer_table_hits_total", proto="udp") == 5 + 1
+        # every cluster answer is compiled, asked before or not: 5 A and 2 NXDOMAIN
+        assert delta("clusterdns_hot_path_answers_total", proto="udp") == 5 + 2
         assert delta("coredns_cache_hits_total", type="success", zones=".") == 1
         assert delta("coredns_cache_misses_total", zones=".") == 1
         assert delta("coredns_dns_request_duration_seconds_count", server=server, type="A") == 10

@@ -1,5 +1,6 @@
-"""Guards for the hot path: a cached answer never touches dnslib or the slow path, and a
-store change drops exactly the answers that read it (no timing involved).
+"""Guards for the hot path: a question never asked before is answered from the compiled
+zone without dnslib, without the general path and without storing anything per question,
+and a store change recompiles exactly the names it touches (no timing involved).
 
 UDP goes through a real listener on loopback in the test's event loop, in both I/O modes
 (batched recvmmsg/sendmmsg and one-by-one); TCP through its protocol with a recording
@@ -17,7 +18,9 @@ from clusterdns.kube.manifests import load_manifests
 from clusterdns.kube.objects import parse_object
 from clusterdns.server import handler as handler_mod
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
-from clusterdns.wire import message as message_mod
+import dnslib
+
+from clusterdns.cluster.compile import Node
 from helpers import DEMO, TEST_CLUSTER, UDPClient, udp_listener
 
 NAME = "httpd-svc.default.svc.cluster.local."
@@ -52,112 +55,120 @@ def _forbid_slow_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def record(what: str):  # noqa: ANN202
         def boom(*a: object, **k: object) -> None:
             used.append(what)
-            raise AssertionError(f"a cached answer went through {what}")
+            raise AssertionError(f"a plain query went through {what}")
         return boom
 
-    monkeypatch.setattr(message_mod.DNSRecord, "parse", record("dnslib parse"))
-    monkeypatch.setattr(message_mod.DNSRecord, "pack", record("dnslib pack"))
+    monkeypatch.setattr(dnslib.DNSRecord, "parse", record("dnslib parse"))
+    monkeypatch.setattr(dnslib.DNSRecord, "pack", record("dnslib pack"))
+    monkeypatch.setattr(dnslib.DNSRecord, "__init__", record("a dnslib message"))
     monkeypatch.setattr(handler_mod.Handler, "handle", record("the slow path"))
     return used
 
 
+FIRST_TIME = [
+    (NAME, "A", 0), (NAME.upper(), "AAAA", 0),  # NODATA: v4-only
+    ("_https._tcp.my-nginx.default.svc.cluster.local.", "SRV", 0),
+    ("busybox-1.busybox-subdomain.default.svc.cluster.local.", "A", 0),
+    ("www.example.com.default.svc.cluster.local.", "A", 3),  # search-path junk
+    ("x1y2z3.httpd-svc.default.svc.cluster.local.", "A", 3),  # random subdomain
+    ("179.229.99.10.in-addr.arpa.", "PTR", 0),
+]
+
+
 @pytest.mark.parametrize("io", ["mmsg", "plain"])
 @pytest.mark.parametrize("edns", [-1, 0])
-async def test_cached_udp_answer_skips_dnslib_and_slow_path(cluster, monkeypatch: pytest.MonkeyPatch, edns: int, io: str) -> None:  # noqa: ANN001
+async def test_first_udp_question_skips_dnslib_and_the_general_path(cluster, monkeypatch: pytest.MonkeyPatch, edns: int, io: str) -> None:  # noqa: ANN001
     _, handler = cluster
     listener = udp_listener(handler, io=io)
     client = UDPClient(listener.sockname())
+    used = _forbid_slow_path(monkeypatch)
+    replies = []
     try:
-        first = dns.message.make_query(NAME, "A", use_edns=edns)
-        assert await client.ask(first.to_wire()) is not None
-        used = _forbid_slow_path(monkeypatch)
-        again = dns.message.make_query(NAME.upper(), "A", use_edns=edns)  # other ID, other case
-        reply = await client.ask(again.to_wire())
+        for name, rdtype, _ in FIRST_TIME:
+            q = dns.message.make_query(name, rdtype, use_edns=edns)
+            replies.append((q, await client.ask(q.to_wire())))
     finally:
         client.close()
         listener.close()
-    assert used == [] and reply is not None
-    r = dns.message.from_wire(reply)
-    assert r.id == again.id
-    assert reply[12:12 + len(again.to_wire()) - 12 - (11 if edns == 0 else 0)] == \
-        again.to_wire()[12:len(again.to_wire()) - (11 if edns == 0 else 0)]
-    assert r.answer[0][0].address == "10.99.229.179"
-    assert (r.edns == 0) == (edns == 0)
+    assert used == []
+    for (q, reply), (_, _, rcode) in zip(replies, FIRST_TIME, strict=True):
+        assert reply is not None, q.question
+        r = dns.message.from_wire(reply)
+        assert r.id == q.id and r.rcode() == rcode, q.question
+        wire = q.to_wire()
+        qlen = len(wire) - 12 - (11 if edns == 0 else 0)
+        assert reply[12:12 + qlen] == wire[12:12 + qlen], "the client's own question bytes (0x20)"
+        assert (r.edns == 0) == (edns == 0)
+    assert dns.message.from_wire(replies[0][1]).answer[0][0].address == "10.99.229.179"
 
 
-def test_cached_tcp_answer_skips_dnslib_and_slow_path(cluster, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_first_tcp_question_skips_dnslib_and_the_general_path(cluster, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     _, handler = cluster
     proto = TCPProtocol(handler, TCPLimits())
     t = RecordingTransport()
     proto.transport = t  # type: ignore[assignment]
-    q = dns.message.make_query(NAME, "A").to_wire()
-    proto._answer(q)
-    _forbid_slow_path(monkeypatch)
-    q2 = dns.message.make_query(NAME, "A").to_wire()
-    proto._answer(q2)
-    assert dns.message.from_wire(t.sent[1]).id == dns.message.from_wire(q2).id
+    used = _forbid_slow_path(monkeypatch)
+    queries = [dns.message.make_query(name, rdtype) for name, rdtype, _ in FIRST_TIME]
+    for q in queries:
+        proto._answer(q.to_wire())
+    assert used == []
+    assert [dns.message.from_wire(w).id for w in t.sent] == [q.id for q in queries]
+    assert [dns.message.from_wire(w).rcode() for w in t.sent] == [rc for _, _, rc in FIRST_TIME]
 
 
-async def test_negative_answers_are_cached_too(cluster, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    _, handler = cluster
-    listener = udp_listener(handler)
-    client = UDPClient(listener.sockname())
-    try:
-        q = dns.message.make_query("www.example.com.default.svc.cluster.local.", "A")
-        assert await client.ask(q.to_wire()) is not None
-        used = _forbid_slow_path(monkeypatch)
-        reply = await client.ask(dns.message.make_query("www.example.com.default.svc.cluster.local.", "A").to_wire())
-    finally:
-        client.close()
-        listener.close()
-    assert used == [] and reply is not None
-    assert dns.message.from_wire(reply).rcode() == 3
-
-
-def test_store_change_drops_only_the_answers_that_read_it(cluster) -> None:  # noqa: ANN001
+def test_never_asked_names_store_nothing_per_question(cluster) -> None:  # noqa: ANN001
+    """A flood of unique names leaves the zone as it was: nothing to fill, evict or clear."""
     store, handler = cluster
-    table = handler.table
+    zone = handler.zone
+    before = dict(zone.names)
+    for i in range(5000):
+        junk = dns.message.make_query(f"j{i:05d}x.default.svc.cluster.local.", "A", use_edns=i % 2 - 1).to_wire()
+        reply = handler.fast(junk, False, 0)
+        assert reply is not None and dns.message.from_wire(reply).rcode() == 3
+    assert zone.names == before and all(zone.names[k] is v for k, v in before.items())
+    remembered = sum(len(p.classes or ()) for p in zone.nxdomain)
+    assert remembered <= 4, "counters are kept per answer shape (size, EDNS), not per name"
+
+
+def test_service_change_recompiles_only_its_names(cluster) -> None:  # noqa: ANN001
+    store, handler = cluster
+    zone = handler.zone
+    before = dict(zone.names)
     q_changed = dns.message.make_query(NAME, "A").to_wire()
-    q_other = dns.message.make_query("my-nginx.default.svc.cluster.local.", "A").to_wire()
-    q_nx = dns.message.make_query("new-svc.default.svc.cluster.local.", "A").to_wire()
-    for q in (q_changed, q_other, q_nx):
-        handler.handle(q, False)
-    assert all(table.lookup(q, False) for q in (q_changed, q_other, q_nx))
+    q_new = dns.message.make_query("new-svc.default.svc.cluster.local.", "A").to_wire()
+    assert dns.message.from_wire(handler.fast(q_new, False, 0)).rcode() == 3
     store.upsert(parse_object({"apiVersion": "v1", "kind": "Service",
                                "metadata": {"name": "httpd-svc", "namespace": "default"},
                                "spec": {"clusterIP": "10.99.0.99"}}))
     store.upsert(parse_object({"apiVersion": "v1", "kind": "Service",
                                "metadata": {"name": "new-svc", "namespace": "default"},
                                "spec": {"clusterIP": "10.99.0.100"}}))
-    assert table.lookup(q_changed, False) is None
-    assert table.lookup(q_nx, False) is None, "a cached NXDOMAIN goes when the name appears"
-    assert table.lookup(q_other, False) is not None, "unrelated answers stay"
-    r = dns.message.from_wire(handler.handle(q_changed, False))
-    assert r.answer[0][0].address == "10.99.0.99"
-    assert dns.message.from_wire(handler.handle(q_nx, False)).answer[0][0].address == "10.99.0.100"
+    assert dns.message.from_wire(handler.fast(q_changed, False, 0)).answer[0][0].address == "10.99.0.99"
+    assert dns.message.from_wire(handler.fast(q_new, False, 0)).answer[0][0].address == "10.99.0.100"
+    changed = {k for k, v in zone.names.items() if before.get(k) is not v}
+    svc = {k for k in changed if b"\x07default\x03svc" in k}
+    assert svc == {k for k in changed if k.endswith(b"\x07default\x03svc\x07cluster\x05local\x00")
+                   and (b"httpd-svc" in k or b"new-svc" in k)}
+    rest = changed - svc
+    # besides the two Services: their PTR names and the apexes (the SOA serial moved)
+    assert all(k.endswith(b"in-addr\x04arpa\x00") or k in zone.apex_wires or k.startswith(b"\x02ns\x03dns")
+               for k in rest), rest
+    assert len(changed) < 12
 
 
 def test_ptr_answers_follow_the_cluster_ip(cluster) -> None:  # noqa: ANN001
     store, handler = cluster
     q = dns.message.make_query("179.229.99.10.in-addr.arpa.", "PTR").to_wire()
-    assert dns.message.from_wire(handler.handle(q, False)).answer
+    assert dns.message.from_wire(handler.fast(q, False, 0)).answer
     store.delete("Service", "default", "httpd-svc")
-    assert handler.table.lookup(q, False) is None
-    assert dns.message.from_wire(handler.handle(q, False)).rcode() == 3
+    r = handler.fast(q, False, 0) or handler.handle(q, False)
+    assert dns.message.from_wire(r).rcode() == 3
 
 
-async def test_warm_up_renders_common_answers_before_any_query(cluster) -> None:  # noqa: ANN001
-    from clusterdns.server.warmup import warm
-
-    store, handler = cluster
-    names = [("httpd-svc.default.svc.cluster.local.", "A"), ("my-dual-service.default.svc.cluster.local.", "AAAA"),
-             ("_pg._tcp.db.team.svc.cluster.local.", "SRV"), ("db-0.db.team.svc.cluster.local.", "A")]
-    wires = []
-    for name, rdtype in names:
-        q = dns.message.make_query(name, rdtype, use_edns=-1)
-        q.id = 0
-        wires.append(q.to_wire())
-    assert all(handler.table.lookup(w, False) is None for w in wires)
-    assert await warm(handler, store, "cluster.local") > len(wires)
-    for w in wires:
-        assert handler.table.lookup(w, False) is not None, dns.message.from_wire(w).question
+def test_nodes_have_no_per_instance_dict(cluster) -> None:  # noqa: ANN001
+    """Memory grows with the cluster: nodes are slotted, ENTs share one empty mapping."""
+    _, handler = cluster
+    nodes = list(handler.zone.names.values())
+    assert all(isinstance(n, Node) and not hasattr(n, "__dict__") for n in nodes)
+    empties = [n for n in nodes if not n.answers]
+    assert len({id(n.answers) for n in empties}) == 1

@@ -1,4 +1,4 @@
-"""Minimal DNS byte handling for the forwarder and the cache (no dnslib on this path).
+"""Upstream answers read and replayed without dnslib: the forwarder's and the cache's wire.
 
 The cache stores upstream answers as bytes and serves them by patching a few fields
 (perf-anchors §6 item 6), so it needs only what this module reads: the header, the
@@ -12,176 +12,15 @@ import socket
 import struct
 from dataclasses import dataclass
 
-HEADER = 12
-CLASSIC_UDP = 512  # RFC 1035 4.2.1
-EDNS_UDP = 1232  # DNS flag day 2020: what we advertise and the most we send over UDP
+from clusterdns.wire.constants import EDNS_UDP, HEADER, RRType
+from clusterdns.wire.names import Malformed, name_end, read
+from clusterdns.wire.question import Query
 
-T_SOA = 6
-T_HINFO = 13
-T_NS = 2
-T_OPT = 41
-C_IN = 1
-
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-
+T_SOA, T_OPT = int(RRType.SOA), int(RRType.OPT)
 _HDR = struct.Struct("!HBBHHHH")
 _U16 = struct.Struct("!H")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _OPT_DO = 0x8000
-
-
-class Malformed(ValueError):
-    """The bytes are not a DNS message this module can read safely."""
-
-
-@dataclass(slots=True)
-class Question:
-    """One client query, reduced to what routing, caching and forwarding need.
-
-    `qwire` is the question section exactly as sent (case kept, for the 0x20 echo);
-    `name` is its name in wire form lowercased (labels are <= 63, so `lower()` only
-    touches ASCII letters); `key` adds type, class, DO and CD (the cache key).
-    """
-
-    id: int
-    rd: bool
-    cd: bool
-    qwire: bytes
-    name: bytes
-    qtype: int
-    qclass: int
-    edns: bool
-    udp_size: int
-    do: bool
-
-    key: bytes = b""
-
-    def __post_init__(self) -> None:
-        self.key = self.qwire.lower() + bytes(((self.do << 1) | self.cd,))
-
-    @property
-    def text(self) -> str:
-        """The name as dotted text, lowercased, with the trailing dot."""
-        return name_to_text(self.name)
-
-    def udp_limit(self) -> int:
-        """Largest UDP answer the client takes: 512 without EDNS, else its size capped."""
-        if not self.edns:
-            return CLASSIC_UDP
-        return max(CLASSIC_UDP, min(self.udp_size, EDNS_UDP))
-
-
-def _name_end(data: bytes, i: int) -> int:
-    """Offset just past a (possibly compressed) name starting at `i`."""
-    n = len(data)
-    for _ in range(128):  # a name has at most 127 labels
-        if i >= n:
-            raise Malformed("name runs past the message")
-        ln = data[i]
-        if ln == 0:
-            return i + 1
-        if ln & 0xC0 == 0xC0:
-            if i + 2 > n:
-                raise Malformed("truncated pointer")
-            return i + 2
-        if ln & 0xC0:
-            raise Malformed("unknown label type")
-        i += ln + 1
-    raise Malformed("too many labels")
-
-
-def _plain_name_end(data: bytes, i: int) -> int:
-    """Like `_name_end` but the name must be pointer-free and at most 255 bytes (queries)."""
-    start, n = i, len(data)
-    while True:
-        if i >= n:
-            raise Malformed("name runs past the message")
-        ln = data[i]
-        if ln == 0:
-            i += 1
-            break
-        if ln > 63:
-            raise Malformed("compressed or over-long label in a question")
-        i += ln + 1
-    if i - start > 255:
-        raise Malformed("name longer than 255 bytes")
-    return i
-
-
-def parse_question(data: bytes) -> Question:
-    """Read a plain query: QR=0, opcode QUERY, one question, at most one OPT record.
-
-    Anything else raises `Malformed`; the caller answers it on its slow path.
-    """
-    if len(data) < HEADER:
-        raise Malformed("shorter than a header")
-    qid, b2, b3, qd, an, ns, ar = _HDR.unpack_from(data)
-    if b2 & 0x80 or b2 & 0x78 or qd != 1 or an or ns or ar > 1:
-        raise Malformed("not a plain query")
-    qend = _plain_name_end(data, HEADER)
-    if qend + 4 > len(data):
-        raise Malformed("question type and class missing")
-    qtype, qclass = struct.unpack_from("!HH", data, qend)
-    name = data[HEADER:qend].lower()
-    qend += 4
-    edns, udp_size, do = False, 0, False
-    if ar:
-        # the OPT record: root owner, type 41, class = UDP size, TTL = ext-rcode/version/flags
-        if qend + 11 > len(data) or data[qend] != 0:
-            raise Malformed("additional record is not a root OPT")
-        rtype, udp_size, ttl, rdlen = _RR_FIXED.unpack_from(data, qend + 1)
-        if rtype != T_OPT or qend + 11 + rdlen != len(data):
-            raise Malformed("additional record is not a well-formed OPT")
-        if (ttl >> 16) & 0xFF:
-            raise Malformed("EDNS version other than 0 (BADVERS, slow path)")
-        edns, do = True, bool(ttl & _OPT_DO)
-    elif qend != len(data):
-        raise Malformed("trailing bytes")
-    return Question(qid, bool(b2 & 0x01), bool(b3 & 0x10), data[HEADER:qend], name,
-                    qtype, qclass, edns, udp_size, do)
-
-
-def name_to_wire(text: str) -> bytes:
-    """'a.b.' or 'a.b' -> wire form, lowercased; '.' is the root."""
-    text = text.strip().rstrip(".").lower()
-    if not text:
-        return b"\x00"
-    out = bytearray()
-    for label in text.split("."):
-        raw = label.encode("idna") if not label.isascii() else label.encode()
-        if not 0 < len(raw) <= 63:
-            raise ValueError(f"bad label in {text!r}")
-        out += bytes((len(raw),)) + raw
-    out += b"\x00"
-    if len(out) > 255:
-        raise ValueError(f"name too long: {text!r}")
-    return bytes(out)
-
-
-def name_to_text(wire: bytes) -> str:
-    """Wire name (pointer-free) -> dotted text with a trailing dot."""
-    labels, i = [], 0
-    while i < len(wire) and wire[i]:
-        ln = wire[i]
-        labels.append(wire[i + 1:i + 1 + ln].decode("ascii", "backslashreplace"))
-        i += ln + 1
-    return ".".join(labels) + "."
-
-
-def suffixes(name: bytes) -> list[bytes]:
-    """Every suffix of a wire name on a label boundary, longest first ('.' last)."""
-    out, i = [], 0
-    while i < len(name):
-        out.append(name[i:])
-        if name[i] == 0:
-            break
-        i += name[i] + 1
-    return out
-
-
-def in_zone(name: bytes, zone: bytes) -> bool:
-    """Whether the wire name equals or lies under the wire zone (both lowercased)."""
-    return name.endswith(zone) and zone in suffixes(name)
 
 
 def build_query(qid: int, name: bytes, qtype: int, qclass: int, *, do: bool = False,
@@ -207,7 +46,7 @@ def is_answer_to(data: bytes, qid: int, question: bytes) -> bool:
     return data[HEADER:HEADER + len(question)] == question
 
 
-def error_reply(q: Question, rcode: int) -> bytes:
+def error_reply(q: Query, rcode: int) -> bytes:
     """An empty answer with `rcode` to the client's question (echoed as sent)."""
     head = _HDR.pack(q.id, 0x80 | (0x01 if q.rd else 0), 0x80 | (0x10 if q.cd else 0) | rcode,
                      1, 0, 0, 1 if q.edns else 0)
@@ -244,7 +83,7 @@ def scan_response(data: bytes) -> Scan:
     _id, b2, b3, qd, an, ns, ar = _HDR.unpack_from(data)
     if not b2 & 0x80 or qd != 1:
         raise Malformed("not an answer to one question")
-    i = _name_end(data, HEADER) + 4
+    i = name_end(data, HEADER) + 4
     qend = i
     offsets: list[int] = []
     min_ttl = answer_min = neg = None
@@ -252,7 +91,7 @@ def scan_response(data: bytes) -> Scan:
     n = len(data)
     for idx in range(an + ns + ar):
         start = i
-        i = _name_end(data, i)
+        i = name_end(data, i)
         if i + 10 > n:
             raise Malformed("record header runs past the message")
         rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, i)
@@ -272,7 +111,7 @@ def scan_response(data: bytes) -> Scan:
             if idx < an:
                 answer_min = ttl if answer_min is None else min(answer_min, ttl)
             elif idx < an + ns and rtype == T_SOA and neg is None:
-                j = _name_end(data, _name_end(data, rdata))
+                j = name_end(data, name_end(data, rdata))
                 if j + 20 != end:
                     raise Malformed("SOA rdata has the wrong length")
                 minimum = struct.unpack_from("!I", data, j + 16)[0]
@@ -288,7 +127,7 @@ def scan_response(data: bytes) -> Scan:
 
 
 def render(wire: bytes, qend: int, ttl_offsets: tuple[int, ...], ttl: int | None,
-           q: Question, limit: int | None) -> bytes:
+           q: Query, limit: int | None) -> bytes:
     """Stored answer -> the client's reply: ID, RD, question case, TTLs, OPT, size.
 
     `ttl` None keeps the stored TTLs. Over `limit` (UDP) the reply becomes an empty one
@@ -312,34 +151,6 @@ def render(wire: bytes, qend: int, ttl_offsets: tuple[int, ...], ttl: int | None
     return bytes(buf)
 
 
-def read_name(data: bytes, i: int) -> tuple[str, int]:
-    """A possibly compressed name at `i` -> (dotted text without the final dot, next offset)."""
-    labels: list[str] = []
-    end = -1
-    n = len(data)
-    for _ in range(128):
-        if i >= n:
-            raise Malformed("name runs past the message")
-        ln = data[i]
-        if ln & 0xC0 == 0xC0:
-            if i + 2 > n:
-                raise Malformed("truncated pointer")
-            if end < 0:
-                end = i + 2
-            ptr = ((ln & 0x3F) << 8) | data[i + 1]
-            if ptr >= i:
-                raise Malformed("forward compression pointer")
-            i = ptr
-            continue
-        if ln == 0:
-            return ".".join(labels), (end if end >= 0 else i + 1)
-        if ln & 0xC0:
-            raise Malformed("unknown label type")
-        labels.append(data[i + 1:i + 1 + ln].decode("ascii", "backslashreplace").lower())
-        i += ln + 1
-    raise Malformed("too many labels or a pointer loop")
-
-
 def answer_records(data: bytes) -> tuple[int, list[tuple[str, int, int, str]]]:
     """(rcode, [(owner, type, ttl, data)]) for the A, AAAA, CNAME and PTR records of the
     answer section; other types are skipped. Used to append an upstream's answer to a
@@ -349,10 +160,10 @@ def answer_records(data: bytes) -> tuple[int, list[tuple[str, int, int, str]]]:
     _id, _b2, b3, qd, an, _ns, _ar = _HDR.unpack_from(data)
     i = HEADER
     for _ in range(qd):
-        i = _name_end(data, i) + 4
+        i = name_end(data, i) + 4
     out = []
     for _ in range(an):
-        owner, i = read_name(data, i)
+        owner, i = read(data, i)
         if i + 10 > len(data):
             raise Malformed("record header runs past the message")
         rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, i)
@@ -364,5 +175,5 @@ def answer_records(data: bytes) -> tuple[int, list[tuple[str, int, int, str]]]:
         elif rtype == 28 and rdlen == 16:
             out.append((owner, rtype, ttl, socket.inet_ntop(socket.AF_INET6, data[rdata:i])))
         elif rtype in (5, 12):
-            out.append((owner, rtype, ttl, read_name(data, rdata)[0]))
+            out.append((owner, rtype, ttl, read(data, rdata)[0]))
     return b3 & 0x0F, out

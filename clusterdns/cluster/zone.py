@@ -1,0 +1,346 @@
+"""The compiled cluster zone: owner names in wire form -> what exists there.
+
+The store (`kube/store.py`) tells the zone which parts changed; the zone recompiles
+only those (one Service's names, one address's PTR, one namespace's empty
+non-terminals) and rebuilds the three SOA-bearing negative templates, so a query is
+one dict lookup and a few byte concatenations, whatever was asked before.
+
+Two kinds of names are computed from the name instead of compiled, because they are
+not enumerable: pod names (`1-2-3-4.<ns>.pod.<zone>`, CoreDNS `pods insecure`; with
+`verified` the store's pod index decides) and reverse-tree prefixes (an IPv6 address
+alone has 31 of them), found by bisecting the sorted published addresses.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import logging
+
+from clusterdns.cluster.compile import (
+    ANY_ORDER,
+    CLUSTER,
+    CNAME,
+    IN_ADDR,
+    IP6,
+    REVERSE_ZONES,
+    Compiler,
+    Node,
+    ZoneSettings,
+    address_records,
+    qtc,
+    reverse_wire,
+)
+from clusterdns.kube.store import ALL, ClusterStore, DepKey
+from clusterdns.wire import encode as E
+from clusterdns.wire.constants import RRClass, RRType, Rcode
+from clusterdns.wire.names import in_zone, labels as name_labels
+
+log = logging.getLogger("clusterdns")
+
+MAX_CHASE = 8  # CNAME hops followed inside our zone (ExternalName -> ExternalName ...)
+KUBE_DNS = ("kube-system", "kube-dns")
+IN_BYTES = b"\x00\x01"
+
+
+class ClusterZone:
+    """The cluster zone and the reverse zones, compiled from a ClusterStore."""
+
+    def __init__(self, store: ClusterStore, settings: ZoneSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.c = Compiler(settings)
+        self.zone = self.c.zone
+        self.zone_wire = self.c.zone_wire
+        self.apex_wires = self.c.apex_wires
+        self.names: dict[bytes, Node] = {}
+        self._owned: dict[tuple[str, str], list[bytes]] = {}  # Service -> the names it owns
+        self._ptr_owned: set[bytes] = set()
+        self._v4: list[int] = []  # published addresses, sorted (reverse-tree prefixes)
+        self._v6: list[int] = []
+        self.nodata: list[E.Prepared] = []
+        self.nxdomain: list[E.Prepared] = []
+        self.compile_all()
+        store.subscribe(self.apply)
+
+    def close(self) -> None:
+        """Stop following the store (a reload built a new zone)."""
+        self.store.unsubscribe(self.apply)
+
+    # ------------------------------------------------------------------ compiling
+    def compile_all(self) -> None:
+        """Everything, from scratch: the first sync, a reload with new settings."""
+        names: dict[bytes, Node] = {}
+        self._owned = {}
+        for key, view in self.store.views.items():
+            owned = []
+            for name, node in self.c.service(view):
+                names[name] = node
+                owned.append(name)
+            self._owned[key] = owned
+        for ns in self._namespaces():
+            names.update(self.c.namespace(ns))
+        names.update(self.c.fixed())
+        self._ptr_owned = set()
+        v4, v6 = [], []
+        for ip in self.store.ptr:
+            wire, apex = reverse_wire(ip)
+            names[wire] = self._ptr_node(ip, apex)
+            self._ptr_owned.add(wire)
+            (v6 if apex == IP6 else v4).append(int(ipaddress.ip_address(ip)))
+        self._v4, self._v6 = sorted(v4), sorted(v6)
+        self.names = names
+        self._apexes()
+
+    def _namespaces(self) -> set[str]:
+        s = self.store
+        return set(s.namespaces) | {ns for ns, n in s._implicit_ns.items() if n > 0}
+
+    def apply(self, changes: set[DepKey]) -> None:
+        """Store listener: recompile exactly what changed (one writer: the event loop)."""
+        if ALL in changes:
+            self.compile_all()
+            return
+        names = self.names
+        for dep in changes:
+            kind = dep[0]
+            if kind == "svc":
+                key = (dep[1], dep[2])
+                for name in self._owned.pop(key, ()):
+                    names.pop(name, None)
+                view = self.store.view(*key)
+                if view is not None:
+                    owned = []
+                    for name, node in self.c.service(view):
+                        names[name] = node
+                        owned.append(name)
+                    self._owned[key] = owned
+            elif kind == "ns":
+                ns = dep[1]
+                fresh = dict(self.c.namespace(ns))
+                for name in (b"%c%s" % (len(ns), ns.encode()) + self.c.svc_wire,
+                             b"%c%s" % (len(ns), ns.encode()) + self.c.pod_wire):
+                    names.pop(name, None)
+                if self.store.namespace_exists(ns):
+                    names.update(fresh)
+            elif kind == "ptr":
+                self._ptr_changed(dep[1])
+        self._apexes()
+
+    def _ptr_changed(self, ip: str) -> None:
+        wire, apex = reverse_wire(ip)
+        addrs = self._v6 if apex == IP6 else self._v4
+        value = int(ipaddress.ip_address(ip))
+        i = bisect.bisect_left(addrs, value)
+        present = i < len(addrs) and addrs[i] == value
+        if self.store.ptr_targets(ip):
+            self.names[wire] = self._ptr_node(ip, apex)
+            self._ptr_owned.add(wire)
+            if not present:
+                addrs.insert(i, value)
+        else:
+            if wire in self._ptr_owned:
+                self.names.pop(wire, None)
+                self._ptr_owned.discard(wire)
+            if present:
+                del addrs[i]
+
+    def _ptr_node(self, ip: str, apex: int) -> Node:
+        targets = self.store.ptr_targets(ip)
+        # an address that is a ClusterIP names only the Service (CoreDNS checks services first)
+        services = [t for t in targets if t.host is None]
+        return self.c.ptr([self.c.fqdn(t.namespace, t.service, t.host) for t in (services or targets)], apex)
+
+    def _ns_ips(self) -> tuple[str, ...]:
+        """Our own addresses: the kube-dns Service's ClusterIPs, else the listen addresses."""
+        view = self.store.view(*KUBE_DNS)
+        if view is not None and view.service.cluster_ips:
+            return view.service.cluster_ips
+        return self.settings.ns_addresses
+
+    def _apexes(self) -> None:
+        """The SOA-bearing parts, after every change (the serial moved)."""
+        serial = self.store.serial
+        self.names.update(self.c.apexes(serial, self._ns_ips()))
+        nx_rcode = Rcode.NXDOMAIN if self.store.synced else Rcode.SERVFAIL  # never claim absence before sync
+        soas = [self.c.soa_record(apex, serial) for apex in (CLUSTER, IN_ADDR, IP6)]
+        self.nodata = [E.Prepared(authority=[soa]) for soa in soas]
+        self.nxdomain = [E.Prepared(rcode=nx_rcode, authority=[soa]) for soa in soas]
+
+    # ------------------------------------------------------------------ answering
+    def apex_of(self, name: bytes) -> int | None:
+        """The apex (CLUSTER, IN_ADDR, IP6) a lowercased wire name is in, or None."""
+        for apex, wire in enumerate(self.apex_wires):
+            if in_zone(name, wire):
+                return apex
+        return None
+
+    def lookup(self, name: bytes, tc: bytes) -> E.Prepared | None:
+        """The hot path: the compiled answer for a lowercased wire name and the question's
+        type+class bytes, or None when `answer` must decide (ANY, a CNAME to chase, a
+        class other than IN, a computed name, or a name that is not ours).
+
+        A name found in the index is well formed by construction; for one that is not,
+        its labels are walked up to the closest existing ancestor, each checked, so a
+        miss costs a few more lookups, not a parse.
+        """
+        names = self.names
+        node = names.get(name)
+        if node is not None:
+            p = node.answers.get(tc)
+            if p is not None:
+                return p
+            if node.target is None and tc[2:] == IN_BYTES and tc[0] == 0 and tc[1] not in (41, 251, 252, 255):
+                return self.nodata[node.apex]  # NODATA: the name exists with other types
+            return None
+        n = len(name)
+        if n > 255 or tc[2:] != IN_BYTES:
+            return None
+        i = 0
+        while True:
+            ln = name[i]
+            if ln == 0 or ln > 63:
+                return None
+            i += ln + 1
+            if i >= n:
+                return None
+            parent = names.get(name[i:])
+            if parent is not None:
+                return self.nxdomain[parent.apex] if parent.closed and parent.target is None else None
+
+    def answer(self, name: bytes, qtype: int, qclass: int = RRClass.IN) -> E.Prepared:
+        """Any question about a name in our zones (the caller checked `apex_of`)."""
+        p = self.lookup(name, bytes((qtype >> 8, qtype & 0xFF, qclass >> 8, qclass & 0xFF)))
+        if p is not None:
+            return p
+        return self._resolve(name, qtype)
+
+    def _node(self, name: bytes) -> Node | None:
+        """The node at `name`: compiled, or computed (pods, reverse prefixes)."""
+        node = self.names.get(name)
+        if node is not None:
+            return node
+        apex = self.apex_of(name)
+        if apex is None:
+            return None
+        if apex == CLUSTER:
+            return self._pod_node(name)
+        return self._reverse_node(name, apex)
+
+    def _resolve(self, name: bytes, qtype: int) -> E.Prepared:
+        """The slow path: ANY, CNAME chains inside the zone, computed names, negatives."""
+        answer: list[bytes] = []
+        additional: bytes = b""
+        owner = E.OWNER
+        seen = {name}
+        while True:
+            node = self._node(name)
+            if node is None:
+                apex = self.apex_of(name)
+                neg = self.nxdomain[CLUSTER if apex is None else apex]
+                if not answer:
+                    return neg
+                return E.Prepared(rcode=neg.rcode, answer=answer, authority=[neg.body])
+            if node.target is not None and qtype != RRType.CNAME:
+                answer.append(owner + node.answers[CNAME].body[2:])
+                target = node.target
+                if self.apex_of(target) is None:
+                    return E.Prepared(answer=answer, chase=target)  # outside: a forwarder may follow it
+                if target in seen or len(seen) > MAX_CHASE:
+                    return E.Prepared(answer=answer)
+                seen.add(target)
+                name, owner = target, target
+                continue
+            key = qtc(qtype)
+            p = node.answers.get(key)
+            if qtype == RRType.ANY:
+                p = next((node.answers[k] for k in ANY_ORDER if k in node.answers), None)
+            if p is None:  # NODATA: the name exists with other types or none
+                if not answer:
+                    return self.nodata[node.apex]
+                return E.Prepared(answer=answer, authority=[self.nodata[node.apex].body])
+            if owner == E.OWNER:
+                if qtype == RRType.ANY:
+                    return E.Prepared(rcode=p.rcode, answer=_split(p.body[:p.ans_end], p.an),
+                                      additional=_split(p.body[p.auth_end:], p.ar), qtype=RRType.ANY)
+                return p
+            answer += _split(E.reown(p.body, p.an, owner), p.an)
+            additional = p.body[p.auth_end:]
+            return E.Prepared(answer=answer, additional=_split(additional, p.ar))
+
+    # ------------------------------------------------------------------ computed names
+    def _pod_node(self, name: bytes) -> Node | None:
+        """`<dashed-ip>.<ns>.pod.<zone>`: insecure answers any well-formed address,
+        verified only a pod's; disabled never (`<ns>.pod.<zone>` is compiled)."""
+        pods = self.settings.pods
+        if pods == "disabled" or not name.endswith(self.c.pod_wire):
+            return None
+        labels = name_labels(name[: len(name) - len(self.c.pod_wire)] + b"\x00")
+        if len(labels) != 2:
+            return None
+        ns = labels[1].decode("ascii", "replace")
+        if not self.store.namespace_exists(ns):
+            return None
+        ip = _pod_label_ip(labels[0].decode("ascii", "replace"))
+        if ip is None:
+            return None
+        if pods == "verified" and not self.store.pod_has_ip(ns, ip):
+            return None
+        from clusterdns.cluster.compile import positive
+        return Node(positive(name, address_records([ip], self.settings.ttl)))
+
+    def _reverse_node(self, name: bytes, apex: int) -> Node | None:
+        """A reverse name not compiled: a prefix with addresses below is an empty
+        non-terminal; a full address written another way (leading zeros) is looked up."""
+        labels = [lab.decode("ascii", "replace") for lab in name_labels(name)][:-2]
+        net = _reverse_network(labels, REVERSE_ZONES[apex - 1])
+        if net is None:
+            return None
+        if net.prefixlen < net.max_prefixlen:
+            addrs = self._v6 if apex == IP6 else self._v4
+            low = int(net.network_address)
+            i = bisect.bisect_left(addrs, low)
+            return Node(apex=apex, closed=False) if i < len(addrs) and addrs[i] <= int(net.broadcast_address) else None
+        ip = str(net.network_address)
+        if not self.store.ptr_targets(ip):
+            return None
+        return self._ptr_node(ip, apex)
+
+
+def _split(body: bytes, count: int) -> list[bytes]:
+    """`count` records of `body`, each as its own bytes."""
+    out, i = [], 0
+    for end in E.record_ends(body, count):
+        out.append(body[i:end])
+        i = end
+    return out
+
+
+def _pod_label_ip(label: str) -> str | None:
+    """`1-2-3-4` is IPv4 (three dashes, no `--`); anything else is read as IPv6."""
+    try:
+        if label.count("-") == 3 and "--" not in label:
+            return str(ipaddress.IPv4Address(label.replace("-", ".")))
+        return str(ipaddress.IPv6Address(label.replace("-", ":")))
+    except ValueError:
+        return None
+
+
+def _reverse_network(labels: list[str], apex: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """`4.3.2.1` under in-addr.arpa -> 1.2.3.4/32; fewer labels give a shorter prefix."""
+    labels = labels[::-1]
+    try:
+        if apex == "in-addr.arpa":
+            if len(labels) > 4 or not all(lab.isdigit() and len(lab) <= 3 and int(lab) < 256 for lab in labels):
+                return None
+            octets = [int(lab) for lab in labels] + [0] * (4 - len(labels))
+            return ipaddress.IPv4Network((bytes(octets), 8 * len(labels)))
+        if len(labels) > 32 or not all(len(lab) == 1 and lab in "0123456789abcdef" for lab in labels):
+            return None
+        value = int("".join(labels).ljust(32, "0"), 16)
+        return ipaddress.IPv6Network((value, 4 * len(labels)))
+    except ValueError:
+        return None
+
+
+__all__ = ["ClusterZone", "ZoneSettings"]
