@@ -9,8 +9,12 @@ CoreDNS's kubernetes plugin applies them.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 from clusterdns.kube.store import ServiceView
 from clusterdns.wire import encode as E
@@ -34,27 +38,43 @@ A, AAAA, SRV, CNAME, PTR, TXT, SOA, NS = (qtc(t) for t in (
     RRType.A, RRType.AAAA, RRType.SRV, RRType.CNAME, RRType.PTR, RRType.TXT, RRType.SOA, RRType.NS))
 #: RFC 8482: ANY gets one RRset, the first of these that exists
 ANY_ORDER = (A, AAAA, SRV, PTR, TXT, SOA, NS)
-NO_ANSWERS: dict[bytes, E.Prepared] = {}  # shared by every name that exists with no data
+NO_ANSWERS: dict[bytes, E.Prepared] = {}
+_SRV_HEAD = struct.Struct("!HHH")
+_SOA_TAIL = struct.Struct("!IIIII")  # shared by every name that exists with no data
 
 
 class Node:
     """What exists at one owner name.
 
-    `answers` maps a question's type+class bytes to its compiled answer; `target` is
-    set for a CNAME (ExternalName), whose other types are chased at query time;
-    `closed` says every name below this one is compiled, so a name under it that is
-    not in the index does not exist (False where names below are computed: pods,
-    reverse-tree prefixes).
+    Its answers by the question's type+class bytes: a name with one RRset (most of
+    them: endpoint names, SRV names, PTR names) keeps it in `tc`/`p`, others in the
+    `answers` dict. `target` is set for a CNAME (ExternalName), whose other types are
+    chased at query time; `closed` says every name below this one is compiled, so a
+    name under it that is not in the index does not exist (False where names below are
+    computed: pods, reverse-tree prefixes).
     """
 
-    __slots__ = ("answers", "apex", "target", "closed")
+    __slots__ = ("tc", "p", "answers", "apex", "target", "closed")
 
     def __init__(self, answers: dict[bytes, E.Prepared] = NO_ANSWERS, apex: int = CLUSTER,
                  target: bytes | None = None, closed: bool = True) -> None:
+        self.tc: bytes | None = None
+        self.p: E.Prepared | None = None
+        if len(answers) == 1:
+            (self.tc, self.p), = answers.items()
+            answers = NO_ANSWERS
         self.answers, self.apex, self.target, self.closed = answers, apex, target, closed
 
+    def get(self, tc: bytes) -> E.Prepared | None:
+        """The answer for a question's type+class bytes, if the name has that RRset."""
+        return self.p if self.tc == tc else self.answers.get(tc)
+
+    def types(self) -> dict[bytes, E.Prepared]:
+        """Every answer at this name, by type+class."""
+        return {self.tc: self.p} if self.tc is not None and self.p is not None else self.answers
+
     def __repr__(self) -> str:
-        return f"Node({sorted(self.answers)}, apex={self.apex}, target={self.target!r}, closed={self.closed})"
+        return f"Node({sorted(self.types())}, apex={self.apex}, target={self.target!r}, closed={self.closed})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +96,7 @@ def positive(name: bytes, records: dict[bytes, list[bytes]], extra: dict[bytes, 
     out = {}
     for key, rrs in records.items():
         if rrs:
-            out[key] = E.Prepared(answer=rrs, additional=(extra or {}).get(key, ()),  # type: ignore[arg-type]
+            out[key] = E.make(answer=rrs, additional=(extra or {}).get(key, ()),  # type: ignore[arg-type]
                                   qtype=(key[0] << 8) | key[1])
     return out
 
@@ -111,6 +131,8 @@ class Compiler:
         self.mname = f"ns.dns.{self.zone}"
         self.mname_wire = to_wire(self.mname)
         self.apex_wires = (self.zone_wire, to_wire(REVERSE_ZONES[0]), to_wire(REVERSE_ZONES[1]))
+        self._soa_names = self.mname_wire + to_wire(f"hostmaster.{self.zone}")
+        self._ns: tuple[tuple[str, ...], list[E.Prepared], Node] | None = None  # (ns ips, NS answers, ns.dns node)
 
     def fqdn(self, ns: str, svc: str, host: str | None = None) -> str:
         base = f"{svc}.{ns}.svc.{self.zone}"
@@ -118,8 +140,12 @@ class Compiler:
 
     def wire(self, *labels: str) -> bytes:
         """Wire form of `labels` followed by the zone (labels are already lowercase)."""
-        out = b"".join(bytes((len(lab),)) + lab.encode() for lab in labels)
-        return out + self.zone_wire
+        return b"".join(map(_label, labels)) + self.zone_wire
+
+    def fqdn_wire(self, ns: str, svc: str, host: str | None = None) -> bytes:
+        """`fqdn` in wire form, without going through text (compiling 100,000 names)."""
+        base = _label(svc) + _label(ns) + self.svc_wire
+        return _label(host) + base if host else base
 
     # ------------------------------------------------------------------ Services
     def service(self, view: ServiceView) -> Iterator[tuple[bytes, Node]]:
@@ -138,28 +164,33 @@ class Compiler:
             return  # nothing lives below an ExternalName
         if s.headless and not view.backends:
             return  # spec 2.4.1: no ready endpoints, no names at all
-        fqdn = self.fqdn(s.namespace, s.name)
+        hosts = [b.host for b in view.backends]  # dashed labels are made on each read
+        by_host: dict[str, list[str]] = {}
+        for b, h in zip(view.backends, hosts):
+            by_host.setdefault(h, []).append(b.ip)
+        # SRV targets as (endpoint label or None for the Service's own name, port)
         if s.headless:
             records = address_records((b.ip for b in view.backends), ttl)
-            pairs = [(self.fqdn(s.namespace, s.name, b.host), p.port) for b in view.backends for p in b.ports if p.port]
+            pairs: list[tuple[str | None, int | None]] = [
+                (h, p.port) for b, h in zip(view.backends, hosts) for p in b.ports if p.port]
             named = [p for b in view.backends for p in b.ports if p.name and p.port]
+            own_ips: list[str] = [b.ip for b in view.backends]
         else:
-            records = address_records(s.cluster_ips, ttl) if not (self.s.ignore_empty_service and not view.backends) else None
-            pairs = [(fqdn, p.port) for p in s.ports if p.port]
+            empty = self.s.ignore_empty_service and not view.backends
+            records = None if empty else address_records(s.cluster_ips, ttl)
+            pairs = [(None, p.port) for p in s.ports if p.port]
             named = [p for p in s.ports if p.name and p.port]
+            own_ips = [] if empty else list(s.cluster_ips)
         if records is not None:
-            srv, extra = self._srv(pairs, view)
+            srv, extra = self._srv(pairs, name, by_host, own_ips)
             if srv:
                 records[SRV] = srv
             yield name, Node(positive(name, records, {SRV: extra}))
         # endpoint names (for every Service type, as kube-dns and CoreDNS answer them)
-        hosts: dict[str, list[str]] = {}
-        for b in view.backends:
-            hosts.setdefault(b.host, []).append(b.ip)
-        for host, ips in hosts.items():
+        for host, ips in by_host.items():
             if host.startswith("_") or not 0 < len(host) < 64:
                 continue  # not a name we can publish (a `_proto` label is an SRV ENT)
-            yield self.wire(host, s.name, s.namespace, "svc"), Node(positive(name, address_records(ips, ttl)))
+            yield _label(host) + name, Node(positive(name, address_records(ips, ttl)))
         # _port._proto SRV names and their _proto empty non-terminals (RFC 8020)
         protos: dict[str, dict[str, None]] = {}
         for p in named:
@@ -167,21 +198,23 @@ class Compiler:
         for proto, ports in protos.items():
             if not 0 < len(proto) < 63:
                 continue
-            yield self.wire("_" + proto, s.name, s.namespace, "svc"), Node()
+            proto_name = _label("_" + proto) + name
+            yield proto_name, Node()
             for port in ports:
                 if not 0 < len(port) < 63:
                     continue
                 if s.headless:
-                    pairs = [(self.fqdn(s.namespace, s.name, b.host), p.port) for b in view.backends for p in b.ports
+                    pairs = [(h, p.port) for b, h in zip(view.backends, hosts) for p in b.ports
                              if p.name == port and p.protocol == proto and p.port]
                 else:
-                    pairs = [(fqdn, p.port) for p in s.ports if p.name == port and p.protocol == proto and p.port]
-                srv, extra = self._srv(pairs, view)
+                    pairs = [(None, p.port) for p in s.ports if p.name == port and p.protocol == proto and p.port]
+                srv, extra = self._srv(pairs, name, by_host, own_ips)
                 if srv:
-                    owner = self.wire("_" + port, "_" + proto, s.name, s.namespace, "svc")
+                    owner = _label("_" + port) + proto_name
                     yield owner, Node(positive(owner, {SRV: srv}, {SRV: extra}))
 
-    def _srv(self, pairs: list[tuple[str, int | None]], view: ServiceView) -> tuple[list[bytes], list[bytes]]:
+    def _srv(self, pairs: list[tuple[str | None, int | None]], name: bytes, by_host: dict[str, list[str]],
+             own_ips: list[str]) -> tuple[list[bytes], list[bytes]]:
         """SRV records (priority 0, weight floor(100/n), at least 1, n after de-duplication)
         and the addresses of their targets for the additional section (RFC 2782)."""
         unique = list(dict.fromkeys(pairs))
@@ -189,28 +222,15 @@ class Compiler:
             return [], []
         weight = max(1, 100 // len(unique))
         ttl = self.s.ttl
-        records = [E.rr(E.OWNER, RRType.SRV, ttl, E.srv(0, weight, port or 0, target)) for target, port in unique]
+        wires = {h: (name if h is None else _label(h) + name) for h in dict.fromkeys(h for h, _ in unique)}
+        records = [E.rr(E.OWNER, RRType.SRV, ttl, _SRV_HEAD.pack(0, weight, port or 0) + wires[h]) for h, port in unique]
         extra: list[bytes] = []
-        done: set[str] = set()
-        s = view.service
-        base = self.fqdn(s.namespace, s.name)
-        for target, _ in unique:
-            if target in done:
-                continue
-            done.add(target)
-            if target == base:
-                ips: list[str] = [b.ip for b in view.backends] if s.headless else list(s.cluster_ips)
-                if not s.headless and self.s.ignore_empty_service and not view.backends:
-                    ips = []
-            else:
-                host = target[: -len(base) - 1]
-                ips = [b.ip for b in view.backends if b.host == host]
-            extra += glue(to_wire(target), ips, ttl)
+        for h, wire in wires.items():
+            extra += glue(wire, own_ips if h is None else by_host.get(h, ()), ttl)
         return records, extra
 
     def _external_name(self, target: str) -> Node | None:
         try:
-            import ipaddress
             ipaddress.ip_address(target)
             return None  # an IP is not a valid externalName target
         except ValueError:
@@ -219,7 +239,7 @@ class Compiler:
             target_wire = to_wire(target)
         except (NameError_, UnicodeError):
             return None
-        cname = E.Prepared(answer=[E.rr(E.OWNER, RRType.CNAME, self.s.ttl, target_wire)], qtype=RRType.CNAME)
+        cname = E.make(answer=[E.rr(E.OWNER, RRType.CNAME, self.s.ttl, target_wire)], qtype=RRType.CNAME)
         return Node({CNAME: cname}, target=target_wire)
 
     # ------------------------------------------------------------------ fixed names
@@ -238,11 +258,12 @@ class Compiler:
         yield self.pod_wire, Node()
         yield self.wire("dns"), Node()
         owner = self.wire("dns-version")
-        yield owner, Node({TXT: E.Prepared(answer=[E.rr(E.OWNER, RRType.TXT, SCHEMA_TTL, E.txt(SCHEMA_VERSION))],
+        yield owner, Node({TXT: E.make(answer=[E.rr(E.OWNER, RRType.TXT, SCHEMA_TTL, E.txt(SCHEMA_VERSION))],
                                            qtype=RRType.TXT)})
 
     def soa_rdata(self, serial: int) -> bytes:
-        return E.soa(self.mname, f"hostmaster.{self.zone}", serial, 7200, 1800, 86400, self.s.ttl)
+        """SOA RDATA: ours as MNAME, hostmaster as RNAME, and the timers; only the serial moves."""
+        return self._soa_names + _SOA_TAIL.pack(serial % 2**32, 7200, 1800, 86400, self.s.ttl)
 
     def soa_record(self, apex: int, serial: int) -> bytes:
         """The SOA of `apex`, owner in full: MINIMUM is `ttl`, the negative-caching TTL (RFC 2308 5)."""
@@ -251,28 +272,50 @@ class Compiler:
     def apexes(self, serial: int, ns_ips: tuple[str, ...]) -> Iterator[tuple[bytes, Node]]:
         """The three apexes (SOA, NS with our addresses as glue) and `ns.dns.<zone>`."""
         ttl = self.s.ttl
-        glue_rrs = glue(self.mname_wire, ns_ips, ttl)
+        if self._ns is None or self._ns[0] != ns_ips:  # the NS side changes with kube-dns only
+            glue_rrs = glue(self.mname_wire, ns_ips, ttl)
+            ns_answers = [E.make(answer=[E.rr(E.OWNER, RRType.NS, ttl, self.mname_wire)], additional=glue_rrs,
+                                 qtype=RRType.NS) for _ in self.apex_wires]
+            self._ns = (ns_ips, ns_answers, Node(positive(self.mname_wire, address_records(ns_ips, ttl))))
+        soa_rr = E.rr(E.OWNER, RRType.SOA, min(ttl, 300), self.soa_rdata(serial))
         for apex, wire in enumerate(self.apex_wires):
-            soa = E.Prepared(answer=[E.rr(E.OWNER, RRType.SOA, min(ttl, 300), self.soa_rdata(serial))], qtype=RRType.SOA)
-            ns = E.Prepared(answer=[E.rr(E.OWNER, RRType.NS, ttl, self.mname_wire)], additional=glue_rrs, qtype=RRType.NS)
-            yield wire, Node({SOA: soa, NS: ns}, apex=apex, closed=apex == CLUSTER)
-        yield self.mname_wire, Node(positive(self.mname_wire, address_records(ns_ips, ttl)))
+            soa = E.make(answer=[soa_rr], qtype=RRType.SOA)
+            yield wire, Node({SOA: soa, NS: self._ns[1][apex]}, apex=apex, closed=apex == CLUSTER)
+        yield self.mname_wire, self._ns[2]
 
     # ------------------------------------------------------------------ reverse zones
-    def ptr(self, names: list[str], apex: int) -> Node:
-        """The PTR node of one address: the names that point at it."""
+    def ptr(self, names: list[bytes], apex: int) -> Node:
+        """The PTR node of one address: the names (wire form) that point at it."""
         ttl = self.s.ttl
-        records = [E.rr(E.OWNER, RRType.PTR, ttl, to_wire(n)) for n in dict.fromkeys(names)]
-        return Node({PTR: E.Prepared(answer=records, qtype=RRType.PTR)}, apex=apex)
+        records = [E.rr(E.OWNER, RRType.PTR, ttl, n) for n in dict.fromkeys(names)]
+        return Node({PTR: E.make(answer=records, qtype=RRType.PTR)}, apex=apex)
+
+
+@lru_cache(maxsize=65536)
+def _label(label: str) -> bytes:
+    """One label in wire form (the same namespaces and service names recur)."""
+    raw = label.encode()
+    return bytes((len(raw),)) + raw
+
+
+_NIBBLES = [bytes((1, c)) for c in b"0123456789abcdef"]
+_OCTETS = [_label(str(i)) for i in range(256)]
 
 
 def reverse_wire(ip: str) -> tuple[bytes, int]:
     """The canonical reverse name of an address in wire form, and its apex."""
     if ":" in ip:
-        import ipaddress
-        nibbles = ipaddress.IPv6Address(ip).exploded.replace(":", "")[::-1]
-        return b"".join(b"\x01" + c.encode() for c in nibbles) + b"\x03ip6\x04arpa\x00", IP6
-    return b"".join(bytes((len(o),)) + o.encode() for o in reversed(ip.split("."))) + b"\x07in-addr\x04arpa\x00", IN_ADDR
+        raw = socket.inet_pton(socket.AF_INET6, ip)
+        nib = b"".join(_NIBBLES[b & 15] + _NIBBLES[b >> 4] for b in reversed(raw))
+        return nib + b"\x03ip6\x04arpa\x00", IP6
+    raw = socket.inet_pton(socket.AF_INET, ip)
+    return b"".join(_OCTETS[b] for b in reversed(raw)) + b"\x07in-addr\x04arpa\x00", IN_ADDR
 
 
-__all__ = ["Compiler", "Node", "ZoneSettings", "qtc", "reverse_wire", "RRClass"]
+def address_value(ip: str) -> int:
+    """An address as an int (the sorted lists of reverse-tree prefixes)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    return int.from_bytes(socket.inet_pton(family, ip), "big")
+
+
+__all__ = ["Compiler", "Node", "ZoneSettings", "address_value", "qtc", "reverse_wire", "RRClass"]

@@ -10,7 +10,7 @@ keys, so the compiled zone (cluster/zone.py) recompiles exactly those parts:
     ("ptr", ip)         the PTR targets of one address
     ("rev",)            the set of addresses with PTR records (reverse empty non-terminals)
     ("apex",)           the SOA serial
-    ("all",)            everything (first sync, re-list)
+    ("synced",)         the first sync is complete: absence may now be claimed (NXDOMAIN)
 
 A query never sees half of an update: mutations run synchronously on the event loop, and
 `batch()` groups several (a re-list) into one notification.
@@ -37,7 +37,7 @@ from clusterdns.kube.objects import (
 
 DepKey = tuple[str, ...]
 Listener = Callable[[set[DepKey]], None]
-ALL: DepKey = ("all",)
+SYNCED: DepKey = ("synced",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +188,7 @@ class ClusterStore:
         with self._public("mark_synced"), self.batch():
             if not self.synced:
                 self.synced = True
-                self._changes.add(ALL)
+                self._changes.add(SYNCED)
 
     # ---------------------------------------------------------------- replication
     def follow(self, feed: Callable[[list[tuple[str, tuple]]], None]) -> None:

@@ -18,6 +18,7 @@ from clusterdns.cluster.zone import ClusterZone
 from clusterdns.obs.counters import QueryStats
 from clusterdns.server.replay import ReplayTable
 from clusterdns.wire import encode as E
+from clusterdns.wire.encode import OPTS
 from clusterdns.wire import question as Q
 from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, MAX_TCP, RRClass, RRType, Rcode
 from clusterdns.zones.upstreams import Forwarding
@@ -48,13 +49,12 @@ class Handler:
         self.identity = f"{socket.gethostname()}/{os.getpid()}"
 
     # ------------------------------------------------------------------ the hot path
-    def fast(self, data: bytes, tcp: bool, slot: int) -> bytes | None:
+    def fast(self, data: bytes, tcp: int, slot: int) -> bytes | None:
         """The answer to a plain query from the compiled zone, counted; None: `handle` it.
 
         Only compiled answers come out here; anything the zone must compute, forward or
         refuse goes the general way. The question's bytes are the client's own (0x20).
         """
-        zone = self.zone
         size = len(data)
         counts = data[4:12]
         if counts == NO_EDNS:
@@ -64,36 +64,54 @@ class Handler:
             end, j = size - 15, 2 | (data[size - 4] >> 7)
         else:
             return None
-        if end <= 12 or data[2] & 0xF8 or zone is None:
-            return None  # a response, an opcode other than QUERY, or no zone
+        if end <= 12 or data[2] & 0xF8:
+            return None  # a response, or an opcode other than QUERY
+        zone = self.zone
+        if zone is None:
+            return None
         qend = end + 4
         p = zone.lookup(data[12:end].lower(), data[end:qend])
-        if p is None or (p.chase is not None and self.forwarding is not None):
+        if p is None:
             return None
-        if p.rcode == Rcode.NXDOMAIN and self.forwarding is not None and p is not zone.nxdomain[0]:
-            return None  # the reverse zones fall through to the upstreams
-        edns = j & 2
-        out = data[:2] + p.heads[(data[2] & 1) | ((data[3] >> 3) & 2) | (4 if edns else 0)] + data[12:qend] + p.body
-        if edns:
-            out += E.OPTS[j & 1]
+        if not p.qtype and self.forwarding is not None and (p is zone.nxdomain[1] or p is zone.nxdomain[2]):
+            return None  # a reverse name we do not know: it falls through to the upstreams
+        out = data[:2] + p.heads[(data[2] & 1) | ((data[3] >> 3) & 2) | (j << 1 & 4)] + data[12:qend] + p.body
+        if j:
+            out += OPTS[j & 1]
+        cut = False
         if len(out) > CLASSIC_UDP:
             limit = MAX_TCP if tcp else max(CLASSIC_UDP, min((data[size - 8] << 8) | data[size - 7], self.max_udp)) \
-                if edns else CLASSIC_UDP
+                if j else CLASSIC_UDP
             if len(out) > limit:
-                out = E.fit(data, qend, p, bool(edns), bool(j & 1), limit)
+                out, cut = E.fit(data, qend, p, bool(j), bool(j & 1), limit), True
+        # the traffic class: a name's own answer has one per query shape (its sizes follow
+        # from the shape); the negative templates serve every name and type, so size and
+        # type are in their key too
         classes = p.classes
-        if classes is None:
-            classes = p.classes = {}
-        qtype = (data[end] << 8) | data[end + 1]
-        k = (((size << 3) | (j << 1) | tcp) << 16) | qtype
-        cls = classes.get(k)
-        if cls is None:
-            cls = self.stats.traffic_class((bool(tcp), True, "kubernetes", ".", qtype, p.rcode, bool(j & 1),
-                                            size, len(out)))
-            if len(classes) < CLASS_LIMIT:
-                classes[k] = cls
+        if p.qtype:
+            if classes is None:
+                classes = p.classes = [None] * 8
+            k = (j << 1) | tcp
+            cls = classes[k]
+        else:
+            if classes is None:
+                classes = p.classes = {}
+            k = (((size << 3) | (j << 1) | tcp) << 16) | (data[end] << 8) | data[end + 1]
+            cls = classes.get(k)
+        if cls is None or cut:
+            cls = self._traffic_class(p, classes, k, data, end, tcp, j, out, cut)
         cls[slot] += 1
         return out
+
+    def _traffic_class(self, p: E.Prepared, classes: list | dict, k: int, data: bytes, end: int,  # type: ignore[type-arg]
+                       tcp: int, j: int, out: bytes, cut: bool) -> list[int]:
+        """First use of an answer shape: its counters, remembered on the answer (bounded)."""
+        qtype = (data[end] << 8) | data[end + 1]
+        cls = self.stats.traffic_class((bool(tcp), True, "kubernetes", ".", qtype, p.rcode, bool(j & 1),
+                                        len(data), len(out)))
+        if not cut and (isinstance(classes, list) or len(classes) < CLASS_LIMIT):
+            classes[k] = cls  # (a cut reply's size depends on the client's limit: not kept)
+        return cls
 
     # ------------------------------------------------------------------ everything else
     def handle(self, data: bytes, tcp: bool) -> Reply:
@@ -116,16 +134,16 @@ class Handler:
         except Q.FormError:
             return E.header_reply(data, Rcode.FORMERR)
         if q.edns and q.version > 0:  # RFC 6891 6.1.3: BADVERS, with an OPT of version 0
-            return self._reply(data, q, E.Prepared(rcode=Rcode.BADVERS, aa=False), None)
+            return self._reply(data, q, E.make(rcode=Rcode.BADVERS, aa=False), None)
         limit = MAX_TCP if tcp else q.udp_limit(self.max_udp)
         if q.qtype == RRType.OPT:
-            return self._reply(data, q, E.Prepared(rcode=Rcode.FORMERR, aa=False), limit)  # not a question (RFC 6891)
+            return self._reply(data, q, E.make(rcode=Rcode.FORMERR, aa=False), limit)  # not a question (RFC 6891)
         if q.qclass == RRClass.CH and q.name in IDENTITY_NAMES and q.qtype in (RRType.TXT, RRType.ANY):
             self.plugin = "chaos"
             rec = E.rr(E.OWNER, RRType.TXT, 0, E.txt(self.identity), RRClass.CH)
-            return self._reply(data, q, E.Prepared(answer=[rec]), limit)
+            return self._reply(data, q, E.make(answer=[rec]), limit)
         if q.qclass != RRClass.IN or q.qtype in (RRType.AXFR, RRType.IXFR):
-            return self._reply(data, q, E.Prepared(rcode=Rcode.REFUSED, aa=False), limit)  # no zone transfers
+            return self._reply(data, q, E.make(rcode=Rcode.REFUSED, aa=False), limit)  # no zone transfers
         zone = self.zone
         apex = zone.apex_of(q.name) if zone is not None else None
         forwarding = self.forwarding
@@ -139,7 +157,7 @@ class Handler:
                         if hit is not None:
                             self.table.store(data, forwarded, hit, tcp)
                     return forwarded
-            return self._reply(data, q, E.Prepared(rcode=Rcode.REFUSED, aa=False), limit)
+            return self._reply(data, q, E.make(rcode=Rcode.REFUSED, aa=False), limit)
         assert zone is not None
         self.plugin = "kubernetes"
         p = zone.answer(q.name, q.qtype)

@@ -15,6 +15,7 @@ with TC set, the question and OPT always kept (what miekg/dns `Msg.Truncate` doe
 
 from __future__ import annotations
 
+import bisect
 import socket
 import struct
 
@@ -109,29 +110,92 @@ OPTS = (opt(False), opt(True))  # indexed by the DO bit
 
 
 class Prepared:
-    """One answer, compiled: rcode, section counts and the bytes after the question.
+    """One answer, compiled: the eight headers of its shape and the bytes after the question.
 
-    `classes` holds this answer's traffic-class counters (obs.counters), made on its
-    first use; `chase` is the target of a CNAME that leaves our zones (a forwarder may
-    follow it).
+    Kept small, one per RRset of the cluster: counts, rcode and section extents are read
+    off the shared headers or the body when a rare path needs them. `classes` holds the
+    answer's traffic-class counters (obs.counters), made on first use: for a name's own
+    answer (`qtype` set) a list by query shape, for a shared negative template a dict that
+    also keys size and type. Subclasses add what few answers need: `Chase` (a CNAME that
+    leaves our zones), `Big` (record ends, to cut it to a client's size), `Extended`
+    (an rcode over 15, BADVERS).
     """
 
-    __slots__ = ("rcode", "aa", "an", "ns", "ar", "body", "ans_end", "auth_end", "heads",
-                 "qtype", "classes", "chase")
+    __slots__ = ("heads", "body", "classes", "qtype")
+    chase: bytes | None = None
+    ext = 0  # the rcode's high bits (RFC 6891 6.1.3)
+    ends: tuple[int, ...] | None = None  # where each answer record ends (Big)
 
-    def __init__(self, rcode: int = Rcode.NOERROR, answer: list[bytes] = (), authority: list[bytes] = (),  # type: ignore[assignment]
-                 additional: list[bytes] = (), aa: bool = True, qtype: int = 0,  # type: ignore[assignment]
-                 chase: bytes | None = None) -> None:
-        a, b, c = b"".join(answer), b"".join(authority), b"".join(additional)
-        self.rcode, self.aa, self.qtype, self.chase = rcode, aa, qtype, chase
-        self.an, self.ns, self.ar = len(answer), len(authority), len(additional)
-        self.body = a + b + c
-        self.ans_end, self.auth_end = len(a), len(a) + len(b)
-        self.heads = heads(rcode, aa, self.an, self.ns, self.ar)
-        self.classes: dict[int, list[int]] | None = None
+    def __init__(self, heads: tuple[bytes, ...], body: bytes, qtype: int) -> None:
+        self.heads, self.body, self.qtype = heads, body, qtype
+        self.classes: list | dict | None = None  # type: ignore[type-arg]  # see the docstring
+
+    @property
+    def rcode(self) -> int:
+        return (self.heads[0][1] & 0x0F) | (self.ext << 4)
+
+    @property
+    def an(self) -> int:
+        return _U16.unpack_from(self.heads[0], 4)[0]
+
+    @property
+    def ns(self) -> int:
+        return _U16.unpack_from(self.heads[0], 6)[0]
+
+    @property
+    def ar(self) -> int:
+        return _U16.unpack_from(self.heads[0], 8)[0]
+
+    @property
+    def ans_end(self) -> int:
+        """Where the answer section ends in `body`."""
+        ends = self.ends if self.ends is not None else record_ends(self.body, self.an)
+        return ends[-1] if ends else 0
+
+    @property
+    def auth_end(self) -> int:
+        """Where the authority section ends in `body`."""
+        ends = record_ends(self.body, self.ns, self.ans_end)
+        return ends[-1] if ends else self.ans_end
 
     def __repr__(self) -> str:
         return f"Prepared(rcode={self.rcode}, an={self.an}, ns={self.ns}, ar={self.ar}, {len(self.body)} bytes)"
+
+
+class Chase(Prepared):
+    __slots__ = ("chase",)
+
+
+class Big(Prepared):
+    __slots__ = ("ends",)
+
+
+class Extended(Prepared):
+    __slots__ = ("ext",)
+
+
+BIG = 200  # bodies longer than this keep their record ends: they may be cut to 512 bytes
+
+
+def make(rcode: int = Rcode.NOERROR, answer: list[bytes] = (), authority: list[bytes] = (),  # type: ignore[assignment]
+         additional: list[bytes] = (), aa: bool = True, qtype: int = 0,  # type: ignore[assignment]
+         chase: bytes | None = None) -> Prepared:
+    """A compiled answer from its records (each a complete RR in wire form)."""
+    a = b"".join(answer)
+    body = a + b"".join(authority) + b"".join(additional)
+    h = heads(rcode, aa, len(answer), len(authority), len(additional))
+    if chase is not None:
+        p: Prepared = Chase(h, body, qtype)
+        p.chase = chase  # type: ignore[misc]
+    elif rcode > 15:
+        p = Extended(h, body, qtype)
+        p.ext = rcode >> 4  # type: ignore[misc]
+    elif len(body) > BIG and len(answer) > 1:
+        p = Big(h, body, qtype)
+        p.ends = tuple(record_ends(a, len(answer)))  # type: ignore[misc]
+    else:
+        p = Prepared(h, body, qtype)
+    return p
 
 
 def variant(data: bytes, edns: bool) -> int:
@@ -144,7 +208,7 @@ def assemble(data: bytes, qend: int, p: Prepared, edns: bool, do: bool, limit: i
     ix = (data[2] & 1) | ((data[3] >> 3) & 2) | (4 if edns else 0)
     out = data[:2] + p.heads[ix] + data[HEADER:qend] + p.body
     if edns:
-        out += OPTS[do] if p.rcode < 16 else opt(do, p.rcode)
+        out += OPTS[do] if not p.ext else opt(do, p.rcode)
     if len(out) > limit:
         return fit(data, qend, p, edns, do, limit)
     return out
@@ -152,17 +216,16 @@ def assemble(data: bytes, qend: int, p: Prepared, edns: bool, do: bool, limit: i
 
 def fit(data: bytes, qend: int, p: Prepared, edns: bool, do: bool, limit: int) -> bytes:
     """`p` cut to `limit` bytes: the additional section first, then answer records."""
-    tail = (OPTS[do] if p.rcode < 16 else opt(do, p.rcode)) if edns else b""
+    tail = (OPTS[do] if not p.ext else opt(do, p.rcode)) if edns else b""
     fixed = qend + len(tail)  # header + question + OPT
     ix = (data[2] & 1) | ((data[3] >> 3) & 2) | (4 if edns else 0)
-    if fixed + p.auth_end <= limit:
+    auth_end = p.auth_end
+    if fixed + auth_end <= limit:
         b2, b3 = p.heads[ix][0], p.heads[ix][1]
         counts = _COUNTS.pack(1, p.an, p.ns, 1 if edns else 0)
-        return data[:2] + bytes((b2, b3)) + counts + data[HEADER:qend] + p.body[:p.auth_end] + tail
-    ends = record_ends(p.body, p.an)
-    n = 0
-    while n < len(ends) and fixed + ends[n] <= limit:
-        n += 1
+        return data[:2] + bytes((b2, b3)) + counts + data[HEADER:qend] + p.body[:auth_end] + tail
+    ends = p.ends if p.ends is not None else record_ends(p.body, p.an)
+    n = bisect.bisect_right(ends, limit - fixed)
     keep = ends[n - 1] if n else 0
     b2, b3 = p.heads[ix][0] | 0x02, p.heads[ix][1]
     counts = _COUNTS.pack(1, n, 0, 1 if edns else 0)

@@ -334,7 +334,7 @@ class Forwarding:
         except Exception:
             self.errors += 1
             log.exception("internal error chasing %s", to_text(target))
-        full = Prepared(rcode=rcode, answer=records)
+        full = E.make(rcode=rcode, answer=records)
         return E.assemble(data, q.qend, full, q.edns, q.do, 65535 if limit is None else limit)
 
     @property
