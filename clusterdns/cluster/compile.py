@@ -77,6 +77,29 @@ class Node:
         return f"Node({sorted(self.types())}, apex={self.apex}, target={self.target!r}, closed={self.closed})"
 
 
+Entry = Node | bytes  # what the index holds at a name (see `leaf`)
+
+
+def leaf(records: dict[bytes, list[bytes]], apex: int = CLUSTER) -> Entry:
+    """A name with nothing below it: its lone record as bytes when it has just one (most
+    endpoint and PTR names: a fifth of the memory of a Node), else a Node.
+
+    The record's own type and class bytes (offsets 2-5, after the owner pointer) are the
+    question's when it answers it, so the bytes need nothing beside them."""
+    live = {k: v for k, v in records.items() if v}
+    if len(live) == 1:
+        (rrs,) = live.values()
+        if len(rrs) == 1:
+            return rrs[0]
+    return Node(positive(b"", live), apex=apex)
+
+
+def leaf_node(record: bytes, apex: int) -> Node:
+    """The Node a lone record stands for (the rare paths read Nodes only)."""
+    rtype = (record[2] << 8) | record[3]
+    return Node({record[2:6]: E.make(answer=[record], qtype=rtype)}, apex=apex)
+
+
 @dataclass(frozen=True, slots=True)
 class ZoneSettings:
     zone: str = "cluster.local"
@@ -145,7 +168,7 @@ class Compiler:
     def fqdn_wire(self, ns: str, svc: str, host: str | None = None) -> bytes:
         """`fqdn` in wire form, without going through text (compiling 100,000 names)."""
         base = _label(svc) + _label(ns) + self.svc_wire
-        return _label(host) + base if host else base
+        return _host(host) + base if host else base
 
     # ------------------------------------------------------------------ Services
     def service(self, view: ServiceView) -> Iterator[tuple[bytes, Node]]:
@@ -190,7 +213,7 @@ class Compiler:
         for host, ips in by_host.items():
             if host.startswith("_") or not 0 < len(host) < 64:
                 continue  # not a name we can publish (a `_proto` label is an SRV ENT)
-            yield _label(host) + name, Node(positive(name, address_records(ips, ttl)))
+            yield _host(host) + name, leaf(address_records(ips, ttl))
         # _port._proto SRV names and their _proto empty non-terminals (RFC 8020)
         protos: dict[str, dict[str, None]] = {}
         for p in named:
@@ -222,7 +245,7 @@ class Compiler:
             return [], []
         weight = max(1, 100 // len(unique))
         ttl = self.s.ttl
-        wires = {h: (name if h is None else _label(h) + name) for h in dict.fromkeys(h for h, _ in unique)}
+        wires = {h: (name if h is None else _host(h) + name) for h in dict.fromkeys(h for h, _ in unique)}
         records = [E.rr(E.OWNER, RRType.SRV, ttl, _SRV_HEAD.pack(0, weight, port or 0) + wires[h]) for h, port in unique]
         extra: list[bytes] = []
         for h, wire in wires.items():
@@ -284,16 +307,21 @@ class Compiler:
         yield self.mname_wire, self._ns[2]
 
     # ------------------------------------------------------------------ reverse zones
-    def ptr(self, names: list[bytes], apex: int) -> Node:
-        """The PTR node of one address: the names (wire form) that point at it."""
+    def ptr(self, names: list[bytes], apex: int) -> Node | bytes:
+        """The PTR name of one address: the names (wire form) that point at it."""
         ttl = self.s.ttl
-        records = [E.rr(E.OWNER, RRType.PTR, ttl, n) for n in dict.fromkeys(names)]
-        return Node({PTR: E.make(answer=records, qtype=RRType.PTR)}, apex=apex)
+        return leaf({PTR: [E.rr(E.OWNER, RRType.PTR, ttl, n) for n in dict.fromkeys(names)]}, apex)
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)
 def _label(label: str) -> bytes:
     """One label in wire form (the same namespaces and service names recur)."""
+    raw = label.encode()
+    return bytes((len(raw),)) + raw
+
+
+def _host(label: str) -> bytes:
+    """An endpoint's label in wire form (each is used once: not cached)."""
     raw = label.encode()
     return bytes((len(raw),)) + raw
 
@@ -318,4 +346,4 @@ def address_value(ip: str) -> int:
     return int.from_bytes(socket.inet_pton(family, ip), "big")
 
 
-__all__ = ["Compiler", "Node", "ZoneSettings", "address_value", "qtc", "reverse_wire", "RRClass"]
+__all__ = ["Compiler", "Entry", "Node", "leaf", "leaf_node", "ZoneSettings", "address_value", "qtc", "reverse_wire", "RRClass"]

@@ -26,10 +26,12 @@ from clusterdns.cluster.compile import (
     IP6,
     REVERSE_ZONES,
     Compiler,
+    Entry,
     Node,
     ZoneSettings,
     address_records,
     address_value,
+    leaf_node,
     qtc,
     reverse_wire,
 )
@@ -55,7 +57,7 @@ class ClusterZone:
         self.zone = self.c.zone
         self.zone_wire = self.c.zone_wire
         self.apex_wires = self.c.apex_wires
-        self.names: dict[bytes, Node] = {}
+        self.names: dict[bytes, Entry] = {}
         self._owned: dict[tuple[str, str], list[bytes]] = {}  # Service -> the names it owns
         self._v4: list[int] = []  # published addresses, sorted (reverse-tree prefixes)
         self._v6: list[int] = []
@@ -179,7 +181,7 @@ class ClusterZone:
             if present:
                 del addrs[i]
 
-    def _ptr_node(self, ip: str, apex: int) -> Node:
+    def _ptr_node(self, ip: str, apex: int) -> Entry:
         targets = self.store.ptr_targets(ip)
         # an address that is a ClusterIP names only the Service (CoreDNS checks services first)
         services = [t for t in targets if t.host is None]
@@ -209,10 +211,11 @@ class ClusterZone:
                 return apex
         return None
 
-    def lookup(self, name: bytes, tc: bytes) -> E.Prepared | None:
+    def lookup(self, name: bytes, tc: bytes) -> E.Prepared | bytes | None:
         """The hot path: the compiled answer for a lowercased wire name and the question's
-        type+class bytes, or None when `answer` must decide (ANY, a CNAME to chase, a
-        class other than IN, a computed name, or a name that is not ours).
+        type+class bytes (a Prepared, or a lone record as bytes), or None when `answer`
+        must decide (ANY, a CNAME to chase, a class other than IN, a computed name, or a
+        name that is not ours).
 
         A name found in the index is well formed by construction; for one that is not,
         its labels are walked up to the closest existing ancestor, each checked, so a
@@ -221,6 +224,12 @@ class ClusterZone:
         names = self.names
         node = names.get(name)
         if node is not None:
+            if type(node) is bytes:  # a lone record
+                if node[2:6] == tc:
+                    return node
+                if tc[2:] == IN_BYTES and tc[0] == 0 and tc[1] not in (41, 251, 252, 255):
+                    return self.nodata[leaf_apex(name)]
+                return None
             p = node.p if node.tc == tc else node.answers.get(tc)
             if p is not None:
                 return p
@@ -240,20 +249,26 @@ class ClusterZone:
                 return None
             parent = names.get(name[i:])
             if parent is not None:
-                return self.nxdomain[parent.apex] if parent.closed and parent.target is None else None
+                if type(parent) is bytes:
+                    return self.nxdomain[leaf_apex(name)]
+                return self.nxdomain[parent.apex] if parent.closed else None
 
     def answer(self, name: bytes, qtype: int, qclass: int = RRClass.IN) -> E.Prepared:
         """Any question about a name in our zones (the caller checked `apex_of`)."""
         p = self.lookup(name, bytes((qtype >> 8, qtype & 0xFF, qclass >> 8, qclass & 0xFF)))
+        if type(p) is bytes:
+            return E.make(answer=[p], qtype=qtype)
         if p is not None:
-            return p
+            return p  # type: ignore[return-value]
         return self._resolve(name, qtype)
 
     def _node(self, name: bytes) -> Node | None:
         """The node at `name`: compiled, or computed (pods, reverse prefixes)."""
         node = self.names.get(name)
+        if type(node) is bytes:
+            return leaf_node(node, leaf_apex(name))
         if node is not None:
-            return node
+            return node  # type: ignore[return-value]
         apex = self.apex_of(name)
         if apex is None:
             return None
@@ -338,7 +353,15 @@ class ClusterZone:
         ip = str(net.network_address)
         if not self.store.ptr_targets(ip):
             return None
-        return self._ptr_node(ip, apex)
+        entry = self._ptr_node(ip, apex)
+        return leaf_node(entry, apex) if type(entry) is bytes else entry  # type: ignore[return-value]
+
+
+def leaf_apex(name: bytes) -> int:
+    """The apex of a name held as a lone record: its zone, from its last labels."""
+    if name.endswith(b"\x04arpa\x00"):
+        return IN_ADDR if name.endswith(b"\x07in-addr\x04arpa\x00") else IP6
+    return CLUSTER
 
 
 def _split(body: bytes, count: int) -> list[bytes]:

@@ -24,6 +24,7 @@ from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, MAX_TCP, RRClass, R
 from clusterdns.zones.upstreams import Forwarding
 
 log = logging.getLogger("clusterdns")
+ONE = E.heads(Rcode.NOERROR, True, 1, 0, 0)  # the headers of a one-record answer
 IDENTITY_NAMES = (b"\x02id\x06server\x00", b"\x08hostname\x04bind\x00")
 
 Reply = bytes | None | Awaitable[bytes | None]
@@ -43,6 +44,7 @@ class Handler:
         self.stats: QueryStats = self.table.stats
         self.max_udp = max_udp
         self.forwarding = forwarding  # names outside our zones, fallthrough, ExternalName chase
+        self._lone_classes: dict[int, list[int]] = {}  # traffic classes of lone-record answers
         self.errors = 0
         self.plugin = ""  # who wrote the last answer (CoreDNS's `plugin` label): read right after handle()
         # answered to CH TXT id.server / hostname.bind (RFC 4892): which process answered
@@ -73,6 +75,8 @@ class Handler:
         p = zone.lookup(data[12:end].lower(), data[end:qend])
         if p is None:
             return None
+        if type(p) is bytes:
+            return self._lone(data, size, end, qend, j, tcp, slot, p)
         if not p.qtype and self.forwarding is not None and (p is zone.nxdomain[1] or p is zone.nxdomain[2]):
             return None  # a reverse name we do not know: it falls through to the upstreams
         out = data[:2] + p.heads[(data[2] & 1) | ((data[3] >> 3) & 2) | (j << 1 & 4)] + data[12:qend] + p.body
@@ -100,6 +104,32 @@ class Handler:
             cls = classes.get(k)
         if cls is None or cut:
             cls = self._traffic_class(p, classes, k, data, end, tcp, j, out, cut)
+        cls[slot] += 1
+        return out
+
+    def _lone(self, data: bytes, size: int, end: int, qend: int, j: int, tcp: int, slot: int, record: bytes
+              ) -> bytes:
+        """The answer from a name's lone record (most endpoint and PTR names), counted."""
+        out = data[:2] + ONE[(data[2] & 1) | ((data[3] >> 3) & 2) | (j << 1 & 4)] + data[12:qend] + record
+        if j:
+            out += OPTS[j & 1]
+        if len(out) > CLASSIC_UDP:  # a long question and a long PTR target
+            limit = MAX_TCP if tcp else max(CLASSIC_UDP, min((data[size - 8] << 8) | data[size - 7], self.max_udp)) \
+                if j else CLASSIC_UDP
+            if len(out) > limit:
+                p = E.make(answer=[record], qtype=(record[2] << 8) | record[3])
+                out = E.fit(data, qend, p, bool(j), bool(j & 1), limit)
+                self._traffic_class(p, [None] * 8, 0, data, end, tcp, j, out, True)[slot] += 1
+                return out
+        classes = self._lone_classes
+        k = (((size << 3) | (j << 1) | tcp) << 16) | (data[end] << 8) | data[end + 1]
+        cls = classes.get(k)
+        if cls is None:
+            qtype = (data[end] << 8) | data[end + 1]
+            cls = self.stats.traffic_class((bool(tcp), True, "kubernetes", ".", qtype, Rcode.NOERROR, bool(j & 1),
+                                            size, len(out)))
+            if len(classes) < CLASS_LIMIT:
+                classes[k] = cls
         cls[slot] += 1
         return out
 

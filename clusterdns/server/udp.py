@@ -100,7 +100,7 @@ class UDPListener:
                 out = None
                 if end > 12 and not data[2] & 0xF8:
                     node = names.get(data[12:end].lower())
-                    if node is not None:
+                    if node is not None and type(node) is not bytes:  # (lone records: fast)
                         tc = data[end:end + 4]
                         p = node.p if node.tc == tc else node.answers.get(tc)
                         if p is not None and p.classes is not None:

@@ -166,9 +166,14 @@ def test_ptr_answers_follow_the_cluster_ip(cluster) -> None:  # noqa: ANN001
 
 
 def test_nodes_have_no_per_instance_dict(cluster) -> None:  # noqa: ANN001
-    """Memory grows with the cluster: nodes are slotted, ENTs share one empty mapping."""
+    """Memory grows with the cluster: lone records are bare bytes, nodes are slotted,
+    ENTs share one empty mapping."""
     _, handler = cluster
-    nodes = list(handler.zone.names.values())
+    entries = list(handler.zone.names.values())
+    lone = [e for e in entries if isinstance(e, bytes)]
+    nodes = [e for e in entries if not isinstance(e, bytes)]
+    assert lone, "names with one record hold just its bytes"
+    assert all(e[:2] == b"\xc0\x0c" for e in lone), "owned by the name asked"
     assert all(isinstance(n, Node) and not hasattr(n, "__dict__") for n in nodes)
-    empties = [n for n in nodes if not n.answers]
+    empties = [n for n in nodes if not n.types()]
     assert len({id(n.answers) for n in empties}) == 1
