@@ -57,7 +57,9 @@ DOMAIN = "cluster.local"
 AUTH_PEERS = ("knotd", "nsd")
 FWD_PEERS = ("node-cache", "dnsmasq", "unbound")
 ALL_PEERS = AUTH_PEERS + FWD_PEERS
-ALL_CASES = ("startup", "udp", "tcp", "hit", "miss")
+ALL_CASES = ("startup", "udp", "tcp", "hit", "miss", "cold", "fresh", "churn", "memory")
+# the cases that start their own clusterdns and knotd (see run_cold, run_fresh, run_churn)
+NEW_CASES = ("cold", "fresh", "churn")
 # Debian package for each tool
 PACKAGES = {"dnsperf": "dnsperf", "knotd": "knot", "nsd": "nsd", "dnsmasq": "dnsmasq-base",
             "unbound": "unbound"}
@@ -144,16 +146,55 @@ class Proc:
     """A process this script started (pinned with taskset), stopped by its own PID."""
 
     def __init__(self, name: str, cmd: list[str], cpu: int | None, logdir: str,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, pipes: bool = False, prefix: list[str] | None = None) -> None:
         self.name = name
-        self.cmd = (["taskset", "-c", str(cpu)] if cpu is not None else []) + cmd
+        self.cmd = (["taskset", "-c", str(cpu)] if cpu is not None else []) + (prefix or []) + cmd
         self.log_path = os.path.join(logdir, f"{name}.log")
         self._log = open(self.log_path, "w")
+        self._buf = b""
         self.t0 = time.monotonic()
-        self.p = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                  stderr=subprocess.STDOUT, cwd=logdir,
+        # pipes: JSON lines in on stdin, out on stdout (bench/kubefeed.py); stderr to the log
+        self.p = subprocess.Popen(self.cmd, stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE if pipes else self._log,
+                                  stderr=self._log if pipes else subprocess.STDOUT, cwd=logdir,
                                   env={**os.environ, **(env or {})})
         self.pid = self.p.pid
+
+    def send(self, obj: dict) -> bool:
+        """One JSON line to the process's stdin (pipes=True)."""
+        try:
+            self.p.stdin.write((json.dumps(obj) + "\n").encode())
+            self.p.stdin.flush()
+            return True
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def recv(self, timeout: float, event: str | None = None) -> dict | None:
+        """The next JSON line from its stdout (with "event" == event, others skipped);
+        None when nothing came within `timeout` s or the process ended."""
+        import select
+        deadline = time.monotonic() + timeout
+        fd = self.p.stdout.fileno()
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if event is None or msg.get("event") == event:
+                    return msg
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return None
+                self._buf += chunk
+            elif self.p.poll() is not None:
+                return None
 
     def alive(self) -> bool:
         return self.p.poll() is None
@@ -166,6 +207,12 @@ class Proc:
             return ""
 
     def stop(self) -> None:
+        if self.p.stdin is not None:  # pipes: end of input asks it to exit by itself
+            try:
+                self.p.stdin.close()
+                self.p.wait(3)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         if self.p.poll() is not None:
             self._log.close()
             return
@@ -227,20 +274,36 @@ def answered(resp: bytes | None) -> bool:
 
 
 def wait_ready(proc: Proc, port: int, name: str, timeout: float, need_answer: bool = True,
-               interval: float = 0.01) -> float | None:
+               interval: float = 0.01, expect: bytes | None = None) -> float | None:
     """Seconds from process start to the first (correct) answer, None on timeout/exit.
-    Sets proc.ready_cpu_s: CPU seconds the process tree had used by then."""
+    expect: the A address (4 bytes) the answer must hold. Sets proc.ready_cpu_s: CPU
+    seconds the process tree had used by then."""
     deadline = proc.t0 + timeout
     while time.monotonic() < deadline:
         if not proc.alive():
             return None
         r = ask(port, name, timeout=0.05)
-        if (answered(r) if need_answer else r is not None):
+        if (answered(r) and (expect is None or b"\x00\x04" + expect in r[12:])) if need_answer else r is not None:
             t = time.monotonic() - proc.t0
             proc.ready_cpu_s = cpu_ticks(proc.pid) / CLK
             return t
         time.sleep(interval)
     return None
+
+
+def probe_addr(ctx) -> bytes | None:
+    """The probe name's A address in the zone file (what a correct first answer holds)."""
+    if "probe_addr" not in ctx.meta:
+        owner = ctx.meta["probe"][: -len(DOMAIN) - 1]
+        ctx.meta["probe_addr"] = None
+        with open(ctx.meta["zone_file"]) as f:
+            for ln in f:
+                p = ln.split()
+                if len(p) >= 4 and p[0] == owner and p[1:3] == ["IN", "A"]:
+                    ctx.meta["probe_addr"] = p[3]
+                    break
+    a = ctx.meta["probe_addr"]
+    return socket.inet_aton(a) if a else None
 
 
 def free_port() -> int:
@@ -278,7 +341,12 @@ def parse_dnsperf(text: str) -> dict:
     d["rcodes"] = m.group(1).strip() if m else ""
     d["loss_pct"] = 100.0 * d["lost"] / d["sent"] if d["sent"] else 0.0
     # -S 1: one "<unix time>: <qps>" line per second; the last partial second is dropped
-    per_s = [float(x) for x in re.findall(r"^\s*\d+\.\d+: ([\d.]+)\s*$", text, re.M)]
+    stamps = [(float(t), float(x)) for t, x in re.findall(r"^\s*(\d+\.\d+): ([\d.]+)\s*$", text, re.M)]
+    per_s = [x for _, x in stamps]
+    if stamps and 0 < stamps[0][1] < 1 and stamps[0][0] > 1e9:
+        # dnsperf 2.10 sometimes divides the first interval's count by the whole Unix time
+        # (its interval start still 0): undo that
+        per_s[0] = stamps[0][1] * stamps[0][0]
     d["per_second"] = per_s
     return d
 
@@ -297,6 +365,7 @@ class Server:
     role: str           # auth | fwd
     port: int
     proc: Proc
+    ready_s: float | None = None  # process start -> first correct answer
 
 
 @dataclass
@@ -312,15 +381,25 @@ class Ctx:
     procs: list = field(default_factory=list)
     gen: str = ""
     upstream_label: str = ""
+    feed: Proc | None = None        # bench/kubefeed.py: the test API server with the cluster
+    api_srv: Server | None = None   # clusterdns serve fed through that API's watch
+    memory: dict = field(default_factory=dict)  # the memory case's figures
 
 
 def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: str,
-            extra: list[str]) -> dict:
+            extra: list[str], dur: float | None = None, before=None, after=None,
+            info: dict | None = None) -> dict:
+    """One bounded dnsperf run, recorded in ctx.results and results.jsonl.
+
+    phase: max (self-paced, -S 1), rate (-Q), cold (one -n 1 pass), aux (self-paced, kept
+    out of the table); dur overrides the phase's -l; before() runs just before dnsperf
+    starts, after() just after it ends (its dict joins the record, as does info)."""
     a = ctx.a
-    dur = {"max": a.duration, "rate": a.lat_duration, "cold": 60.0}[phase]
+    if dur is None:
+        dur = {"max": a.duration, "rate": a.lat_duration, "cold": 60.0, "aux": a.duration}[phase]
     cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(srv.port), "-d", datafile,
-           "-c", str(a.clients), "-l", str(dur)] + extra
-    if phase == "max":
+           "-c", str(a.clients), "-l", f"{dur:g}"] + extra
+    if phase in ("max", "aux"):
         cmd += ["-S", "1"]
     elif phase == "rate":
         cmd += ["-Q", str(a.lat_qps), "-v"]
@@ -331,6 +410,8 @@ def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: st
     raw_path = os.path.join(ctx.out, "raw", f"{case}-{phase}-{srv.key}-r{rnd}.txt")
     c0, k0 = cpu_ticks(srv.proc.pid), core_times()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if before is not None:
+        before()
     t0 = time.monotonic()
     rc = 0
     with open(raw_path, "w+") as raw:
@@ -342,6 +423,7 @@ def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: st
         wall = time.monotonic() - t0
         c1, k1 = cpu_ticks(srv.proc.pid), core_times()
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        extra_info = after() if after is not None else {}
         raw.seek(0)
         text = raw.read()
     d = parse_dnsperf(text)
@@ -371,7 +453,10 @@ def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: st
         "loadgen_cpu_pct": 100.0 * gen_cpu_s / wall if wall else None,
         "core_busy_pct": {c: round(v, 1) for c, v in busy.items()},
         "rss_mb": rss_mb(srv.proc.pid), "cmd": " ".join(cmd), "raw": os.path.relpath(raw_path, ctx.out),
+        **(info or {}), **(extra_info or {}),
     }
+    if case in NEW_CASES:
+        r["per_second"] = d["per_second"]
     sc = ctx.a.server_cpu
     if sc is not None and sc in k0 and sc in k1 and k1[sc][1] > k0[sc][1]:
         # user+system time on the server's core not charged to the server: other processes
@@ -382,7 +467,7 @@ def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: st
     with open(os.path.join(ctx.out, "results.jsonl"), "a") as f:
         f.write(json.dumps(r) + "\n")
     extra_s = (f"p99={r['p99_ms']:.3f}ms " if r["p99_ms"] is not None else "")
-    log(f"  {case:<4} {phase:<4} r{rnd} {srv.key:<10} qps={d['qps']:>9.0f} avg={d['avg_ms']:.3f}ms "
+    log(f"  {case:<5} {phase:<4} r{rnd} {srv.key:<10} qps={d['qps']:>9.0f} avg={d['avg_ms']:.3f}ms "
         f"{extra_s}loss={d['loss_pct']:.2f}% srv_us/q={r['server_us_per_q'] or 0:.1f} "
         f"dnsperf_cpu={r['loadgen_cpu_pct'] or 0:.0f}% rc={rc}")
     return r
@@ -441,15 +526,30 @@ def clusterdns_cmd(ctx: Ctx) -> list[str]:
 
 
 def start(ctx: Ctx, key: str, cpu: int | None, upstream_port: int = 0,
-          name: str | None = None) -> Server | None:
-    """Start one server on a free loopback port and wait until it answers."""
+          name: str | None = None, interval: float = 0.05, kubeconfig: str | None = None,
+          timeout: float | None = None, announce: bool = True) -> Server | None:
+    """Start one server on a free loopback port and wait until it answers.
+
+    kubeconfig (clusterdns only): the API source (list/watch) instead of the manifests.
+    interval: probe period while waiting. Sets server.ready_s (Popen -> first answer)."""
     name = name or key
     port = free_port()
     d = os.path.join(ctx.rundir, name)
     os.makedirs(d, exist_ok=True)
     ver = ctx.meta.get("versions", {}).get(key, "")
     role = "auth"
-    if key == "clusterdns":
+    if key == "clusterdns" and kubeconfig:
+        # every endpoint on loopback: health, ready and metrics default to all interfaces
+        cmd = clusterdns_cmd(ctx) + ["serve", "--kubeconfig", kubeconfig,
+                                     "--listen", f"127.0.0.1:{port}", "--ttl", "30",
+                                     "--health", f"127.0.0.1:{free_port()}",
+                                     "--ready", f"127.0.0.1:{free_port()}",
+                                     "--metrics", f"127.0.0.1:{free_port()}",
+                                     "--lameduck", "0", "--shutdown-timeout", "1",
+                                     "--sync-timeout", "120", "--no-loop-detect",
+                                     "--log-level", "warning"]
+        label = "clusterdns serve (API watch)"
+    elif key == "clusterdns":
         cmd = clusterdns_cmd(ctx) + ["serve", "--manifests", os.path.join(ctx.gen, "cluster.yaml"),
                                      "--listen", f"127.0.0.1:{port}", "--ttl", "30",
                                      "--log-level", "warning"]
@@ -486,13 +586,18 @@ def start(ctx: Ctx, key: str, cpu: int | None, upstream_port: int = 0,
     proc = Proc(name, cmd, cpu, d)
     ctx.procs.append(proc)
     probe = ctx.meta["probe"]
-    if wait_ready(proc, port, probe, ctx.a.ready_timeout, need_answer=True, interval=0.05) is None:
-        log(f"!! {name} did not answer {probe} within {ctx.a.ready_timeout}s; log:\n{proc.log_tail()}")
+    timeout = timeout or ctx.a.ready_timeout
+    ready = wait_ready(proc, port, probe, timeout, need_answer=True, interval=interval, expect=probe_addr(ctx))
+    if ready is None:
+        log(f"!! {name} did not answer {probe} within {timeout}s; log:\n{proc.log_tail()}")
         proc.stop()
         ctx.skipped.append(f"{name}: did not come up (log {proc.log_path})")
         return None
-    log(f"   {name} on 127.0.0.1:{port} pid {proc.pid}, threads pinned to cpus {affinity(proc.pid)}")
-    return Server(key, label, role, port, proc)
+    if announce:
+        log(f"   {name} on 127.0.0.1:{port} pid {proc.pid}, threads pinned to cpus {affinity(proc.pid)}")
+    srv = Server(key, label, role, port, proc)
+    srv.ready_s = ready
+    return srv
 
 
 # --------------------------------------------------------------------------- set-up
@@ -641,10 +746,10 @@ def compare_answers(ctx: Ctx, ours: Server, ref: Server, n: int = 400) -> None:
 
 # --------------------------------------------------------------------------- phases
 
-def measure_startup(ctx: Ctx) -> dict:
+def measure_startup(ctx: Ctx, keys: list[str] | None = None) -> dict:
     """Process start -> first correct answer for the probe name (the last service loaded)."""
     out = {}
-    keys = ["clusterdns"] + [k for k in AUTH_PEERS if k in ctx.a.peers and have(k)]
+    keys = keys or ["clusterdns"] + [k for k in AUTH_PEERS if k in ctx.a.peers and have(k)]
     for rnd in range(ctx.a.startup_repeats):
         for key in keys:
             port = free_port()
@@ -661,7 +766,7 @@ def measure_startup(ctx: Ctx) -> dict:
                 cmd = ["nsd", "-d", "-c", render(ctx, "nsd.conf", d, port)]
             proc = Proc(f"startup-{key}-{rnd}", cmd, ctx.a.server_cpu, d)
             ctx.procs.append(proc)
-            t = wait_ready(proc, port, ctx.meta["probe"], ctx.a.ready_timeout)
+            t = wait_ready(proc, port, ctx.meta["probe"], ctx.a.ready_timeout, expect=probe_addr(ctx))
             cpu = getattr(proc, "ready_cpu_s", None)
             rss = rss_mb(proc.pid)
             proc.stop()
@@ -703,12 +808,325 @@ def run_case(ctx: Ctx, case: str, servers: list[Server], upstream: Server | None
                     dnsperf(ctx, srv, case, phase, rnd, miss_file(ctx, phase, rnd), ["-n", "1"])
 
 
+# --------------------------------------------------------------------------- cold, fresh, churn, memory
+
+def ref_peer(ctx: Ctx) -> str | None:
+    """The C server the new cases compare with: knotd, else nsd."""
+    for k in ("knotd", "nsd"):
+        if k in ctx.a.peers and have(k):
+            return k
+    return None
+
+
+def settle(proc: Proc, quiet_s: float = 0.3, limit_s: float = 15.0) -> float:
+    """Wait (bounded by limit_s) until the process tree has used at most one clock tick of
+    CPU over quiet_s: its start-up work (clusterdns's background warm-up) is done."""
+    t0 = time.monotonic()
+    last = cpu_ticks(proc.pid)
+    while time.monotonic() - t0 < limit_s and proc.alive():
+        time.sleep(quiet_s)
+        now = cpu_ticks(proc.pid)
+        if now - last <= 1:
+            break
+        last = now
+    return time.monotonic() - t0
+
+
+def hwm_mb(root: int) -> float:
+    """Peak resident memory (VmHWM) summed over the process tree."""
+    tot = 0
+    for p in tree(root):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for ln in f:
+                    if ln.startswith("VmHWM:"):
+                        tot += int(ln.split()[1])
+        except OSError:
+            pass
+    return tot / 1024.0
+
+
+def run_cold(ctx: Ctx) -> None:
+    """Each round: start clusterdns and the reference fresh, poll (5 ms) until the probe name
+    answers, then at once dnsperf self-paced on mix.txt for --cold-duration s; no warm-up."""
+    a = ctx.a
+    keys = ["clusterdns"] + [k for k in [ref_peer(ctx)] if k]
+    log(f"== cold: {' / '.join(keys)} started fresh each round, mix for {a.cold_duration:g} s "
+        f"right after the first answer, {a.repeats} rounds")
+    for rnd in range(a.repeats):
+        for key in keys:
+            srv = start(ctx, key, a.server_cpu, name=f"cold-{key}-r{rnd}", interval=0.005, announce=False)
+            if srv is None:
+                continue
+            t_ready = srv.proc.t0 + srv.ready_s
+            info = {"ready_s": round(srv.ready_s, 4)}
+
+            def before(info=info, t=t_ready):  # first answer -> dnsperf's start (after the CPU snapshots)
+                info.update(gap_ms=round((time.monotonic() - t) * 1000, 2))
+            dnsperf(ctx, srv, "cold", "max", rnd, ctx.files["mix"], [], dur=a.cold_duration,
+                    before=before, info=info)
+            srv.proc.stop()
+
+
+def existing_questions(ctx: Ctx) -> dict:
+    """Names the zone file (the same records clusterdns serves) publishes: Services (A, AAAA,
+    or CNAME for ExternalName), their SRV names, headless endpoint names. Cached in ctx."""
+    if "existing" in ctx.meta:
+        return ctx.meta["existing"]
+    services, srv_names, endpoints = {}, set(), {}
+    with open(ctx.meta["zone_file"]) as f:
+        for ln in f:
+            p = ln.split()
+            if len(p) < 4 or p[1] != "IN" or p[0] == "@":
+                continue
+            labels, rtype = p[0].split("."), p[2]
+            if labels[-1] != "svc":
+                continue
+            if len(labels) == 5 and labels[0].startswith("_") and rtype == "SRV":
+                srv_names.add(p[0])
+            elif len(labels) == 3 and rtype in ("A", "AAAA", "CNAME"):
+                services.setdefault(p[0], set()).add(rtype)
+            elif len(labels) == 4 and rtype in ("A", "AAAA"):
+                endpoints.setdefault(p[0], set()).add(rtype)
+    out = {"services": sorted((k, sorted(v)) for k, v in services.items()), "srv": sorted(srv_names),
+           "endpoints": sorted((k, sorted(v)) for k, v in endpoints.items()),
+           "namespaces": sorted({s.split(".")[1] for s in services})}
+    ctx.meta["existing"] = out
+    return out
+
+
+def fresh_file(ctx: Ctx, rnd: int, tag: str = "fresh") -> tuple[str, dict]:
+    """A query file in which no name repeats (seeded by round): every existing name of the
+    zone once (15%) and never-seen NXDOMAIN junk under existing namespaces (85%)."""
+    a = ctx.a
+    path = os.path.join(ctx.rundir, f"{tag}-r{rnd}.txt")
+    ex = existing_questions(ctx)
+    rng = random.Random(f"{tag}-{a.seed}-{rnd}")
+    dom = DOMAIN
+    probe = ctx.meta["probe"]  # asked while waiting for the server: not a first question
+    lines = []
+    for name, types in ex["services"]:  # A or AAAA (NODATA for v4-only), CNAME for ExternalName
+        fq = f"{name}.{dom}"
+        if fq != probe:
+            lines.append(f"{fq} {'AAAA' if rng.random() < 0.25 else 'A'}")
+    lines += [f"{name}.{dom} SRV" for name in ex["srv"]]
+    for name, types in ex["endpoints"]:
+        lines.append(f"{name}.{dom} {'AAAA' if 'AAAA' in types and rng.random() < 0.5 else 'A'}")
+    n_existing = len(lines)
+    n_junk = round(n_existing * (1 - a.fresh_existing) / a.fresh_existing)
+    svcs = [name for name, _ in ex["services"]]
+    nss = ex["namespaces"]
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    seen: set[str] = set()
+    shapes = {"random.<ns>": 0, "<svc>.<ns>.svc.zone.<ns>": 0, "random.<svc>.<ns>": 0}
+    while len(seen) < n_junk:
+        lab = "".join(rng.choices(alphabet, k=rng.randrange(6, 13)))
+        r = rng.random()
+        if r < 0.40:  # search path: a short name tried in some namespace, does not exist
+            name, shape = f"{lab}.{rng.choice(nss)}.svc.{dom}", "random.<ns>"
+        elif r < 0.75:  # a full service name, then the pod's search suffix appended
+            name, shape = f"{rng.choice(svcs)}.{dom}.{rng.choice(nss)}.svc.{dom}", "<svc>.<ns>.svc.zone.<ns>"
+        else:  # random subdomain of an existing service (a scan or a mistyped host)
+            name, shape = f"{lab}.{rng.choice(svcs)}.{dom}", "random.<svc>.<ns>"
+        if name in seen:
+            continue
+        seen.add(name)
+        shapes[shape] += 1
+        lines.append(f"{name} {'AAAA' if rng.random() < 0.25 else 'A'}")
+    rng.shuffle(lines)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path, {"lines": len(lines), "existing": n_existing, "junk": n_junk, "junk_shapes": shapes}
+
+
+def run_fresh(ctx: Ctx) -> None:
+    """Each round: a new never-repeated file; each server started fresh, left to settle,
+    then one -n 1 pass over the file (bounded by the file, and -l as a cap)."""
+    a = ctx.a
+    keys = ["clusterdns"] + [k for k in [ref_peer(ctx)] if k]
+    log(f"== fresh: never-repeated names, {' / '.join(keys)} started fresh for each run, {a.repeats} rounds")
+    for rnd in range(a.repeats):
+        path, finfo = fresh_file(ctx, rnd)
+        log(f"   fresh-r{rnd}.txt: {finfo['lines']:,} names, {finfo['existing']:,} existing, "
+            f"{finfo['junk']:,} junk {finfo['junk_shapes']}")
+        ctx.meta["fresh_file"] = finfo
+        for key in keys:
+            srv = start(ctx, key, a.server_cpu, name=f"fresh-{key}-r{rnd}", announce=False)
+            if srv is None:
+                continue
+            info = {"ready_s": round(srv.ready_s, 4), "settle_s": round(settle(srv.proc), 2),
+                    "file_lines": finfo["lines"]}
+            dnsperf(ctx, srv, "fresh", "max", rnd, path, ["-n", "1"], dur=a.fresh_cap, info=info)
+            srv.proc.stop()
+
+
+def rt_prefix() -> list[str]:
+    """chrt -f 1 when allowed: the churn driver then preempts dnsperf on their shared CPU at
+    once, so its probes time clusterdns, not the scheduler. Empty otherwise."""
+    if not shutil.which("chrt"):
+        return []
+    try:
+        ok = subprocess.run(["chrt", "-f", "1", "true"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return ["chrt", "-f", "1"] if ok else []
+
+
+def ensure_api(ctx: Ctx) -> Server | None:
+    """The test API server (bench/kubefeed.py, on the load CPU) loaded with the cluster, and
+    a `clusterdns serve` fed through its watch (on the server CPU); started once, shared by
+    churn and memory. Records the sync time and the RSS after sync in ctx.memory."""
+    a = ctx.a
+    if ctx.api_srv is not None:
+        return ctx.api_srv if ctx.api_srv.proc.alive() else None
+    if ctx.memory.get("api_failed"):
+        return None
+    ctx.memory["api_failed"] = True  # until it works
+    d = os.path.join(ctx.rundir, "kubefeed")
+    os.makedirs(d, exist_ok=True)
+    kc = os.path.join(d, "kubeconfig")
+    prefix = rt_prefix()
+    log(f"== API source: test API server with {ctx.meta['objects']:,} objects (bench/kubefeed.py on CPU "
+        f"{a.load_cpu}{', SCHED_FIFO' if prefix else ''}), clusterdns serve --kubeconfig on CPU {a.server_cpu}")
+    feed = Proc("kubefeed", [sys.executable, os.path.join(HERE, "kubefeed.py"), "--cluster",
+                             os.path.join(ctx.gen, "cluster.yaml"), "--kubeconfig", kc, "--seed", str(a.seed),
+                             "--max-seconds", "7200"], a.load_cpu, d, pipes=True, prefix=prefix)
+    ctx.procs.append(feed)
+    ready = feed.recv(180, "ready")
+    if ready is None:
+        log(f"!! kubefeed did not come up; log:\n{feed.log_tail()}")
+        ctx.skipped.append(f"churn/memory: the test API server did not start (log {feed.log_path})")
+        feed.stop()
+        return None
+    ctx.feed = feed
+    ctx.memory["api_objects"] = ready.get("objects")
+    ctx.memory["feed_rt"] = bool(prefix)
+    log(f"   test API at {ready['url']}: {ready['objects']} loaded in {ready['load_s']} s")
+    srv = start(ctx, "clusterdns", a.server_cpu, name="clusterdns-api", kubeconfig=kc, timeout=180)
+    if srv is None:
+        return None
+    ctx.memory["api_sync_s"] = srv.ready_s
+    settle_s = settle(srv.proc)
+    ctx.memory["api_rss_sync"] = rss_mb(srv.proc.pid)
+    log(f"   clusterdns (API watch) answered {srv.ready_s:.2f} s after start; settled {settle_s:.1f} s later, "
+        f"RSS {ctx.memory['api_rss_sync']:.1f} MB")
+    check_loopback_only(ctx, [srv, Server("kubefeed", "kubefeed", "api", 0, feed)])
+    ctx.api_srv = srv
+    ctx.memory.pop("api_failed")
+    return srv
+
+
+def run_churn(ctx: Ctx, by_key: dict) -> None:
+    """mix.txt self-paced against the API-fed clusterdns while kubefeed commits --churn-rate
+    changes/s and times each visible one (commit -> first answer showing it); the
+    reference serves the static zone meanwhile. Alternated per round."""
+    a = ctx.a
+    srv = ensure_api(ctx)
+    if srv is None:
+        return
+    ref = ref_peer(ctx)
+    ref_srv, own_ref = by_key.get(ref) if ref else None, False
+    if ref and ref_srv is None:
+        ref_srv, own_ref = start(ctx, ref, a.server_cpu, name=f"churn-{ref}"), True
+    dur = a.churn_duration
+    log(f"== churn: mix for {dur:g} s, clusterdns (API watch) under {a.churn_rate:g} changes/s"
+        f"{' / ' + ref_srv.key + ' (static zone)' if ref_srv else ''}, {a.repeats} rounds")
+    for rnd in range(a.repeats):
+        for s in [srv] + ([ref_srv] if ref_srv else []):
+            if not s.proc.alive():
+                log(f"!! {s.proc.name} has exited; log:\n{s.proc.log_tail()}")
+                continue
+            if s is not srv:
+                dnsperf(ctx, s, "churn", "max", rnd, ctx.files["mix"], [], dur=dur)
+                continue
+
+            def before(s=s):
+                ctx.feed.send({"cmd": "churn", "port": s.port, "rate": a.churn_rate, "seconds": dur,
+                               "cadence": a.churn_probe_cadence, "every": a.churn_probe_every})
+
+            def after():
+                res = ctx.feed.recv(dur + 30, "churn")  # the driver ends with dnsperf; probes within 3 s
+                if res is None:
+                    return {"churn_error": "no result from kubefeed"}
+                lat = sorted(res["latencies_ms"])
+                return {"churn_changes": res["changes"], "churn_probed": res["probed"],
+                        "churn_missed": res["missed"], "churn_lat_ms": lat,
+                        "churn_bracket_ms": res.get("brackets_ms"), "churn_rtt_ms": res.get("rtts_ms"),
+                        "churn_probe_queries": res.get("probe_queries"),
+                        "watch_p50_ms": percentile(lat, 50) if lat else None,
+                        "watch_p99_ms": percentile(lat, 99) if lat else None,
+                        "driver_cpu_pct": round(100.0 * res["cpu_s"] / max(0.001, res["wall_s"]), 1)}
+            r = dnsperf(ctx, s, "churn", "max", rnd, ctx.files["mix"], [], dur=dur, before=before, after=after)
+            if r.get("churn_changes") is not None:
+                br, rt = sorted(r["churn_bracket_ms"] or []), sorted(r["churn_rtt_ms"] or [])
+                log(f"   churn r{rnd}: {r['churn_changes']} changes ({r['churn_probed']} probed, "
+                    f"{r['churn_missed']} missed), change -> visible p50 {fmt(r['watch_p50_ms'], '.3f')} ms "
+                    f"p99 {fmt(r['watch_p99_ms'], '.3f')} ms (bracket median {fmt(percentile(br, 50) if br else None, '.2f')} ms; "
+                    f"probe round trip median {fmt(percentile(rt, 50) if rt else None, '.2f')} ms); "
+                    f"driver {r['driver_cpu_pct']}% of CPU {a.load_cpu}")
+            else:
+                log(f"!! churn r{rnd}: {r.get('churn_error')}; kubefeed log:\n{ctx.feed.log_tail()}")
+    ctx.memory["api_rss_after_churn"] = rss_mb(srv.proc.pid)
+    if own_ref and ref_srv:
+        ref_srv.proc.stop()
+
+
+def run_memory(ctx: Ctx, churned: bool) -> None:
+    """RSS of the API-fed clusterdns after sync and after the runs (the churn rounds if they
+    ran, else a self-paced mix run; then one never-repeated-names pass, which fills its answer
+    cache with junk); then bench/scale.py at --scale-services / --scale-endpoints-per-service."""
+    a = ctx.a
+    m = ctx.memory
+    srv = ensure_api(ctx)
+    if srv is not None:
+        log("== memory: clusterdns (API watch) after sync "
+            f"{m['api_rss_sync']:.1f} MB; more load on it, then RSS again")
+        if not churned:
+            dnsperf(ctx, srv, "memory", "aux", 0, ctx.files["mix"], [])
+        path, _ = fresh_file(ctx, 0, tag="memory-fresh")
+        dnsperf(ctx, srv, "memory", "aux", 1, path, ["-n", "1"], dur=a.fresh_cap)
+        settle(srv.proc, limit_s=5)
+        m["api_rss_after"] = rss_mb(srv.proc.pid)
+        m["api_hwm"] = hwm_mb(srv.proc.pid)
+        log(f"   after the runs: RSS {m['api_rss_after']:.1f} MB, peak (VmHWM) {m['api_hwm']:.1f} MB")
+    n, per = a.scale_services, a.scale_endpoints_per_service
+    log(f"== memory: bench/scale.py --services {n} --endpoints-per-service {per} (unpinned)")
+    jpath = os.path.join(ctx.out, "scale.json")
+    cmd = [sys.executable, os.path.join(HERE, "scale.py"), "--services", str(n), "--endpoints-per-service",
+           str(per), "--events", str(a.scale_events), "--json", jpath]
+    # a Proc: stopped by PID, with the clusterdns child it starts, should it hang
+    proc = Proc("memory-scale", cmd, None, os.path.join(ctx.out, "raw"))
+    ctx.procs.append(proc)
+    raw = proc.log_path
+    try:
+        rc = proc.p.wait(900)
+    except subprocess.TimeoutExpired:
+        rc = 124
+    proc.stop()
+    if rc == 0 and os.path.exists(jpath):
+        with open(jpath) as f:
+            m["scale"] = json.load(f)
+        sc = m["scale"]
+        log(f"   {sc['services']:,} services / {sc['endpoints']:,} endpoints: initial sync {sc['sync_s']:.2f} s, "
+            f"RSS after sync {sc['rss_after_sync_mb']:.1f} MB, after {sc['events']} events {sc['rss_after_events_mb']:.1f} MB")
+    else:
+        ctx.notes.append(f"memory: bench/scale.py exited {rc} (output in raw/memory-scale.log)")
+        log(f"!! scale.py exited {rc}; see {raw}")
+    with open(os.path.join(ctx.out, "results.jsonl"), "a") as f:
+        f.write(json.dumps({"case": "memory", "server": "clusterdns",
+                            **{k: v for k, v in m.items() if k != "api_failed"}}) + "\n")
+
+
 # --------------------------------------------------------------------------- table
 
 CASE_TITLES = {"udp": "cluster zone, UDP (mix)", "tcp": "cluster zone, TCP (mix)",
                "hit": "forwarder cache hit (hit.txt, warm)",
-               "miss": "forwarder cache miss (unique names)"}
-OURS = {"udp": "clusterdns", "tcp": "clusterdns", "hit": "node-cache", "miss": "node-cache"}
+               "miss": "forwarder cache miss (unique names)",
+               "cold": "cold start: mix from the first answer on",
+               "fresh": "never-repeated names (fresh file, -n 1)",
+               "churn": "mix under API churn"}
+OURS = {"udp": "clusterdns", "tcp": "clusterdns", "hit": "node-cache", "miss": "node-cache",
+        "cold": "clusterdns", "fresh": "clusterdns", "churn": "clusterdns"}
 
 
 def summarize(ctx: Ctx) -> dict:
@@ -719,7 +1137,7 @@ def summarize(ctx: Ctx) -> dict:
     out = {}
     for (case, server), rs in rows.items():
         cold = [r for r in rs if r["phase"] == "cold"]
-        rs = [r for r in rs if r["phase"] != "cold"]
+        rs = [r for r in rs if r["phase"] in ("max", "rate")]  # not cold passes, not aux runs
         if not rs:
             continue
         mx = [r for r in rs if r["phase"] == "max"]
@@ -742,7 +1160,27 @@ def summarize(ctx: Ctx) -> dict:
             "rcodes": mx[0]["rcodes"] if mx else "", "resp_bytes": mx[0]["resp_bytes"] if mx else 0,
             "cold_qps": cold[0]["qps"] if cold else None,
             "cold_us_per_q": cold[0]["server_us_per_q"] if cold else None,
+            # cold / fresh: start-up and the first second; churn: change -> answer, pooled
+            "ready_s": m(mx, "ready_s"), "gap_ms": m(mx, "gap_ms"), "settle_s": m(mx, "settle_s"),
+            "first_1s": med([r["per_second"][0] for r in mx if r.get("per_second")])
+            if any(r.get("per_second") for r in mx) else None,
+            "runtime_s": m(mx, "runtime_s"), "completed": m(mx, "completed"),
+            "lost_max": max((r["lost"] for r in mx), default=None),
         }
+        lat = sorted(x for r in mx for x in (r.get("churn_lat_ms") or []))
+        if any("churn_changes" in r for r in mx):
+            out[(case, server)].update({
+                "watch_p50": percentile(lat, 50) if lat else None,
+                "watch_p99": percentile(lat, 99) if lat else None,
+                "watch_max": lat[-1] if lat else None, "watch_n": len(lat),
+                "churn_changes": sum(r.get("churn_changes") or 0 for r in mx),
+                "churn_probed": sum(r.get("churn_probed") or 0 for r in mx),
+                "churn_missed": sum(r.get("churn_missed") or 0 for r in mx),
+                "churn_failed": sum(1 for r in mx if r.get("churn_error")),
+                "watch_bracket": med(br) if (br := [x for r in mx for x in (r.get("churn_bracket_ms") or [])]) else None,
+                "probe_rtt": med(rt) if (rt := [x for r in mx for x in (r.get("churn_rtt_ms") or [])]) else None,
+                "driver_cpu": m(mx, "driver_cpu_pct"),
+                "probe_qps": sum(r.get("churn_probe_queries") or 0 for r in mx) / max(1e-9, sum(r["runtime_s"] or r["wall_s"] for r in mx))})
     return out
 
 
@@ -759,7 +1197,7 @@ def table(ctx: Ctx, summ: dict, startup: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     order = {"clusterdns": 0, "node-cache": 0, "knotd": 1, "nsd": 2, "dnsmasq": 3, "unbound": 4}
-    for case in ("udp", "tcp", "hit", "miss"):
+    for case in ("udp", "tcp", "hit", "miss") + NEW_CASES:
         keys = sorted((k for k in summ if k[0] == case), key=lambda k: order.get(k[1], 9))
         ours = summ.get((case, OURS[case]))
         for k in keys:
@@ -778,6 +1216,18 @@ def table(ctx: Ctx, summ: dict, startup: dict) -> str:
                 f"| {CASE_TITLES[case]} | {name} | {qps} | {fmt(s['worst_1s'], ',.0f')} "
                 f"| {fmt(s['loss'], '.2f')} / {fmt(s['loss_rate'], '.2f')} | {fmt(s['avg_ms'], '.3f')} "
                 f"| {fmt(s['p99_ms'], '.3f')} | {fmt(s['us_per_q'], '.1f')} | {fmt(s['rss'], '.0f')} | {ratio} |")
+    m = ctx.memory
+    dash = "| – | – | – / – | – | – | – "
+    if m.get("api_rss_sync") is not None:
+        after = m.get("api_rss_after", m.get("api_rss_after_churn"))
+        peak = f", peak {m['api_hwm']:.0f}" if m.get("api_hwm") else ""
+        lines.append(f"| memory: API watch, {ctx.meta['services']:,} services (RSS after sync / after the runs{peak}) "
+                     f"| **clusterdns serve (API watch)** {dash}| {m['api_rss_sync']:.0f} / {fmt(after, '.0f')} | — |")
+    sc = m.get("scale")
+    if sc:
+        lines.append(f"| memory: API watch, {sc['services']:,} services / {sc['endpoints']:,} endpoints "
+                     f"(bench/scale.py; initial sync {sc['sync_s']:.2f} s) | **clusterdns serve (API watch)** {dash}"
+                     f"| {sc['rss_after_sync_mb']:.0f} | — |")
     return "\n".join(lines)
 
 
@@ -818,11 +1268,143 @@ def targets(ctx: Ctx, summ: dict, startup: dict) -> list[str]:
     else:
         out.append("cache misses vs unbound: n/a (node-cache or unbound not measured)")
     s = [x["s"] for x in startup.get("clusterdns", []) if x["s"] is not None]
-    if s:
+    if s and "startup" in ctx.a.cases:
         m = statistics.median(s)
         cpu = [x["cpu_s"] for x in startup.get("clusterdns", []) if x.get("cpu_s") is not None]
         out.append(f"start-up, {ctx.meta['services']:,} services from manifests: {m:.3f} s median (< 2 s; "
                    f"{statistics.median(cpu):.2f} s of it on the CPU): {verdict(m < 2.0)}")
+    out += new_targets(ctx, summ, startup, verdict)
+    return out
+
+
+def new_targets(ctx: Ctx, summ: dict, startup: dict, verdict) -> list[str]:
+    """The verdicts of the cold, fresh, churn and memory cases."""
+    out = []
+    a = ctx.a
+    ref = ref_peer(ctx) or "knotd"
+
+    def vs(case):
+        c, k = summ.get((case, "clusterdns")), summ.get((case, ref))
+        q = c["qps"] / k["qps"] if c and k and c.get("qps") and k.get("qps") else None
+        return c, k, q
+
+    def cpu(case):  # the steadier figure when other processes share the CPUs
+        c, k = summ.get((case, "clusterdns")), summ.get((case, ref))
+        r = c["us_per_q"] / k["us_per_q"] if c and k and c.get("us_per_q") and k.get("us_per_q") else None
+        return f" [CPU µs/q {fmt(r, '.2f')}x {ref}'s; 0.8x QPS ≈ ≤ 1.25x CPU]"
+    if "cold" in a.cases:
+        c, _, q = vs("cold")
+        if q is not None:
+            out.append(f"cold start (mix for {a.cold_duration:g} s from the first answer, no warm-up): {q:.2f}x {ref}'s "
+                       f"QPS (≥ 0.8x), loss {c['loss_max']:.2f}% in the worst run (0): "
+                       f"{verdict(q >= 0.8 and (c['loss_max'] or 0) == 0)}{cpu('cold')}")
+        else:
+            out.append(f"cold start vs {ref}: n/a (not measured)")
+    if "fresh" in a.cases:
+        c, _, q = vs("fresh")
+        if q is not None:
+            out.append(f"never-repeated names (the same fresh file, servers fresh): {q:.2f}x {ref}'s QPS (≥ 0.8x); "
+                       f"clusterdns loss {c['loss_max']:.2f}% worst run: {verdict(q >= 0.8)}{cpu('fresh')}")
+        else:
+            out.append(f"never-repeated names vs {ref}: n/a (not measured)")
+    if "churn" in a.cases:
+        c, _, q = vs("churn")
+        if q is not None:
+            out.append(f"mix under {a.churn_rate:g} API changes/s: {q:.2f}x {ref}'s QPS (≥ 0.8x): "
+                       f"{verdict(q >= 0.8)}{cpu('churn')}")
+        else:
+            out.append(f"mix under churn vs {ref}: n/a (not measured)")
+        if c and c.get("watch_n"):
+            ok = c["watch_p50"] < 1.0 and c["churn_missed"] == 0
+            out.append(f"change -> visible in answers under that load: median {c['watch_p50']:.3f} ms (< 1 ms), p99 "
+                       f"{c['watch_p99']:.3f} ms, max {c['watch_max']:.1f} ms over {c['watch_n']} timed changes, "
+                       f"{c['churn_missed']} not visible within 3 s: {verdict(ok)}")
+        elif c:
+            out.append("change -> answer: n/a (no churn results from bench/kubefeed.py)")
+    if "memory" in a.cases:
+        m = ctx.memory
+        if m.get("api_rss_sync") is not None:
+            after = m.get("api_rss_after", m.get("api_rss_after_churn"))
+            worst = max(x for x in (m["api_rss_sync"], after) if x is not None)
+            out.append(f"memory, API watch, {ctx.meta['services']:,} services: RSS {m['api_rss_sync']:.1f} MB after "
+                       f"sync, {fmt(after, '.1f')} MB after the runs (≤ 85 MB): {verdict(worst <= 85)}")
+        else:
+            out.append("memory, API watch: n/a (the API-fed clusterdns did not start)")
+        sc = m.get("scale")
+        if sc:
+            out.append(f"memory, {sc['services']:,} services / {sc['endpoints']:,} endpoints (bench/scale.py): RSS "
+                       f"{sc['rss_after_sync_mb']:.1f} MB after sync (≤ 144 MB), initial sync {sc['sync_s']:.2f} s "
+                       f"(< 5 s): {verdict(sc['rss_after_sync_mb'] <= 144 and sc['sync_s'] < 5)}")
+        else:
+            out.append("memory at 10,000 services: n/a (bench/scale.py did not finish)")
+        s = [x["s"] for x in startup.get("clusterdns", []) if x["s"] is not None]
+        if s:
+            med = statistics.median(s)
+            out.append(f"start-up, {ctx.meta['services']:,} services from manifests: first answer after {med:.3f} s "
+                       f"median (< 1 s): {verdict(med < 1.0)}")
+    return out
+
+
+def new_cases_line(ctx: Ctx) -> str:
+    a, parts = ctx.a, []
+    if "cold" in a.cases:
+        parts.append(f"cold: servers started fresh each round, mix self-paced for {a.cold_duration:g} s from the first answer")
+    if "fresh" in a.cases:
+        parts.append("fresh: one pass (-n 1) over a new never-repeated file per round, servers started fresh")
+    if "churn" in a.cases:
+        parts.append(f"churn: mix self-paced for {a.churn_duration:g} s while {a.churn_rate:g} changes/s reach "
+                     f"clusterdns through the API watch")
+    return (" " + "; ".join(parts) + ".") if parts else ""
+
+
+def new_notes(ctx: Ctx, summ: dict) -> list[str]:
+    """What the table cannot show of the cold, fresh, churn and memory cases."""
+    a, out = ctx.a, []
+    ref = ref_peer(ctx) or "knotd"
+    for key in ("clusterdns", ref):
+        c = summ.get(("cold", key))
+        if c:
+            out.append(f"cold, {c['label']}: first answer {fmt(c['ready_s'], '.3f')} s after start (5 ms polls), "
+                       f"dnsperf started {fmt(c['gap_ms'], '.1f')} ms after it; first second of load "
+                       f"{fmt(c['first_1s'], ',.0f')} QPS (medians of {c['runs']} rounds)")
+    f = ctx.meta.get("fresh_file")
+    if f and any(k[0] == "fresh" for k in summ):
+        out.append(f"fresh files: {f['lines']:,} names each, none repeated: {f['existing']:,} existing "
+                   f"(every Service's A or AAAA, every SRV name, every headless endpoint name) and "
+                   f"{f['junk']:,} NXDOMAIN junk {f['junk_shapes']}; runs are bounded by the file (QPS = answered ÷ "
+                   f"dnsperf's run time), servers left to settle (CPU idle) after the first answer")
+        for key in ("clusterdns", ref):
+            c = summ.get(("fresh", key))
+            if c:
+                out.append(f"fresh, {c['label']}: {fmt(c['runtime_s'], '.2f')} s per file (median), lost "
+                           f"{c['lost_max']} at most; rcodes {c['rcodes']}")
+    c = summ.get(("churn", "clusterdns"))
+    if c and c.get("churn_changes") is not None:
+        out.append(f"churn: {c['churn_changes']:,} changes in {c['runs']} runs through the watch of the test API "
+                   f"server (tests/kubeapi.py via bench/kubefeed.py: a ClusterIP Service's new clusterIP, a headless "
+                   f"endpoint moved, a new Service, a ClusterIP Service's endpoint moved — the last not visible in "
+                   f"DNS); every {a.churn_probe_every}th visible change timed ({c['churn_probed']} in all): probes every "
+                   f"{a.churn_probe_cadence * 1000:g} ms from before the commit, change -> visible = middle of (last "
+                   f"answer without it, first answer with it] - commit, bracket median {fmt(c['watch_bracket'], '.2f')} ms; "
+                   f"a client's query also waits in the server's queue: probe round trip median "
+                   f"{fmt(c['probe_rtt'], '.2f')} ms; the probes were {fmt(c['probe_qps'], ',.0f')} queries/s of the "
+                   f"server's load (not counted in its QPS); the driver used {fmt(c['driver_cpu'], '.0f')}% of CPU "
+                   f"{a.load_cpu} (dnsperf's){' at SCHED_FIFO' if ctx.memory.get('feed_rt') else ''}; clusterdns "
+                   f"rcodes {c['rcodes']}" + (f"; {c['churn_failed']} runs without a result" if c["churn_failed"] else ""))
+    m = ctx.memory
+    if m.get("api_rss_sync") is not None:
+        out.append(f"memory, API watch: {m.get('api_objects')} objects; first answer {m['api_sync_s']:.2f} s after "
+                   f"start; RSS {m['api_rss_sync']:.1f} MB after sync, "
+                   + (f"{m['api_rss_after_churn']:.1f} MB after the churn runs, " if m.get("api_rss_after_churn") else "")
+                   + (f"{m['api_rss_after']:.1f} MB after a never-repeated-names pass (peak {m['api_hwm']:.1f} MB)"
+                      if m.get("api_rss_after") else ""))
+    sc = m.get("scale")
+    if sc:
+        out.append(f"bench/scale.py {sc['services']:,} services / {sc['endpoints']:,} endpoints (unpinned; the test "
+                   f"API in its process): sync {sc['sync_s']:.2f} s, RSS {sc['rss_after_sync_mb']:.1f} MB after sync "
+                   f"({sc['beyond_bare_mb']:.1f} MB beyond a bare interpreter with the imports), "
+                   f"{sc['rss_after_events_mb']:.1f} MB after {sc['events']} events; event apply median "
+                   f"{fmt(sc['apply_median_ms'], '.3f')} ms, p99 {fmt(sc['apply_p99_ms'], '.3f')} ms")
     return out
 
 
@@ -842,7 +1424,8 @@ def report(ctx: Ctx, startup: dict) -> str:
         f"{meta['kinds'].get('ExternalName', 0)} ExternalName, {meta['named_port_services']:,} with named ports), "
         f"{meta['namespaces']} namespaces, {meta['endpoints']:,} endpoints; zone {meta['zone_rrs']:,} RRs.",
         f"Runs: {a.repeats} rounds, servers alternated in each; self-paced {a.duration:g} s (-c {a.clients}, "
-        f"100 outstanding) for QPS, CPU and loss; fixed {a.lat_qps:,} QPS for {a.lat_duration:g} s for latency.",
+        f"100 outstanding) for QPS, CPU and loss; fixed {a.lat_qps:,} QPS for {a.lat_duration:g} s for latency."
+        + new_cases_line(ctx),
         "",
         table(ctx, summ, startup),
         "",
@@ -875,6 +1458,7 @@ def report(ctx: Ctx, startup: dict) -> str:
             notes.append(f"{case.upper()} cold pass (one pass over the {ctx.meta['mix_unique']:,} distinct "
                          f"questions of mix.txt right after start, not in the table): " +
                          "; ".join(f"{lab} {q:,.0f} QPS, {fmt(u, '.1f')} µs/q" for lab, q, u in cold))
+    notes += new_notes(ctx, summ)
     loads = [r.get("other_load_server_cpu_pct") for r in ctx.results if r.get("other_load_server_cpu_pct") is not None]
     if loads:
         notes.append(f"other processes on the server's CPU during the runs (user+system time of the core "
@@ -929,15 +1513,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--miss-rate-cap", type=int, default=150_000,
                     help="miss names per second of run time written to the miss files")
     ap.add_argument("--ready-timeout", type=float, default=60.0)
+    ap.add_argument("--cold-duration", type=float, default=env("BENCH_COLD_DURATION"),
+                    help="cold: seconds of mix right after the first answer (full 8, quick 4)")
+    ap.add_argument("--fresh-cap", type=float, default=60.0,
+                    help="fresh: -l cap of a run (the file ends it well before)")
+    ap.add_argument("--fresh-existing", type=float, default=0.15,
+                    help="fresh: share of existing names in the file (default 0.15)")
+    ap.add_argument("--churn-rate", type=float, default=float(env("BENCH_CHURN_RATE", 100)),
+                    help="churn: Service/EndpointSlice changes per second (default 100)")
+    ap.add_argument("--churn-duration", type=float, default=env("BENCH_CHURN_DURATION"),
+                    help="churn: seconds of mix per run (full 10, quick 3)")
+    ap.add_argument("--churn-probe-every", type=int, default=6,
+                    help="churn: time every N-th visible change (default 6: ~12 a second at 100/s)")
+    ap.add_argument("--churn-probe-cadence", type=float, default=0.00025,
+                    help="churn: seconds between the probes of one timed change (default 0.00025)")
+    ap.add_argument("--scale-services", type=int, default=10000, help="memory: bench/scale.py --services")
+    ap.add_argument("--scale-endpoints-per-service", type=int, default=10,
+                    help="memory: bench/scale.py --endpoints-per-service")
+    ap.add_argument("--scale-events", type=int, default=None, help="memory: bench/scale.py --events (300, quick 100)")
     ap.add_argument("--no-install", action="store_true", default=bool(env("BENCH_NO_INSTALL")),
                     help="never run apt-get")
     a = ap.parse_args(argv)
-    full = {"duration": 10.0, "lat_duration": 5.0, "repeats": 3, "startup_repeats": 3}
-    quick = {"duration": 2.0, "lat_duration": 2.0, "repeats": 1, "startup_repeats": 1}
+    full = {"duration": 10.0, "lat_duration": 5.0, "repeats": 3, "startup_repeats": 3,
+            "cold_duration": 8.0, "churn_duration": 10.0, "scale_events": 300}
+    quick = {"duration": 2.0, "lat_duration": 2.0, "repeats": 1, "startup_repeats": 1,
+             "cold_duration": 4.0, "churn_duration": 3.0, "scale_events": 100}
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
     a.duration, a.lat_duration = float(a.duration), float(a.lat_duration)
+    a.cold_duration, a.churn_duration = float(a.cold_duration), float(a.churn_duration)
+    a.scale_events = int(a.scale_events)
+    if not 0 < a.fresh_existing < 1:
+        ap.error("--fresh-existing must be between 0 and 1")
     a.repeats, a.startup_repeats = int(a.repeats), int(a.startup_repeats)
     a.peers = [p.strip() for p in a.peers.split(",") if p.strip()]
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
@@ -978,6 +1586,16 @@ def main(argv=None) -> int:
 def _main(ctx: Ctx, servers: list[Server]) -> int:
     a = ctx.a
     t_start = time.monotonic()
+    # only the peers the selected cases use: the authoritative ones for startup/udp/tcp and
+    # the new cases (knotd, else nsd), the forwarders (and nsd, their upstream) for hit/miss
+    used = set()
+    if {"startup", "udp", "tcp"} & set(a.cases):
+        used |= set(AUTH_PEERS)
+    if {"hit", "miss"} & set(a.cases):
+        used |= set(FWD_PEERS) | {"nsd"}
+    if set(NEW_CASES) & set(a.cases):
+        used |= {"knotd"} if "knotd" in a.peers else {"nsd"}
+    a.peers = [p for p in a.peers if p in used]
     need = ["dnsperf"] + [p for p in a.peers if p in PACKAGES]
     install_missing(ctx, need)
     if not have("dnsperf"):
@@ -1030,6 +1648,9 @@ def _main(ctx: Ctx, servers: list[Server]) -> int:
     if "startup" in a.cases:
         log("== start-up (process start -> first correct answer)")
         startup = measure_startup(ctx)
+    elif "memory" in a.cases:
+        log("== start-up from manifests, clusterdns only (for the memory case)")
+        startup = measure_startup(ctx, ["clusterdns"])
 
     # 3. servers
     auth_cases = [c for c in ("udp", "tcp") if c in a.cases]
@@ -1058,7 +1679,8 @@ def _main(ctx: Ctx, servers: list[Server]) -> int:
             s = start(ctx, key, a.server_cpu, upstream_port=upstream.port)
             if s:
                 by_key[key] = s
-    check_loopback_only(ctx, list(by_key.values()) + ([upstream] if upstream else []))
+    if by_key or upstream:
+        check_loopback_only(ctx, list(by_key.values()) + ([upstream] if upstream else []))
     if "clusterdns" in by_key and ("knotd" in by_key or "nsd" in by_key):
         compare_answers(ctx, by_key["clusterdns"], by_key.get("knotd") or by_key["nsd"])
 
@@ -1073,6 +1695,16 @@ def _main(ctx: Ctx, servers: list[Server]) -> int:
         if srvs:
             log(f"== {case}: {' / '.join(s.key for s in srvs)} alternated, {a.repeats} rounds")
             run_case(ctx, case, srvs, upstream)
+    if "cold" in a.cases:
+        run_cold(ctx)
+    if "fresh" in a.cases:
+        run_fresh(ctx)
+    if "churn" in a.cases:
+        run_churn(ctx, by_key)
+    if "memory" in a.cases:
+        run_memory(ctx, churned="churn" in a.cases)
+    if ctx.api_srv is not None:
+        by_key["clusterdns-api"] = ctx.api_srv
     for s in by_key.values():
         if not s.proc.alive():
             ctx.notes.append(f"{s.key} exited during the run (rc {s.proc.p.returncode}); "

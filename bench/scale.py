@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,13 @@ async def main_async(a: argparse.Namespace) -> None:
     print(f"| {a.services} | {endpoints} | {sync_s:.2f} | {rss_after:.1f} | {bare:.1f} | {rss_after - bare:.1f} | {rss_events:.1f} | {med:.3f} | {p99:.3f} |")
     if not applied:
         print("(no watch events were applied: the source did not see the changes)")
+    if a.json:  # the same figures for bench/run.py's memory case
+        with open(a.json, "w") as f:
+            json.dump({"services": a.services, "endpoints": endpoints, "sync_s": sync_s,
+                       "rss_after_sync_mb": rss_after, "bare_mb": bare, "beyond_bare_mb": rss_after - bare,
+                       "events": a.events, "rss_after_events_mb": rss_events,
+                       "apply_median_ms": med if applied else None, "apply_p99_ms": p99 if applied else None,
+                       "applied": len(applied)}, f)
 
 
 def main() -> None:
@@ -120,6 +128,7 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=5000)
     ap.add_argument("--endpoints-per-service", type=int, default=2)
     ap.add_argument("--events", type=int, default=300)
+    ap.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     asyncio.run(main_async(ap.parse_args()))
 
 
