@@ -213,7 +213,11 @@ class Compiler:
         for host, ips in by_host.items():
             if host.startswith("_") or not 0 < len(host) < 64:
                 continue  # not a name we can publish (a `_proto` label is an SRV ENT)
-            yield _host(host) + name, leaf(address_records(ips, ttl))
+            if len(ips) == 1:  # most endpoints: the lone record, built directly
+                rtype, raw = E.address(ips[0])
+                yield _host(host) + name, E.rr(E.OWNER, rtype, ttl, raw)
+            else:
+                yield _host(host) + name, leaf(address_records(ips, ttl))
         # _port._proto SRV names and their _proto empty non-terminals (RFC 8020)
         protos: dict[str, dict[str, None]] = {}
         for p in named:
@@ -310,6 +314,8 @@ class Compiler:
     def ptr(self, names: list[bytes], apex: int) -> Node | bytes:
         """The PTR name of one address: the names (wire form) that point at it."""
         ttl = self.s.ttl
+        if len(names) == 1:
+            return E.rr(E.OWNER, RRType.PTR, ttl, names[0])
         return leaf({PTR: [E.rr(E.OWNER, RRType.PTR, ttl, n) for n in dict.fromkeys(names)]}, apex)
 
 
@@ -327,7 +333,7 @@ def _host(label: str) -> bytes:
 
 
 _NIBBLES = [bytes((1, c)) for c in b"0123456789abcdef"]
-_OCTETS = [_label(str(i)) for i in range(256)]
+_OCTET = {str(i): _host(str(i)) for i in range(256)}
 
 
 def reverse_wire(ip: str) -> tuple[bytes, int]:
@@ -336,8 +342,8 @@ def reverse_wire(ip: str) -> tuple[bytes, int]:
         raw = socket.inet_pton(socket.AF_INET6, ip)
         nib = b"".join(_NIBBLES[b & 15] + _NIBBLES[b >> 4] for b in reversed(raw))
         return nib + b"\x03ip6\x04arpa\x00", IP6
-    raw = socket.inet_pton(socket.AF_INET, ip)
-    return b"".join(_OCTETS[b] for b in reversed(raw)) + b"\x07in-addr\x04arpa\x00", IN_ADDR
+    a, b, c, d = ip.split(".")  # canonical: objects.py normalises every address
+    return _OCTET[d] + _OCTET[c] + _OCTET[b] + _OCTET[a] + b"\x07in-addr\x04arpa\x00", IN_ADDR
 
 
 def address_value(ip: str) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import gc
+from array import array
 import ipaddress
 import logging
 
@@ -59,7 +60,8 @@ class ClusterZone:
         self.apex_wires = self.c.apex_wires
         self.names: dict[bytes, Entry] = {}
         self._owned: dict[tuple[str, str], list[bytes]] = {}  # Service -> the names it owns
-        self._v4: list[int] = []  # published addresses, sorted (reverse-tree prefixes)
+        # published addresses, sorted (reverse-tree prefixes); IPv4 packed 8 bytes each
+        self._v4: array[int] = array("Q")
         self._v6: list[int] = []
         self.nodata: list[E.Prepared] = []
         self.nxdomain: list[E.Prepared] = []
@@ -107,7 +109,7 @@ class ClusterZone:
         v4, v6 = [], []
         for ip in self.store.ptr:
             (v6 if ":" in ip else v4).append(address_value(ip))
-        self._v4, self._v6 = sorted(v4), sorted(v6)
+        self._v4, self._v6 = array("Q", sorted(v4)), sorted(v6)
 
     def _namespaces(self) -> set[str]:
         s = self.store
@@ -131,6 +133,9 @@ class ClusterZone:
 
     def _apply(self, changes: set[DepKey]) -> None:
         names = self.names
+        if not self._owned and len(changes) > 1000:
+            self._compile_all()  # the first load: the same result, without the bookkeeping
+            return
         ptrs = [dep[1] for dep in changes if dep[0] == "ptr"]
         if len(ptrs) > 256:  # a list or re-list: sort the addresses once, not insert each
             for ip in ptrs:
@@ -183,6 +188,9 @@ class ClusterZone:
 
     def _ptr_node(self, ip: str, apex: int) -> Entry:
         targets = self.store.ptr_targets(ip)
+        if len(targets) == 1:
+            t = targets[0]
+            return self.c.ptr([self.c.fqdn_wire(t.namespace, t.service, t.host)], apex)
         # an address that is a ClusterIP names only the Service (CoreDNS checks services first)
         services = [t for t in targets if t.host is None]
         return self.c.ptr([self.c.fqdn_wire(t.namespace, t.service, t.host) for t in (services or targets)], apex)

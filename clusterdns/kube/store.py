@@ -85,7 +85,9 @@ class PtrTarget:
 
 def dashed(ip: str) -> str:
     """CoreDNS's system-assigned endpoint label: the address with '.'/':' as '-'."""
-    label = ip.replace(".", "-").replace(":", "-")
+    if ":" not in ip:
+        return ip.replace(".", "-")  # IPv4: never starts or ends with a dot
+    label = ip.replace(":", "-")
     if label.endswith("-"):
         label += "0"
     if label.startswith("-"):
