@@ -46,6 +46,8 @@ log = logging.getLogger("clusterdns")
 MAX_CHASE = 8  # CNAME hops followed inside our zone (ExternalName -> ExternalName ...)
 KUBE_DNS = ("kube-system", "kube-dns")
 IN_BYTES = b"\x00\x01"
+#: types that are not data a name can lack: NODATA is never their answer
+NOT_DATA_TYPES = frozenset((RRType.OPT, RRType.IXFR, RRType.AXFR, RRType.ANY))
 
 
 class ClusterZone:
@@ -235,13 +237,13 @@ class ClusterZone:
             if type(node) is bytes:  # a lone record
                 if node[2:6] == tc:
                     return node
-                if tc[2:] == IN_BYTES and tc[0] == 0 and tc[1] not in (41, 251, 252, 255):
+                if tc[2:] == IN_BYTES and tc[0] == 0 and tc[1] not in NOT_DATA_TYPES:
                     return self.nodata[leaf_apex(name)]
                 return None
             p = node.p if node.tc == tc else node.answers.get(tc)
             if p is not None:
                 return p
-            if node.target is None and tc[2:] == IN_BYTES and tc[0] == 0 and tc[1] not in (41, 251, 252, 255):
+            if node.target is None and tc[2:] == IN_BYTES and tc[0] == 0 and tc[1] not in NOT_DATA_TYPES:
                 return self.nodata[node.apex]  # NODATA: the name exists with other types
             return None
         n = len(name)

@@ -17,6 +17,9 @@ import bisect
 import time
 from dataclasses import dataclass
 
+from clusterdns.wire.names import Malformed
+from clusterdns.wire.question import question_name_end
+
 TIME_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2 ** i for i in range(16))
 #: CoreDNS request/response size buckets (plugin/metrics/vars)
 SIZE_BUCKETS: tuple[float, ...] = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
@@ -68,31 +71,23 @@ def _bucket_index(bounds: tuple[float, ...], value: float) -> int:
 
 
 def question_info(query: bytes) -> tuple[int, bool] | None:
-    """(qtype, DO bit) of a query's first question; None when it cannot be read.
+    """(qtype, DO bit) of a query's question; None when it cannot be read.
 
-    Walks the name's labels only (no dnslib): the slow path calls it once per query.
+    The question's name is walked by the one query parser's walker (bounded, typed
+    errors); the DO bit is read from an OPT right after the question, the shape every
+    resolver sends. The general path calls it once per answer, so no object is built.
     """
+    if len(query) < HEADER + 5 or query[4:6] == b"\x00\x00":
+        return None
+    try:
+        i = question_name_end(query)
+    except Malformed:
+        return None
     n = len(query)
-    if n < HEADER + 5 or query[4:6] == b"\x00\x00":
-        return None
-    i = HEADER
-    for _ in range(128):
-        if i >= n:
-            return None
-        ln = query[i]
-        if ln == 0:
-            i += 1
-            break
-        if ln & 0xC0:
-            return None  # compression in a question: unusual, not worth following here
-        i += ln + 1
-    else:
-        return None
     if i + 4 > n:
         return None
     qtype = (query[i] << 8) | query[i + 1]
     do = False
-    # a single OPT right after the question (the shape every resolver sends)
     opt = i + 4
     if query[10:12] == b"\x00\x01" and query[6:10] == b"\x00\x00\x00\x00" and opt + 11 <= n \
             and query[opt] == 0 and query[opt + 1:opt + 3] == b"\x00\x29":

@@ -25,6 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from clusterdns.wire.names import Malformed, to_presentation
+from clusterdns.wire.question import parse
+
 LOGGER = "clusterdns"
 QUERY_LOGGER = "clusterdns.query"
 
@@ -277,49 +280,23 @@ def parse_common(line: str) -> dict[str, Any] | None:
     return d
 
 
-def _name(data: bytes, i: int) -> tuple[str, int]:
-    """Question name at `i` as CoreDNS prints it: lowercase, final dot, odd bytes as \\DDD."""
-    labels = []
-    for _ in range(128):
-        if i >= len(data):
-            raise ValueError("name runs past the message")
-        ln = data[i]
-        if ln == 0:
-            return ".".join(labels) + "." if labels else ".", i + 1
-        if ln & 0xC0:
-            raise ValueError("compressed or unknown label in a question")
-        raw = data[i + 1:i + 1 + ln]
-        labels.append("".join(chr(b) if 0x21 <= b < 0x7F and b not in b'."\\()' else f"\\{b:03d}"
-                              for b in raw.lower()))
-        i += ln + 1
-    raise ValueError("too many labels")
-
-
 def entry(query: bytes, reply: bytes, addr: tuple, proto: str, duration: float) -> QueryEntry | None:
-    """The query-log fields of one exchange, read from the bytes; None if no question."""
-    try:
-        if len(query) < 17 or len(reply) < 4 or query[4:6] == b"\x00\x00":
-            return None
-        name, i = _name(query, 12)
-        qtype = int.from_bytes(query[i:i + 2], "big")
-        qclass = int.from_bytes(query[i + 2:i + 4], "big")
-    except (ValueError, IndexError):
+    """The query-log fields of one exchange, read with the one query parser; None when the
+    query cannot be read (it got FORMERR or nothing, as in CoreDNS, before any plugin)."""
+    if len(reply) < 4:
         return None
-    do, bufsize = False, 512  # RFC 1035: 512 without EDNS
-    opt = i + 4
-    if query[10:12] != b"\x00\x00" and opt + 11 <= len(query) and query[opt] == 0 \
-            and query[opt + 1:opt + 3] == b"\x00\x29":
-        bufsize = int.from_bytes(query[opt + 3:opt + 5], "big")
-        do = bool(query[opt + 7] & 0x80)
-    if proto == "tcp":
-        bufsize = 65535
+    try:
+        q = parse(query)
+    except Malformed:
+        return None
+    bufsize = 65535 if proto == "tcp" else (q.udp_size if q.edns else 512)  # RFC 1035: 512 without EDNS
     flags = int.from_bytes(reply[2:4], "big")
     rflags = ",".join(n for n, bit in _FLAG_BITS if flags & bit)
     rcode = flags & 0x0F
     return QueryEntry(
-        remote=str(addr[0]), port=int(addr[1]), id=int.from_bytes(query[:2], "big"),
-        type=_TYPES.get(qtype, f"TYPE{qtype}"), qclass=_CLASSES.get(qclass, f"CLASS{qclass}"),
-        name=name, proto=proto, size=len(query), do=do, bufsize=bufsize,
+        remote=str(addr[0]), port=int(addr[1]), id=q.id,
+        type=_TYPES.get(q.qtype, f"TYPE{q.qtype}"), qclass=_CLASSES.get(q.qclass, f"CLASS{q.qclass}"),
+        name=to_presentation(q.name), proto=proto, size=len(query), do=q.do, bufsize=bufsize,
         rcode=_RCODES.get(rcode, f"RCODE{rcode}"), rflags=rflags, rsize=len(reply), duration=duration)
 
 

@@ -42,6 +42,14 @@ def to_text(wire: bytes, dot: bool = True) -> str:
     return text + "." if dot else text
 
 
+def to_presentation(wire: bytes) -> str:
+    """A pointer-free wire name as zone files and logs print it: final dot, bytes outside
+    printable ASCII (and the dot, quote, backslash, parentheses) as \\DDD (RFC 4343 2.1)."""
+    out = [("".join(chr(b) if 0x21 <= b < 0x7F and b not in b'."\\()' else f"\\{b:03d}" for b in lab))
+           for lab in labels(wire)]
+    return ".".join(out) + "." if out else "."
+
+
 def labels(wire: bytes) -> list[bytes]:
     """The labels of a pointer-free wire name, root excluded."""
     out, i = [], 0

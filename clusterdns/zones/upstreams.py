@@ -262,7 +262,7 @@ class Forwarding:
     def handle(self, q: Query, data: bytes, tcp: bool) -> bytes | Awaitable[bytes] | None:
         """The reply (bytes, a Future or a coroutine) for a forwarded name; None: not ours
         to forward. A Future or coroutine never fails: errors become SERVFAIL replies."""
-        if q.qclass != RRClass.IN or q.qtype in (RRType.OPT, 251, 252) or self._is_local(q.name):
+        if q.qclass != RRClass.IN or q.qtype in (RRType.OPT, RRType.IXFR, RRType.AXFR) or self._is_local(q.name):
             return None
         zone = self.table.route(q.name)
         if zone is None:
