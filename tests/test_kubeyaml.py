@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,40 @@ def test_non_canonical_ipv4_is_still_a_named_field_error(ip: str) -> None:
     with pytest.raises(ObjectError) as exc:
         parse_object(obj)
     assert str(exc.value) == f"Service n/s: field spec.clusterIPs[0]: not an IP address: {ip!r}"
+
+
+def test_plain_scalars_typed_as_pyyaml_types_them() -> None:
+    """plain() skips the resolver for IPv4 and long words: it must stay exact."""
+    for lst in yaml.resolver.Resolver.yaml_implicit_resolvers.values():
+        for _, rx in lst:  # one alternative a line, or over several when the next does not start with `|`
+            assert all(alt.count(r"\.") <= 1 for alt in re.split(r"\n\s*\|", rx.pattern)), rx.pattern
+    for value in ["10.96.0.1", "1.5", "1.5.", "false", "falsey", "FALSE", "nulls", "Null", "OFF", "onion", "y", "yes",
+                  "2001-12-14t21:59:43.10-05:00", "2001-12-14", "1_000.5", ".inf", "-.5", "12:30:00", "0x1F"]:
+        assert repr(kubeyaml.plain(value)) == repr(yaml.load(value, Loader=yaml.CSafeLoader)), value
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_random_ipv6_addresses_come_out_as_ipaddress_prints_them(seed: int) -> None:
+    import ipaddress
+    rnd = random.Random(seed)
+    for _ in range(2000):
+        words = [rnd.choice([0, 0, 0, 1, 0xffff, rnd.randrange(65536)]) for _ in range(8)]
+        ip = ipaddress.IPv6Address(sum(w << (16 * (7 - i)) for i, w in enumerate(words)))
+        for text in (str(ip), ip.exploded, ip.exploded.upper()):
+            obj = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"clusterIP": text}}
+            assert parse_object(obj).cluster_ips == (str(ip),), text  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("port", "field", "problem"), [
+    ({"name": ["x"], "port": 80}, "spec.ports[0].name", "not a string"),
+    ({"protocol": {}, "port": 80}, "spec.ports[0].protocol", "not a string"),
+    ({"port": True}, "spec.ports[0].port", "not a number: True"),
+    ({"port": 0}, "spec.ports[0].port", "out of range 1-65535: 0"),
+    ({"name": "a"}, "spec.ports[0].port", "missing"),
+])
+def test_odd_ports_are_named_field_errors(port: dict[str, Any], field: str, problem: str) -> None:
+    obj = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "n"},
+           "spec": {"clusterIP": "10.0.0.1", "ports": [{"name": "ok", "port": 53}, port]}}
+    with pytest.raises(ObjectError) as exc:
+        parse_object(obj)
+    assert str(exc.value) == f"Service n/s: field {field.replace('[0]', '[1]')}: {problem}"

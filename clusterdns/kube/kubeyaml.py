@@ -54,7 +54,15 @@ _MARKER = re.compile(r"^(?:---|\.\.\.|%)[^\n]*", re.M)
 
 def plain(value: str) -> Any:
     """A plain scalar as SafeLoader types it."""
-    if value[0] not in _FIRST or _TYPED.match(value) is None:
+    c = value[0]
+    if c not in _FIRST:
+        return value
+    if c.isalpha():
+        if len(value) > 5:  # only the words of bool and null (`false`, `null`, ...) start with a letter
+            return value
+    elif value.count(".") > 1:  # no implicit type has two dots: IPv4 addresses are strings
+        return value
+    if _TYPED.match(value) is None:
         return value
     try:
         return _typed[value]
@@ -103,15 +111,167 @@ def load_all(text: str, fallback: Callable[[str], Any]) -> list[Any]:
     elif "\t" in text or "\r" in text or Reader.NON_PRINTABLE.search(text) is not None or any(
             c in text for c in "\x85\u2028\u2029\ufeff"):
         raise NotPlain  # the same, NEL/LS/PS line breaks, byte order marks
-    docs = []
-    start, explicit = 0, False
-    for m in _MARKER.finditer(text):
-        if m.group().rstrip(" ") != "---":
-            raise NotPlain
-        _document(text[start:m.start()], explicit, fallback, docs)
-        start, explicit = m.end() + 1, True
-    _document(text[start:], explicit, fallback, docs)
+    if text.startswith(("...", "%")) or "\n..." in text or "\n%" in text:
+        raise NotPlain  # document ends and directives
+    lines = text.split("\n")
+    marks = _markers(lines, text.count("\n---") + text.startswith("---"))
+    docs: list[Any] = []
+    cache = _Lines({"": None})
+    start, explicit, n = 0, False, len(lines)
+    for end in marks + [n]:
+        try:
+            value = _fast(lines[start:end], cache)
+        except NotPlain:
+            chunk = "\n".join(lines[start:end]) + ("\n" if start < end < n else "")
+            _document(chunk, explicit, fallback, docs)
+        else:
+            if value is not _NOROWS:
+                docs.append(value)
+            elif explicit:  # `---` then nothing is a null document; no text at all is no document
+                docs.append(None)
+        start, explicit = end + 1, True
     return docs
+
+
+def _markers(lines: list[str], expected: int) -> list[int]:
+    """Indexes of the `---` lines; `expected` counts the lines starting with `---`.
+
+    list.index finds the bare markers at C speed; anything else starting with `---`
+    (trailing spaces, `----`, `--- text`) takes the careful way.
+    """
+    marks: list[int] = []
+    k = -1
+    try:
+        while True:
+            k = lines.index("---", k + 1)
+            marks.append(k)
+    except ValueError:
+        pass
+    if len(marks) == expected:
+        return marks
+    marks = [k for k, line in enumerate(lines) if line[:3] == "---"]
+    if any(lines[k].rstrip(" ") != "---" for k in marks):
+        raise NotPlain
+    return marks
+
+
+_NOROWS = object()
+# kinds of line for _fast: a mapping entry with a value, `key:`, `key: {}`, `key: []`, and
+# the same after `- ` (a mapping starting in a sequence item), and `- scalar`
+_KV, _K, _KD, _KL, _DS, _DKV, _DK, _DKD, _DKL = range(9)
+
+
+class _Slow(NotPlain):
+    """Beyond _fast: _Block reads the document, and decides."""
+
+
+def _entry(s: str) -> tuple[Any, int, Any]:
+    """`key: value` as _Block.mapping reads it: (key, kind, value)."""
+    k = s.find(": ")
+    if k > 0:
+        rest = s[k + 2:].lstrip(" ")
+    elif s[-1] == ":" and len(s) > 1:
+        k, rest = len(s) - 1, ""
+    else:
+        raise NotPlain
+    key = _keys.get(s[:k], _NONE)
+    if key is _NONE:
+        key = _key(s[:k])
+    if rest and rest[0] not in _INDICATORS and ": " not in rest and " #" not in rest and rest[-1] != ":":
+        return key, _KV, rest if rest[0] not in _FIRST else plain(rest)
+    if not rest or rest[0] == "#":
+        return key, _K, None
+    if rest == "{}":
+        return key, _KD, None
+    if rest == "[]":
+        return key, _KL, None
+    return key, _KV, _scalar(rest)
+
+
+def _token(line: str) -> tuple[Any, ...] | None:
+    """(indent, kind, key, value, column of a mapping after `- `, whether after `- `); None
+    for no content."""
+    s = line.lstrip(" ")
+    if not s or s[0] == "#":
+        return None
+    ind = len(line) - len(s)
+    s = s.rstrip(" ")
+    if s[0] == "-" and (len(s) == 1 or s[1] == " "):
+        rest = s[1:].lstrip(" ")
+        if not rest or rest[0] in "#-{[":
+            raise _Slow  # `-` alone, `- - x`, `- {}`: rare, _Block's
+        if rest[0] not in "'\"" and (": " in rest or rest[-1] == ":"):
+            key, kind, value = _entry(rest)
+            return ind, kind + _DKV - _KV, key, value, ind + len(s) - len(rest), True
+        if rest[0] not in _INDICATORS and " #" not in rest:  # what _scalar reads as plain
+            return ind, _DS, None, rest if rest[0] not in _FIRST else plain(rest), 0, True
+        return ind, _DS, None, _scalar(rest), 0, True
+    key, kind, value = _entry(s)
+    return ind, kind, key, value, 0, False
+
+
+class _Lines(dict[str, "tuple[Any, ...] | None"]):
+    """line -> _token(line), read on first sight."""
+
+    def __missing__(self, line: str) -> tuple[Any, ...] | None:
+        tok = _token(line)
+        if len(self) < 65536:
+            self[line] = tok
+        return tok
+
+
+def _fast(lines: list[str], cache: _Lines) -> Any:
+    """One document of the usual shapes, in one pass without recursion; _NOROWS if empty.
+
+    A line's meaning does not depend on where it stands, and most lines of a cluster
+    repeat (`- addresses:`, `  protocol: TCP`), so lines are read once into `cache`.
+    Whatever _Block would read otherwise or reject raises NotPlain, and _Block decides.
+    """
+    KV, K, DS, DKV, DK, DKD, KD = _KV, _K, _DS, _DKV, _DK, _DKD, _KD
+    NONE = _NONE
+    stack: list[tuple[Any, int, bool]] = []
+    root: Any = NONE
+    cont: Any = None
+    cind, islist, pend = -1, False, NONE
+    for line in lines:
+        tok = cache[line]
+        if tok is None:
+            continue
+        ind, kind, key, value, col, dash = tok
+        if pend is not NONE:  # `key:` took the lines below, if any, as its value
+            if ind > cind or (ind == cind and dash):
+                new: Any = [] if dash else {}
+                cont[pend] = new
+                stack.append((cont, cind, islist))
+                cont, cind, islist = new, ind, dash
+            pend = NONE
+        elif root is NONE:
+            root = cont = [] if dash else {}
+            cind, islist = ind, dash
+        if ind != cind or islist is not dash:
+            while ind < cind or (ind == cind and islist and not dash):
+                if not stack:
+                    raise _Slow
+                cont, cind, islist = stack.pop()
+            if ind != cind or islist is not dash:
+                raise _Slow
+        if kind == KV:
+            cont[key] = value
+        elif kind == K:
+            cont[key] = None
+            pend = key
+        elif kind == DS:
+            cont.append(value)
+        elif kind >= DKV:
+            new = {key: None if kind == DK else value if kind == DKV else {} if kind == DKD else []}
+            cont.append(new)
+            stack.append((cont, cind, True))
+            cont, cind, islist = new, col, False
+            if kind == DK:
+                pend = key
+        else:
+            cont[key] = {} if kind == KD else []
+    return _NOROWS if root is NONE else root
 
 
 def _document(chunk: str, explicit: bool, fallback: Callable[[str], Any], docs: list[Any]) -> None:
@@ -216,31 +376,9 @@ class _Block:
 
     def scalar(self, s: str, indent: int) -> Any:
         """A value that starts on its key's (or dash's) line; `s` has no surrounding spaces."""
-        c = s[0]
-        if c == '"':
-            end = s.find('"', 1)
-            if end != len(s) - 1 or "\\" in s:
-                raise NotPlain  # escapes, several lines, text after the quote
-            return s[1:-1]
-        if c == "'":
-            m = _SINGLE.fullmatch(s)
-            if m is None:
-                raise NotPlain
-            return m.group(1).replace("''", "'")
-        if c == "|":
+        if s[0] == "|":
             return self.literal(s, indent)
-        if s == "{}":
-            return {}
-        if s == "[]":
-            return []
-        if c in _INDICATORS and (c not in "-?:" or len(s) == 1 or s[1] == " "):
-            raise NotPlain  # flow collections, anchors, aliases, tags, folded scalars, ...
-        h = s.find(" #")
-        if h > 0:
-            s = s[:h].rstrip(" ")
-        if ": " in s or s[-1] == ":":
-            raise NotPlain
-        return plain(s)
+        return _scalar(s)
 
     def literal(self, header: str, indent: int) -> str:
         """`|` (clip) or `|-` (strip) and the lines below, PyYAML's way."""
@@ -275,6 +413,35 @@ class _Block:
                 if body and header == "|" and last < len(lines) - 1:
                     return "\n".join(body) + "\n"  # a line break ends the last line
         return "\n".join(body)
+
+
+def _scalar(s: str) -> Any:
+    """A value on its key's (or dash's) line other than a literal block."""
+    c = s[0]
+    if c == '"':
+        end = s.find('"', 1)
+        if end != len(s) - 1 or "\\" in s:
+            raise NotPlain  # escapes, several lines, text after the quote
+        return s[1:-1]
+    if c == "'":
+        m = _SINGLE.fullmatch(s)
+        if m is None:
+            raise NotPlain
+        return m.group(1).replace("''", "'")
+    if c == "|":
+        raise _Slow  # literal blocks span lines: _Block's
+    if s == "{}":
+        return {}
+    if s == "[]":
+        return []
+    if c in _INDICATORS and (c not in "-?:" or len(s) == 1 or s[1] == " "):
+        raise NotPlain  # flow collections, anchors, aliases, tags, folded scalars, ...
+    h = s.find(" #")
+    if h > 0:
+        s = s[:h].rstrip(" ")
+    if ": " in s or s[-1] == ":":
+        raise NotPlain
+    return plain(s)
 
 
 _SINGLE = re.compile(r"'((?:[^']|'')*)'")

@@ -104,13 +104,17 @@ class _Reader:
         meta = obj.get("metadata")
         if not isinstance(meta, dict):
             raise ObjectError(kind, "<unnamed>", "metadata", "missing or not a mapping")
+        self.meta = meta
         name = meta.get("name")
-        ns = meta.get("namespace")
-        self.ref = f"{ns + '/' if isinstance(ns, str) and ns else ''}{name if isinstance(name, str) else '<unnamed>'}"
         if not isinstance(name, str) or not name:
             raise ObjectError(kind, self.ref, "metadata.name", "missing or not a string")
         self.name = name.lower()
-        self.meta = meta
+
+    @property
+    def ref(self) -> str:
+        """namespace/name for messages, built only when one is needed."""
+        name, ns = self.meta.get("name"), self.meta.get("namespace")
+        return f"{ns + '/' if isinstance(ns, str) and ns else ''}{name if isinstance(name, str) else '<unnamed>'}"
 
     def fail(self, field: str, problem: str) -> ObjectError:
         return ObjectError(self.kind, self.ref, field, problem)
@@ -171,15 +175,186 @@ class _Reader:
     def ip(self, value: Any, field: str) -> str:
         if not isinstance(value, str):
             raise self.fail(field, "not a string")
-        try:  # canonical IPv4, nearly every address: libc's parser, ~10 times faster than ipaddress
-            if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value:
-                return value
-        except (OSError, ValueError):
-            pass
+        if _canonical(value):
+            return value
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
             raise self.fail(field, f"not an IP address: {value!r}") from None
+
+
+_pton, _ntop, _AF4, _AF6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
+
+
+def _libc_ipv6_is_python_ipv6() -> bool:
+    """Whether libc prints IPv6 as ipaddress does (RFC 5952); some libcs differ on zero runs."""
+    samples = ("1:0:1:1:1:1:1:1", "1:0:0:1:0:0:1:1", "0:0:1:0:0:1:0:0", "1::", "::1", "::", "fd00::a:0:0:0:1",
+               "ff02::1:ff00:1", "2001:db8:0:0:1:0:0:1", "0:1:0:1:0:1:0:1")
+    try:
+        return all(_ntop(_AF6, _pton(_AF6, a)) == str(ipaddress.IPv6Address(a)) for a in samples)
+    except (OSError, ValueError):  # pragma: no cover - no IPv6 in this libc
+        return False
+
+
+_V6 = _libc_ipv6_is_python_ipv6()
+
+
+def _canonical(value: str) -> bool:
+    """Whether `value` is an address as ipaddress prints it; libc's parser, ~10 times faster.
+
+    False means "ask ipaddress": IPv6 with an IPv4 tail (libc prints `::ffff:1.2.3.4`,
+    ipaddress does not), zone ids, non-canonical spellings and non-addresses.
+    """
+    try:
+        if ":" in value:
+            return _V6 and "." not in value and _ntop(_AF6, _pton(_AF6, value)) == value
+        return _ntop(_AF4, _pton(_AF4, value)) == value
+    except (OSError, ValueError):
+        return False
+
+
+class _Irregular(Exception):
+    """Beyond the fast readers: the careful ones read the object, and word its errors."""
+
+
+_PORTS: dict[tuple[Any, Any, Any], Port] = {}  # (name, protocol, port) as given -> its Port
+
+
+def _fast_ports(value: Any, required_number: bool) -> tuple[Port, ...]:
+    """_Reader.ports for well-formed ports; the few distinct ports are built once."""
+    if value is None:
+        return ()
+    if type(value) is not list:
+        raise _Irregular
+    out = []
+    for p in value:
+        if type(p) is not dict:
+            raise _Irregular
+        number = p.get("port")
+        if type(number) is not int and (number is not None or required_number):
+            raise _Irregular
+        key = (p.get("name"), p.get("protocol"), number)
+        try:
+            port = _PORTS.get(key)
+        except TypeError:  # a list or mapping as name or protocol
+            raise _Irregular from None
+        if port is None:
+            name, proto, _ = key
+            if (name is not None and type(name) is not str) or (proto is not None and type(proto) is not str) \
+                    or (number is not None and not 0 < number < 65536):
+                raise _Irregular
+            port = Port(name.lower() if name else "", proto.lower() if proto else "tcp", number)
+            if len(_PORTS) < 4096:
+                _PORTS[key] = port
+        out.append(port)
+    return tuple(out)
+
+
+def _namespace(meta: dict[str, Any]) -> str:
+    """_Reader.namespace for a well-formed one."""
+    ns = meta.get("namespace")
+    if ns is None or ns == "":
+        return "default"
+    if type(ns) is not str:
+        raise _Irregular
+    return ns.lower()
+
+
+def _fast_service(r: _Reader, obj: dict[str, Any]) -> Service:
+    """_service for the usual Service: no field names built, no helper per field."""
+    spec = obj.get("spec")
+    if spec is None:
+        spec = {}
+    elif type(spec) is not dict:
+        raise _Irregular
+    stype = spec.get("type")
+    if stype is None or stype == "":
+        stype = "ClusterIP"
+    elif type(stype) is not str or stype == "ExternalName":
+        raise _Irregular
+    ports = _fast_ports(spec.get("ports"), True)
+    annotations = r.meta.get("annotations")
+    if annotations is not None and type(annotations) is not dict:
+        raise _Irregular
+    pna = spec.get("publishNotReadyAddresses") is True or (
+        annotations is not None and annotations.get(TOLERATE_UNREADY) == "true")
+    raw_ips = spec.get("clusterIPs")
+    if raw_ips is None:
+        one = spec.get("clusterIP")
+        raw_ips = [] if one is None else [one]
+    elif type(raw_ips) is not list:
+        raise _Irregular
+    headless = False
+    ips = []
+    for ip in raw_ips:
+        if ip == "None":
+            headless = True
+        elif ip != "":
+            if type(ip) is not str or not _canonical(ip):
+                raise _Irregular
+            ips.append(ip)
+    return Service(_namespace(r.meta), r.name, stype, tuple(ips), headless, None, ports, pna)
+
+
+def _fast_endpoint_slice(r: _Reader, obj: dict[str, Any]) -> EndpointSlice:
+    """_endpoint_slice for the usual IPv4 or IPv6 slice."""
+    atype = obj.get("addressType")
+    if atype != "IPv4" and atype != "IPv6":
+        raise _Irregular
+    labels = r.meta.get("labels")
+    service = None
+    if labels is not None:
+        if type(labels) is not dict:
+            raise _Irregular
+        service = labels.get(SERVICE_NAME_LABEL)
+        if service == "":
+            service = None
+        elif service is not None:
+            if type(service) is not str:
+                raise _Irregular
+            service = service.lower()
+    endpoints = obj.get("endpoints")
+    eps = []
+    if endpoints is not None:
+        if type(endpoints) is not list:
+            raise _Irregular
+        for e in endpoints:
+            if type(e) is not dict:
+                raise _Irregular
+            addrs = e.get("addresses")
+            if addrs is None:
+                addrs = ()
+            elif type(addrs) is not list:
+                raise _Irregular
+            for a in addrs:
+                if type(a) is not str or not _canonical(a):
+                    raise _Irregular
+            ready = None
+            cond = e.get("conditions")
+            if cond is not None:
+                if type(cond) is not dict:
+                    raise _Irregular
+                ready = cond.get("ready")
+                if ready is not None and type(ready) is not bool:
+                    raise _Irregular
+            hostname = e.get("hostname")
+            if hostname == "":
+                hostname = None
+            elif hostname is not None:
+                if type(hostname) is not str:
+                    raise _Irregular
+                hostname = hostname.lower()
+            pod = None
+            target = e.get("targetRef")
+            if target is not None:
+                if type(target) is not dict:
+                    raise _Irregular
+                name = target.get("name")
+                if target.get("kind") == "Pod" and isinstance(name, str):
+                    pod = name
+            eps.append(Endpoint(tuple(addrs), ready is not False, hostname, pod))
+    ports = _fast_ports(obj.get("ports"), False)
+    return EndpointSlice(_namespace(r.meta), r.name, service, atype, tuple(eps), ports)
 
 
 def _service(r: _Reader, obj: dict[str, Any]) -> Service:
@@ -284,9 +459,15 @@ def parse_object(obj: Any) -> KubeObject | None:
         return None  # e.g. discovery.k8s.io/v1beta1: not what we read
     r = _Reader(kind, obj)
     if kind == "Service":
-        return _service(r, obj)
+        try:
+            return _fast_service(r, obj)
+        except _Irregular:
+            return _service(r, obj)
     if kind == "EndpointSlice":
-        return _endpoint_slice(r, obj)
+        try:
+            return _fast_endpoint_slice(r, obj)
+        except _Irregular:
+            return _endpoint_slice(r, obj)
     if kind == "Endpoints":
         return _endpoints(r, obj)
     if kind == "Pod":
