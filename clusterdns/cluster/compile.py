@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from clusterdns.kube.store import ServiceView
 from clusterdns.wire import encode as E
-from clusterdns.wire.constants import RRClass, RRType
+from clusterdns.wire.constants import HEADER, RRClass, RRType
 from clusterdns.wire.names import NameError_, to_wire
 
 SCHEMA_VERSION = "1.1.0"  # kubernetes/dns docs/specification.md
@@ -205,7 +205,7 @@ class Compiler:
             named = [p for p in s.ports if p.name and p.port]
             own_ips = [] if empty else list(s.cluster_ips)
         if records is not None:
-            srv, extra = self._srv(pairs, name, by_host, own_ips)
+            srv, extra = self._srv(pairs, name, by_host, own_ips, name)
             if srv:
                 records[SRV] = srv
             yield name, Node(positive(name, records, {SRV: extra}))
@@ -235,25 +235,34 @@ class Compiler:
                              if p.name == port and p.protocol == proto and p.port]
                 else:
                     pairs = [(None, p.port) for p in s.ports if p.name == port and p.protocol == proto and p.port]
-                srv, extra = self._srv(pairs, name, by_host, own_ips)
+                owner = _label("_" + port) + proto_name
+                srv, extra = self._srv(pairs, name, by_host, own_ips, owner)
                 if srv:
-                    owner = _label("_" + port) + proto_name
                     yield owner, Node(positive(owner, {SRV: srv}, {SRV: extra}))
 
     def _srv(self, pairs: list[tuple[str | None, int | None]], name: bytes, by_host: dict[str, list[str]],
-             own_ips: list[str]) -> tuple[list[bytes], list[bytes]]:
+             own_ips: list[str], owner: bytes) -> tuple[list[bytes], list[bytes]]:
         """SRV records (priority 0, weight floor(100/n), at least 1, n after de-duplication)
-        and the addresses of their targets for the additional section (RFC 2782)."""
+        and the addresses of their targets for the additional section (RFC 2782).
+
+        The targets are written in full (RFC 2782 forbids compressing them); each glue
+        record's owner points at its target in the answer, whose place is fixed: the
+        question (`owner`) is the same length in every query for this name."""
         unique = list(dict.fromkeys(pairs))
         if not unique:
             return [], []
         weight = max(1, 100 // len(unique))
         ttl = self.s.ttl
         wires = {h: (name if h is None else _host(h) + name) for h in dict.fromkeys(h for h, _ in unique)}
-        records = [E.rr(E.OWNER, RRType.SRV, ttl, _SRV_HEAD.pack(0, weight, port or 0) + wires[h]) for h, port in unique]
+        records, at, target_at = [], HEADER + len(owner) + 4, {}
+        for h, port in unique:
+            rec = E.rr(E.OWNER, RRType.SRV, ttl, _SRV_HEAD.pack(0, weight, port or 0) + wires[h])
+            target_at.setdefault(h, at + 18)  # owner pointer, type/class/TTL/length, priority/weight/port
+            records.append(rec)
+            at += len(rec)
         extra: list[bytes] = []
         for h, wire in wires.items():
-            extra += glue(wire, own_ips if h is None else by_host.get(h, ()), ttl)
+            extra += glue(E.pointer(target_at[h]) or wire, own_ips if h is None else by_host.get(h, ()), ttl)
         return records, extra
 
     def _external_name(self, target: str) -> Node | None:
@@ -300,9 +309,10 @@ class Compiler:
         """The three apexes (SOA, NS with our addresses as glue) and `ns.dns.<zone>`."""
         ttl = self.s.ttl
         if self._ns is None or self._ns[0] != ns_ips:  # the NS side changes with kube-dns only
-            glue_rrs = glue(self.mname_wire, ns_ips, ttl)
-            ns_answers = [E.make(answer=[E.rr(E.OWNER, RRType.NS, ttl, self.mname_wire)], additional=glue_rrs,
-                                 qtype=RRType.NS) for _ in self.apex_wires]
+            # glue owned by a pointer to the NS target, right after the apex's own question
+            ns_answers = [E.make(answer=[E.rr(E.OWNER, RRType.NS, ttl, self.mname_wire)],
+                                 additional=glue(E.pointer(HEADER + len(wire) + 4 + 12) or self.mname_wire, ns_ips, ttl),
+                                 qtype=RRType.NS) for wire in self.apex_wires]
             self._ns = (ns_ips, ns_answers, Node(positive(self.mname_wire, address_records(ns_ips, ttl))))
         soa_rr = E.rr(E.OWNER, RRType.SOA, min(ttl, 300), self.soa_rdata(serial))
         for apex, wire in enumerate(self.apex_wires):

@@ -38,7 +38,7 @@ from clusterdns.cluster.compile import (
 )
 from clusterdns.kube.store import ClusterStore, DepKey
 from clusterdns.wire import encode as E
-from clusterdns.wire.constants import RRClass, RRType, Rcode
+from clusterdns.wire.constants import HEADER, RRClass, RRType, Rcode
 from clusterdns.wire.names import in_zone, labels as name_labels
 
 log = logging.getLogger("clusterdns")
@@ -289,8 +289,8 @@ class ClusterZone:
     def _resolve(self, name: bytes, qtype: int) -> E.Prepared:
         """The slow path: ANY, CNAME chains inside the zone, computed names, negatives."""
         answer: list[bytes] = []
-        additional: bytes = b""
         owner = E.OWNER
+        at = HEADER + len(name) + 4  # where the next answer record goes in the reply
         seen = {name}
         while True:
             node = self._node(name)
@@ -301,14 +301,17 @@ class ClusterZone:
                     return neg
                 return E.make(rcode=neg.rcode, answer=answer, authority=[neg.body])
             if node.target is not None and qtype != RRType.CNAME:
-                answer.append(owner + node.types()[CNAME].body[2:])
+                rec = owner + node.types()[CNAME].body[2:]
+                answer.append(rec)
+                target_at = at + len(owner) + 10  # the next owner points at this CNAME's target
+                at += len(rec)
                 target = node.target
                 if self.apex_of(target) is None:
                     return E.make(answer=answer, chase=target)  # outside: a forwarder may follow it
                 if target in seen or len(seen) > MAX_CHASE:
                     return E.make(answer=answer)
                 seen.add(target)
-                name, owner = target, target
+                name, owner = target, E.pointer(target_at) or target
                 continue
             p = node.get(qtc(qtype))
             if qtype == RRType.ANY:
@@ -324,8 +327,7 @@ class ClusterZone:
                                       additional=_split(p.body[p.auth_end:], p.ar), qtype=RRType.ANY)
                 return p
             answer += _split(E.reown(p.body, p.an, owner), p.an)
-            additional = p.body[p.auth_end:]
-            return E.make(answer=answer, additional=_split(additional, p.ar))
+            return E.make(answer=answer, additional=E.full_owners(p.body, p.auth_end, p.ar, name))
 
     # ------------------------------------------------------------------ computed names
     def _pod_node(self, name: bytes) -> Node | None:

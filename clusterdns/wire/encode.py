@@ -20,7 +20,7 @@ import socket
 import struct
 
 from clusterdns.wire.constants import HEADER, RRClass, RRType, Rcode
-from clusterdns.wire.names import name_end, to_wire
+from clusterdns.wire.names import name_end, read, to_wire
 
 OWNER = b"\xc0\x0c"  # the question's name: the owner of every record at the name asked
 EDNS_ADVERTISED = 1232
@@ -68,6 +68,25 @@ def record_ends(body: bytes, count: int, start: int = 0) -> list[int]:
         i += 10 + _U16.unpack_from(body, i + 8)[0]
         ends.append(i)
     return ends
+
+
+def pointer(offset: int) -> bytes | None:
+    """A compression pointer to `offset` in the message, or None when it is out of reach."""
+    return bytes((0xC0 | offset >> 8, offset & 0xFF)) if offset < 0x4000 else None
+
+
+def full_owners(body: bytes, start: int, count: int, qname: bytes) -> list[bytes]:
+    """`count` records of `body` from `start`, owners written in full: to move records that
+    were compiled for a reply to `qname` (their owners may point into it) to another reply."""
+    msg = bytes(HEADER) + qname + b"\x00\x00\x00\x00" + body
+    base = HEADER + len(qname) + 4
+    out, i = [], start
+    for end in record_ends(body, count, start):
+        owner_end = name_end(body, i)
+        text, _ = read(msg, base + i)
+        out.append(to_wire(text) + body[owner_end:end])
+        i = end
+    return out
 
 
 def reown(body: bytes, count: int, owner: bytes) -> bytes:
