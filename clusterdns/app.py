@@ -445,6 +445,9 @@ def give_back_memory() -> None:
     import gc
 
     gc.collect()
+    # the compiled zone and the store are hundreds of thousands of long-lived objects;
+    # frozen, the cyclic GC stops re-scanning them on every full collection
+    gc.freeze()
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):

@@ -65,6 +65,7 @@ class ClusterZone:
         # published addresses, sorted (reverse-tree prefixes); IPv4 packed 8 bytes each
         self._v4: array[int] = array("Q")
         self._v6: list[int] = []
+        self._unsorted = False
         self.nodata: list[E.Prepared] = []
         self.nxdomain: list[E.Prepared] = []
         self.compile_all()
@@ -108,6 +109,10 @@ class ClusterZone:
         self._apexes()
 
     def _sort_addresses(self) -> None:
+        """The published addresses, sorted: reverse-tree prefixes are found by bisection.
+        Rebuilt on the first prefix question after a change (rare), not on every change
+        (an insertion into 100,000 sorted addresses moves 800 KB)."""
+        self._unsorted = False
         v4, v6 = [], []
         for ip in self.store.ptr:
             (v6 if ":" in ip else v4).append(address_value(ip))
@@ -175,18 +180,11 @@ class ClusterZone:
 
     def _ptr_changed(self, ip: str) -> None:
         wire, apex = reverse_wire(ip)
-        addrs = self._v6 if apex == IP6 else self._v4
-        value = address_value(ip)
-        i = bisect.bisect_left(addrs, value)
-        present = i < len(addrs) and addrs[i] == value
         if self.store.ptr_targets(ip):
             self.names[wire] = self._ptr_node(ip, apex)
-            if not present:
-                addrs.insert(i, value)
         else:
             self.names.pop(wire, None)  # a full address: only ever a PTR name, never an apex
-            if present:
-                del addrs[i]
+        self._unsorted = True  # the sorted addresses are rebuilt when a prefix is asked
 
     def _ptr_node(self, ip: str, apex: int) -> Entry:
         targets = self.store.ptr_targets(ip)
@@ -358,6 +356,8 @@ class ClusterZone:
         if net is None:
             return None
         if net.prefixlen < net.max_prefixlen:
+            if self._unsorted:
+                self._sort_addresses()
             addrs = self._v6 if apex == IP6 else self._v4
             low = int(net.network_address)
             i = bisect.bisect_left(addrs, low)
