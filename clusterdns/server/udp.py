@@ -72,7 +72,10 @@ class UDPListener:
         sbuf, slens, snames, name_at, naddr = io.sbuf, io.slens, io.snames, io.NAME_AT, io.name_addrs
         handler = self.handler
         fast, replays, slot = handler.fast, self.replays, self.slot
-        names = handler.zone.names if handler.zone is not None else {}
+        zone = handler.zone
+        lookup = zone.lookup if zone is not None else None
+        # reverse names the zone does not know fall through to the forwarder: never inline
+        falls = (zone.nxdomain[1], zone.nxdomain[2]) if zone is not None and handler.forwarding else ()
         for _ in range(ROUNDS):
             try:
                 n = io.recv()
@@ -86,8 +89,9 @@ class UDPListener:
             for i in range(n):
                 off = i * RECV_SIZE
                 data = bytes(rbuf[off:off + lens[len_at[i]]])
-                # the common case inlined from Handler.fast: a compiled answer to a name's own
-                # question, its counters made (the first answer of each shape goes through fast)
+                # the common case inlined from Handler.fast: a compiled answer or negative
+                # template whose counters exist (the first answer of each shape, lone records,
+                # and answers to cut go through fast)
                 size = len(data)
                 counts = data[4:12]
                 if counts == NO_EDNS:
@@ -98,22 +102,22 @@ class UDPListener:
                 else:
                     end = 0
                 out = None
-                if end > 12 and not data[2] & 0xF8:
-                    node = names.get(data[12:end].lower())
-                    if node is not None and type(node) is not bytes:  # (lone records: fast)
-                        tc = data[end:end + 4]
-                        p = node.p if node.tc == tc else node.answers.get(tc)
-                        if p is not None and p.classes is not None:
+                if end > 12 and not data[2] & 0xF8 and lookup is not None:
+                    p = lookup(data[12:end].lower(), data[end:end + 4])
+                    if p is not None and type(p) is not bytes and p.classes is not None and p not in falls:
+                        if p.qtype:
                             cls = p.classes[x << 1]
-                            if cls is not None:
-                                out = data[:2] + p.heads[(data[2] & 1) | ((data[3] >> 3) & 2) | (x << 1 & 4)] \
-                                    + data[12:end + 4] + p.body
-                                if x:
-                                    out += OPTS[x & 1]
-                                if len(out) > CLASSIC_UDP:
-                                    out = None  # to be cut to the client's size: fast does it
-                                else:
-                                    cls[slot] += 1
+                        else:
+                            cls = p.classes.get((((size << 3) | (x << 1)) << 16) | (data[end] << 8) | data[end + 1])
+                        if cls is not None:
+                            out = data[:2] + p.heads[(data[2] & 1) | ((data[3] >> 3) & 2) | (x << 1 & 4)] \
+                                + data[12:end + 4] + p.body
+                            if x:
+                                out += OPTS[x & 1]
+                            if len(out) > CLASSIC_UDP:
+                                out = None  # to be cut to the client's size: fast does it
+                            else:
+                                cls[slot] += 1
                 if out is None:
                     out = fast(data, 0, slot)
                 if out is None and replays:
