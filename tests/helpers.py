@@ -89,6 +89,20 @@ class ServerProcess:
         self.stop()
 
 
+def port_53_free() -> None:
+    """Fail plainly when 127.0.0.1:53 is taken: the pod-view tests need it (glibc and musl
+    only talk to port 53), which the suite's private network namespace provides."""
+    import pytest
+
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", 53))
+            except OSError as exc:
+                pytest.fail(f"127.0.0.1:53 is not free ({exc}); run the suite in its own network "
+                            "namespace: unshare -n sh -c 'ip link set lo up && .venv/bin/pytest ...'")
+
+
 def query(server: ServerProcess, name: str, rdtype: str = "A", tcp: bool = False,
           host: str = "127.0.0.1", **make: object) -> dns.message.Message:
     """One query with dnspython, the independent client."""

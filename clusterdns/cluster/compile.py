@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from clusterdns.kube.store import ServiceView
 from clusterdns.wire import encode as E
-from clusterdns.wire.constants import HEADER, RRClass, RRType
+from clusterdns.wire.constants import HEADER, RRType
 from clusterdns.wire.names import NameError_, to_wire
 
 SCHEMA_VERSION = "1.1.0"  # kubernetes/dns docs/specification.md
@@ -362,4 +362,4 @@ def address_value(ip: str) -> int:
     return int.from_bytes(socket.inet_pton(family, ip), "big")
 
 
-__all__ = ["Compiler", "Entry", "Node", "leaf", "leaf_node", "ZoneSettings", "address_value", "qtc", "reverse_wire", "RRClass"]
+__all__ = ["Compiler", "Entry", "Node", "leaf", "leaf_node", "ZoneSettings", "address_value", "qtc", "reverse_wire"]

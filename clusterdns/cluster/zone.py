@@ -321,10 +321,10 @@ class ClusterZone:
                 return E.make(answer=answer, authority=[self.nodata[node.apex].body])
             if owner == E.OWNER:
                 if qtype == RRType.ANY:
-                    return E.make(rcode=p.rcode, answer=_split(p.body[:p.ans_end], p.an),
-                                      additional=_split(p.body[p.auth_end:], p.ar), qtype=RRType.ANY)
+                    return E.make(rcode=p.rcode, answer=E.split_records(p.body[:p.ans_end], p.an),
+                                      additional=E.split_records(p.body[p.auth_end:], p.ar), qtype=RRType.ANY)
                 return p
-            answer += _split(E.reown(p.body, p.an, owner), p.an)
+            answer += E.split_records(E.reown(p.body, p.an, owner), p.an)
             return E.make(answer=answer, additional=E.full_owners(p.body, p.auth_end, p.ar, name))
 
     # ------------------------------------------------------------------ computed names
@@ -374,15 +374,6 @@ def leaf_apex(name: bytes) -> int:
     if name.endswith(b"\x04arpa\x00"):
         return IN_ADDR if name.endswith(b"\x07in-addr\x04arpa\x00") else IP6
     return CLUSTER
-
-
-def _split(body: bytes, count: int) -> list[bytes]:
-    """`count` records of `body`, each as its own bytes."""
-    out, i = [], 0
-    for end in E.record_ends(body, count):
-        out.append(body[i:end])
-        i = end
-    return out
 
 
 def _pod_label_ip(label: str) -> str | None:

@@ -70,6 +70,15 @@ def record_ends(body: bytes, count: int, start: int = 0) -> list[int]:
     return ends
 
 
+def split_records(body: bytes, count: int) -> list[bytes]:
+    """The first `count` records of `body`, each as its own bytes (to rebuild an answer)."""
+    out, i = [], 0
+    for end in record_ends(body, count):
+        out.append(body[i:end])
+        i = end
+    return out
+
+
 def pointer(offset: int) -> bytes | None:
     """A compression pointer to `offset` in the message, or None when it is out of reach."""
     return bytes((0xC0 | offset >> 8, offset & 0xFF)) if offset < 0x4000 else None
@@ -215,11 +224,6 @@ def make(rcode: int = Rcode.NOERROR, answer: list[bytes] = (), authority: list[b
     else:
         p = Prepared(h, body, qtype)
     return p
-
-
-def variant(data: bytes, edns: bool) -> int:
-    """The header index of a query: its RD and CD bits and whether it has EDNS."""
-    return (data[2] & 1) | ((data[3] >> 3) & 2) | (4 if edns else 0)
 
 
 def assemble(data: bytes, qend: int, p: Prepared, edns: bool, do: bool, limit: int) -> bytes:

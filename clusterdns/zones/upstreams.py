@@ -316,7 +316,7 @@ class Forwarding:
 
     async def _chase(self, q: Query, answer: Prepared, data: bytes, limit: int | None) -> bytes:
         """Resolve the CNAME target upstream and append its records (CoreDNS `upstream`)."""
-        records = _split(answer.body[:answer.ans_end], answer.an)
+        records = E.split_records(answer.body[:answer.ans_end], answer.an)
         rcode = answer.rcode
         target = answer.chase or b"\x00"
         try:
@@ -409,14 +409,6 @@ def cluster_forwarding(zone: str, *, upstreams: Sequence[str] = (), resolv_conf:
 #: kubeadm's `cache 30` for forwarded names, plus serve-stale for an hour (CoreDNS's
 #: `serve_stale` default duration) so an upstream outage does not fail cached names
 SERVE_CACHE: dict[str, Any] = dict(max_ttl=30, max_negative_ttl=30, serve_stale=3600.0)
-
-
-def _split(body: bytes, count: int) -> list[bytes]:
-    out, i = [], 0
-    for end in E.record_ends(body, count):
-        out.append(body[i:end])
-        i = end
-    return out
 
 
 def _rdata(rtype: int, text: str) -> bytes:

@@ -11,14 +11,13 @@ network namespace (CI runs the suite under `unshare -n`), and each client runs u
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fakedns import Dnsmasq
-from helpers import DEMO, ServerProcess
+from helpers import DEMO, ServerProcess, port_53_free
 
 POD_RESOLV_CONF = """\
 search default.svc.cluster.local svc.cluster.local cluster.local
@@ -27,20 +26,10 @@ options ndots:5 timeout:2 attempts:2
 """
 
 
-def _port_53_free() -> None:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", 53))
-            except OSError as exc:
-                pytest.fail(f"127.0.0.1:53 is not free ({exc}); run the suite in its own network "
-                            "namespace: unshare -n sh -c 'ip link set lo up && .venv/bin/pytest ...'")
-
-
 @pytest.fixture(scope="module")
 def pod_resolv_conf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The whole chain up, and the pod's resolv.conf to mount."""
-    _port_53_free()
+    port_53_free()
     path = tmp_path_factory.mktemp("pod") / "resolv.conf"
     path.write_text(POD_RESOLV_CONF)
     with Dnsmasq("--host-record=web.example.test,192.0.2.7") as upstream, \

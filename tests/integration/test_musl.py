@@ -29,7 +29,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from helpers import ServerProcess
+from helpers import ServerProcess, port_53_free
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "musl_resolve.c"
@@ -67,16 +67,6 @@ def _manifest() -> str:
     return "---\n".join(docs)
 
 
-def _port_53_free() -> None:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", 53))
-            except OSError as exc:
-                pytest.fail(f"127.0.0.1:53 is not free ({exc}); run the suite in its own network "
-                            "namespace: unshare -n sh -c 'ip link set lo up && .venv/bin/pytest ...'")
-
-
 @pytest.fixture(scope="module")
 def musl_resolve(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The static musl getaddrinfo client, built fresh so it always matches the source."""
@@ -93,7 +83,7 @@ def musl_resolve(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """`clusterdns serve` on 127.0.0.1:53, the only port musl's resolver uses."""
-    _port_53_free()
+    port_53_free()
     manifest = tmp_path_factory.mktemp("cluster") / "crowd.yaml"
     manifest.write_text(_manifest())
     with ServerProcess("serve", "--manifests", str(manifest), "--listen", "127.0.0.1:53") as srv:
