@@ -18,6 +18,11 @@ from pathlib import Path
 
 import aiohttp
 import yaml
+
+from clusterdns.kube import lean_kubernetes
+
+lean_kubernetes.install()  # before the first kubernetes import: 13 MB of models skipped
+
 from kubernetes.client import Configuration
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import (
