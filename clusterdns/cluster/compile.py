@@ -185,21 +185,22 @@ class Compiler:
             if node is not None:
                 yield name, node
             return  # nothing lives below an ExternalName
-        if s.headless and not view.backends:
+        backends = view.backends
+        if s.headless and not backends:
             return  # spec 2.4.1: no ready endpoints, no names at all
-        hosts = [b.host for b in view.backends]  # dashed labels are made on each read
+        hosts = [b.host for b in backends]  # dashed labels are made on each read
         by_host: dict[str, list[str]] = {}
-        for b, h in zip(view.backends, hosts):
+        for b, h in zip(backends, hosts):
             by_host.setdefault(h, []).append(b.ip)
         # SRV targets as (endpoint label or None for the Service's own name, port)
         if s.headless:
-            records = address_records((b.ip for b in view.backends), ttl)
+            records = address_records((b.ip for b in backends), ttl)
             pairs: list[tuple[str | None, int | None]] = [
-                (h, p.port) for b, h in zip(view.backends, hosts) for p in b.ports if p.port]
-            named = [p for b in view.backends for p in b.ports if p.name and p.port]
-            own_ips: list[str] = [b.ip for b in view.backends]
+                (h, p.port) for b, h in zip(backends, hosts) for p in b.ports if p.port]
+            named = [p for b in backends for p in b.ports if p.name and p.port]
+            own_ips: list[str] = [b.ip for b in backends]
         else:
-            empty = self.s.ignore_empty_service and not view.backends
+            empty = self.s.ignore_empty_service and not backends
             records = None if empty else address_records(s.cluster_ips, ttl)
             pairs = [(None, p.port) for p in s.ports if p.port]
             named = [p for p in s.ports if p.name and p.port]
@@ -231,7 +232,7 @@ class Compiler:
                 if not 0 < len(port) < 63:
                     continue
                 if s.headless:
-                    pairs = [(h, p.port) for b, h in zip(view.backends, hosts) for p in b.ports
+                    pairs = [(h, p.port) for b, h in zip(backends, hosts) for p in b.ports
                              if p.name == port and p.protocol == proto and p.port]
                 else:
                     pairs = [(None, p.port) for p in s.ports if p.name == port and p.protocol == proto and p.port]

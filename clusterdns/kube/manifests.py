@@ -123,12 +123,13 @@ def _selected(selector: Selector, item: Any) -> bool:
 
 
 def load_manifests(paths: list[str], namespaces: Iterable[str] = (),
-                   labels: str | None = None) -> tuple[list[KubeObject], int]:
+                   labels: str | None = None, pod_names: bool = True) -> tuple[list[KubeObject], int]:
     """Every usable object under `paths` that the filters keep, and how many broken
     objects were skipped.
 
     `namespaces` (empty: all) and the label selector `labels` (None or "": none) mean
     what they mean with the API source; a bad selector raises SelectorError (ValueError).
+    `pod_names`: keep endpoints' pod names (`endpoint_pod_names`).
     """
     selector = parse_selector(labels) if labels else None
     allowed = frozenset(namespaces)
@@ -141,7 +142,7 @@ def load_manifests(paths: list[str], namespaces: Iterable[str] = (),
                     try:
                         if selector is not None and not _selected(selector, item):
                             continue
-                        obj = parse_object(item)
+                        obj = parse_object(item, pod_names)
                     except ObjectError as exc:
                         skipped += 1
                         log.warning("%s: skipped %s", f, exc)

@@ -52,13 +52,30 @@ class Endpoint:
     pod_name: str | None  # targetRef name when it is a Pod (endpoint_pod_names)
 
 
+#: An EndpointSlice's endpoints: most are one ready address with no hostname and no pod
+#: name to publish, kept as that address alone (an Endpoint and its tuple would add
+#: 10 MB at 100,000 endpoints); `endpoint()` gives the Endpoint either stands for.
+EndpointEntry = Endpoint | str
+
+
+def endpoint(entry: EndpointEntry) -> Endpoint:
+    """The Endpoint an entry of `EndpointSlice.endpoints` stands for."""
+    return Endpoint((entry,), True, None, None) if type(entry) is str else entry  # type: ignore[return-value]
+
+
+def _entry(addrs: tuple[str, ...], ready: bool, hostname: str | None, pod: str | None) -> EndpointEntry:
+    if ready and hostname is None and pod is None and len(addrs) == 1:
+        return addrs[0]
+    return Endpoint(addrs, ready, hostname, pod)
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointSlice:
     namespace: str
     name: str
     service: str | None  # from the kubernetes.io/service-name label
     address_type: str  # IPv4, IPv6 (FQDN slices are dropped at parse time)
-    endpoints: tuple[Endpoint, ...]
+    endpoints: tuple[EndpointEntry, ...]
     ports: tuple[Port, ...]
 
 
@@ -218,6 +235,7 @@ class _Irregular(Exception):
 
 
 _PORTS: dict[tuple[Any, Any, Any], Port] = {}  # (name, protocol, port) as given -> its Port
+_PORT_LISTS: dict[tuple[Port, ...], tuple[Port, ...]] = {}  # most slices share a few port lists
 
 
 def _fast_ports(value: Any, required_number: bool) -> tuple[Port, ...]:
@@ -247,7 +265,8 @@ def _fast_ports(value: Any, required_number: bool) -> tuple[Port, ...]:
             if len(_PORTS) < 4096:
                 _PORTS[key] = port
         out.append(port)
-    return tuple(out)
+    ports = tuple(out)
+    return _PORT_LISTS.setdefault(ports, ports) if len(_PORT_LISTS) < 4096 else ports
 
 
 def _namespace(meta: dict[str, Any]) -> str:
@@ -296,7 +315,7 @@ def _fast_service(r: _Reader, obj: dict[str, Any]) -> Service:
     return Service(_namespace(r.meta), r.name, stype, tuple(ips), headless, None, ports, pna)
 
 
-def _fast_endpoint_slice(r: _Reader, obj: dict[str, Any]) -> EndpointSlice:
+def _fast_endpoint_slice(r: _Reader, obj: dict[str, Any], pod_names: bool) -> EndpointSlice:
     """_endpoint_slice for the usual IPv4 or IPv6 slice."""
     atype = obj.get("addressType")
     if atype != "IPv4" and atype != "IPv6":
@@ -352,7 +371,7 @@ def _fast_endpoint_slice(r: _Reader, obj: dict[str, Any]) -> EndpointSlice:
                 name = target.get("name")
                 if target.get("kind") == "Pod" and isinstance(name, str):
                     pod = name
-            eps.append(Endpoint(tuple(addrs), ready is not False, hostname, pod))
+            eps.append(_entry(tuple(addrs), ready is not False, hostname, pod if pod_names else None))
     ports = _fast_ports(obj.get("ports"), False)
     return EndpointSlice(_namespace(r.meta), r.name, service, atype, tuple(eps), ports)
 
@@ -383,7 +402,7 @@ def _service(r: _Reader, obj: dict[str, Any]) -> Service:
     return Service(r.namespace(), r.name, stype, tuple(ips), headless, None, ports, pna)
 
 
-def _endpoint_slice(r: _Reader, obj: dict[str, Any]) -> EndpointSlice | None:
+def _endpoint_slice(r: _Reader, obj: dict[str, Any], pod_names: bool) -> EndpointSlice | None:
     atype = r.string(obj.get("addressType"), "addressType", required=True)
     if atype == "FQDN":
         return None  # deprecated, never served
@@ -404,7 +423,8 @@ def _endpoint_slice(r: _Reader, obj: dict[str, Any]) -> EndpointSlice | None:
         target = r.mapping(e.get("targetRef"), f + ".targetRef")
         pod = target.get("name") if target.get("kind") == "Pod" and isinstance(target.get("name"), str) else None
         # unset ready means "unknown", which the API documents as ready
-        eps.append(Endpoint(addrs, ready is not False, hostname.lower() if hostname else None, pod))
+        eps.append(_entry(addrs, ready is not False, hostname.lower() if hostname else None,
+                          pod if pod_names else None))
     ports = r.ports(obj.get("ports"), "ports", required_number=False)
     return EndpointSlice(r.namespace(), r.name, service.lower() if service else None, atype, tuple(eps), ports)
 
@@ -444,8 +464,10 @@ def _pod(r: _Reader, obj: dict[str, Any]) -> Pod:
     return Pod(r.namespace(), r.name, tuple(ips), r.meta.get("deletionTimestamp") is not None)
 
 
-def parse_object(obj: Any) -> KubeObject | None:
+def parse_object(obj: Any, pod_names: bool = True) -> KubeObject | None:
     """Decode one API object (a dict from YAML or JSON); None for kinds DNS ignores.
+
+    `pod_names`: keep endpoints' pod names (only `endpoint_pod_names` publishes them).
 
     Raises ObjectError naming kind, namespace/name and field when the object is unusable.
     """
@@ -465,9 +487,9 @@ def parse_object(obj: Any) -> KubeObject | None:
             return _service(r, obj)
     if kind == "EndpointSlice":
         try:
-            return _fast_endpoint_slice(r, obj)
+            return _fast_endpoint_slice(r, obj, pod_names)
         except _Irregular:
-            return _endpoint_slice(r, obj)
+            return _endpoint_slice(r, obj, pod_names)
     if kind == "Endpoints":
         return _endpoints(r, obj)
     if kind == "Pod":

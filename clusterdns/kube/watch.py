@@ -371,7 +371,7 @@ class KubeSource:
             raw.setdefault("kind", res.kind)
             raw.setdefault("apiVersion", res.api_version)
         try:
-            obj = parse_object(raw)
+            obj = parse_object(raw, pod_names=self.store.endpoint_pod_names)
         except ObjectError as e:
             st.skipped += 1
             log.warning("skipping malformed %s %s: field %s: %s", e.kind, e.ref, e.field, e.problem)

@@ -30,6 +30,7 @@ from clusterdns.kube.objects import (
     Service,
     parse_object,
 )
+from clusterdns.kube.objects import endpoint as as_endpoint
 from clusterdns.kube.store import ClusterStore, dashed
 
 NAMESPACES = ("default", "team", "kube-system", "prod")
@@ -436,7 +437,7 @@ def names_in(zone: str, objs: Iterable[KubeObject], extra_addresses: Iterable[st
                     add("srv", f"_{p.protocol}.{base}", SRV)
                     if (sl.namespace, sl.service) in headless:
                         add("headless", f"_{p.name or 'x'}._{p.protocol}.{base}", SRV)
-                for ep in sl.endpoints:
+                for ep in map(as_endpoint, sl.endpoints):
                     for ip in ep.addresses:
                         if (sl.namespace, sl.service) in headless:
                             add("service", base, _family(ip))
