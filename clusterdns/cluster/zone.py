@@ -61,7 +61,7 @@ class ClusterZone:
         self.zone_wire = self.c.zone_wire
         self.apex_wires = self.c.apex_wires
         self.names: dict[bytes, Entry] = {}
-        self._owned: dict[tuple[str, str], list[bytes]] = {}  # Service -> the names it owns
+        self._owned: dict[tuple[str, str], tuple[bytes, ...]] = {}  # Service -> the names it owns
         # published addresses, sorted (reverse-tree prefixes); IPv4 packed 8 bytes each
         self._v4: array[int] = array("Q")
         self._v6: list[int] = []
@@ -98,7 +98,7 @@ class ClusterZone:
             for name, node in self.c.service(view):
                 names[name] = node
                 owned.append(name)
-            self._owned[key] = owned
+            self._owned[key] = tuple(owned)
         for ns in self._namespaces():
             names.update(self.c.namespace(ns))
         names.update(self.c.fixed())
@@ -167,7 +167,7 @@ class ClusterZone:
                     for name, node in self.c.service(view):
                         names[name] = node
                         owned.append(name)
-                    self._owned[key] = owned
+                    self._owned[key] = tuple(owned)
             elif kind == "ns":
                 ns = dep[1]
                 fresh = dict(self.c.namespace(ns))
