@@ -21,7 +21,7 @@ from clusterdns.wire import encode as E
 from clusterdns.wire.encode import OPTS
 from clusterdns.wire import question as Q
 from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, MAX_TCP, RRClass, RRType, Rcode
-from clusterdns.zones.upstreams import Forwarding
+from clusterdns.forward.forwarding import Forwarding
 
 log = logging.getLogger("clusterdns")
 ONE = E.heads(Rcode.NOERROR, True, 1, 0, 0)  # the headers of a one-record answer

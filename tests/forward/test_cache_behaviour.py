@@ -10,11 +10,12 @@ import dns.rcode
 from dnslib import RR, DNSRecord
 from fakedns import addresses, decode, question, ttls
 
+from clusterdns.cache.cache import ResponseCache
+from clusterdns.forward.forwarder import Forwarder
+from clusterdns.forward.table import ForwardZone
+from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.names import to_text
 from clusterdns.wire.question import Query
-from clusterdns.zones.cache import ResponseCache
-from clusterdns.zones.forward import Forwarder, UpstreamSpec
-from clusterdns.zones.upstreams import ForwardZone
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
 

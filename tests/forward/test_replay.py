@@ -13,8 +13,10 @@ from fakedns import FakeUpstream
 from clusterdns.server import handler as handler_mod
 from clusterdns.server.handler import Handler
 from clusterdns.server.replay import ReplayTable
-from clusterdns.zones.forward import Forwarder, UpstreamSpec
-from clusterdns.zones.upstreams import ForwardTable, ForwardZone, Forwarding
+from clusterdns.forward.forwarder import Forwarder
+from clusterdns.forward.forwarding import Forwarding
+from clusterdns.forward.table import ForwardTable, ForwardZone
+from clusterdns.forward.upstream import UpstreamSpec
 from helpers import UDPClient, udp_listener
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"

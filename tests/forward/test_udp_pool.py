@@ -1,4 +1,4 @@
-"""Pooled upstream UDP sockets (zones/udppool.py) and the Task-free miss path, against
+"""Pooled upstream UDP sockets (forward/udppool.py) and the Task-free miss path, against
 real servers on loopback."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import dns.rcode
 import pytest
 from fakedns import Dnsmasq, addresses, decode, question
 
+from clusterdns.forward.forwarder import Forwarder, ForwardError
+from clusterdns.forward.forwarding import Forwarding
+from clusterdns.forward.table import build_forward_table
+from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.question import parse
-from clusterdns.zones.forward import Forwarder, ForwardError, UpstreamSpec
-from clusterdns.zones.upstreams import Forwarding, build_forward_table
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
 

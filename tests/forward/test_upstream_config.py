@@ -14,8 +14,8 @@ import yaml
 
 from clusterdns.nodecache import build
 from clusterdns.nodecache_config import ConfigError, add_arguments, from_args, load_config
-from clusterdns.zones.forward import UpstreamSpec
-from clusterdns.zones.upstreams import load_kube_dns_configmap, parse_stub, resolv_conf_upstreams
+from clusterdns.forward.sources import load_kube_dns_configmap, parse_stub, resolv_conf_upstreams
+from clusterdns.forward.upstream import UpstreamSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 

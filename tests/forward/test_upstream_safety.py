@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from fakedns import ATTACK_IP, addresses, decode, question
 
-from clusterdns.zones.forward import Forwarder, UpstreamSpec
+from clusterdns.forward.forwarder import Forwarder
+from clusterdns.forward.upstream import UpstreamSpec
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
 

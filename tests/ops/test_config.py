@@ -272,9 +272,9 @@ def test_forwarding_defaults_match_the_code_s() -> None:
     """The config's cache and forward defaults are what cluster_forwarding uses without them."""
     import inspect
 
-    from clusterdns.zones.cache import ResponseCache
-    from clusterdns.zones.forward import Forwarder
-    from clusterdns.zones.upstreams import SERVE_CACHE
+    from clusterdns.cache.cache import ResponseCache
+    from clusterdns.forward.forwarder import Forwarder
+    from clusterdns.forward.forwarding import SERVE_CACHE
 
     cache = {k: p.default for k, p in inspect.signature(ResponseCache).parameters.items()
              if k not in ("fetch", "timer")} | SERVE_CACHE

@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 
 from clusterdns.obs import metrics as M
-from clusterdns.zones.cache import NXDOMAIN, POSITIVE, ResponseCache
+from clusterdns.cache.cache import ResponseCache
+from clusterdns.cache.entry import NXDOMAIN, POSITIVE
 from metrics_fixtures import populated, wire
 
 V4 = "dns://127.0.0.1:5353"

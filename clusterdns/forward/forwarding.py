@@ -1,227 +1,31 @@
-"""Where forwarded names go: upstream lists from flags, resolv.conf and the kube-dns
-ConfigMap, and the table of forward zones (stub domains and '.') with their caches.
-
-The kube-dns ConfigMap (operators.md 1.6) has two keys, both JSON strings:
-`stubDomains` ({"acme.local": ["1.2.3.4"]}) and `upstreamNameservers` (["8.8.8.8"]);
-upstreamNameservers replaces the resolv.conf servers for '.'. It is read from a
-directory (the ConfigMap mounted as files, as node-cache's `-kubednscm /etc/kube-dns`)
-or from a YAML/JSON file (a ConfigMap object, or a plain mapping of the two keys).
+"""The request handler's door to forwarding (`Forwarding`), and the forwarding
+`clusterdns serve` builds from its flags (`cluster_forwarding`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from clusterdns.forward.forwarder import Forwarder
+from clusterdns.forward.loop import LoopDetector, check_self_forwarding
+from clusterdns.forward.sources import (
+    choose_upstreams,
+    load_kube_dns_configmap,
+    parse_stub,
+)
+from clusterdns.forward.table import ForwardTable, ForwardZone, build_forward_table
+from clusterdns.forward.upstream import parse_hostport
 from clusterdns.wire import encode as E
-from clusterdns.wire.encode import Prepared
 from clusterdns.wire import scan as W
-from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, RRClass, RRType, Rcode
+from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, Rcode, RRClass, RRType
+from clusterdns.wire.encode import Prepared
 from clusterdns.wire.names import Malformed, in_zone, to_text, to_wire
 from clusterdns.wire.question import Query
-from clusterdns.zones.cache import ResponseCache
-from clusterdns.zones.forward import (
-    Done,
-    Forwarder,
-    ForwardError,
-    Guarded,
-    LoopDetector,
-    Overloaded,
-    UpstreamSpec,
-    check_self_forwarding,
-    parse_hostport,
-)
 
 log = logging.getLogger("clusterdns.forward")
-
-
-def resolv_conf_upstreams(path: str | Path) -> list[UpstreamSpec]:
-    """The `nameserver` lines of a resolv.conf (`forward . /etc/resolv.conf`)."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        parts = line.split("#", 1)[0].split(";", 1)[0].split()
-        if len(parts) >= 2 and parts[0] == "nameserver":
-            try:
-                out.append(parse_hostport(parts[1]))
-            except ValueError:
-                log.warning("%s: ignoring nameserver %r", path, parts[1])
-    return out
-
-
-def parse_stub(text: str) -> tuple[str, list[UpstreamSpec]]:
-    """'consul.local=10.150.0.1[:port][,more]' -> ('consul.local.', [UpstreamSpec...])."""
-    zone, sep, servers = text.partition("=")
-    if not sep or not zone.strip() or not servers.strip():
-        raise ValueError(f"stub domain must look like ZONE=IP[:PORT][,IP...], not {text!r}")
-    return _zone(zone), [parse_hostport(s) for s in servers.split(",") if s.strip()]
-
-
-def _zone(text: str) -> str:
-    return to_text(to_wire(text))
-
-
-@dataclass(slots=True)
-class KubeDnsConfig:
-    """stubDomains and upstreamNameservers from a kube-dns ConfigMap."""
-
-    stub_domains: dict[str, list[UpstreamSpec]] = field(default_factory=dict)
-    upstream_nameservers: list[UpstreamSpec] = field(default_factory=list)
-
-
-def load_kube_dns_configmap(path: str | Path) -> KubeDnsConfig:
-    """Read the kube-dns ConfigMap from a mounted directory or a YAML/JSON file."""
-    p = Path(path)
-    raw: dict[str, Any] = {}
-    if p.is_dir():
-        for key in ("stubDomains", "upstreamNameservers"):
-            f = p / key
-            if f.is_file():
-                raw[key] = f.read_text()
-    else:
-        doc = yaml.safe_load(p.read_text()) or {}  # YAML is a superset of JSON
-        if not isinstance(doc, dict):
-            raise ValueError(f"{p}: expected a mapping or a ConfigMap")
-        raw = doc.get("data", doc) if doc.get("kind") == "ConfigMap" else doc
-        raw = raw or {}
-    cfg = KubeDnsConfig()
-    stubs = _json_value(raw.get("stubDomains"), {}, p, "stubDomains")
-    if not isinstance(stubs, dict):
-        raise ValueError(f"{p}: stubDomains must be a map of domain to server list")
-    for zone, servers in stubs.items():
-        if not isinstance(servers, list) or not servers:
-            raise ValueError(f"{p}: stubDomains[{zone!r}] must be a non-empty list")
-        cfg.stub_domains[_zone(zone)] = [parse_hostport(str(s)) for s in servers]
-    ups = _json_value(raw.get("upstreamNameservers"), [], p, "upstreamNameservers")
-    if not isinstance(ups, list):
-        raise ValueError(f"{p}: upstreamNameservers must be a list")
-    cfg.upstream_nameservers = [parse_hostport(str(s)) for s in ups]
-    return cfg
-
-
-def _json_value(value: Any, empty: Any, path: Path, key: str) -> Any:
-    """ConfigMap values are JSON strings; a YAML file may hold the structure itself."""
-    if value is None or value == "":
-        return empty
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: {key} is not valid JSON: {exc}") from None
-    return value
-
-
-class ForwardZone:
-    """One forward zone: names under `zone` go to `forwarder`, through `cache` if given."""
-
-    def __init__(self, zone: str, forwarder: Forwarder, cache_opts: Mapping[str, Any] | None,
-                 loop: LoopDetector | None = None) -> None:
-        self.zone = _zone(zone)
-        self.forwarder = forwarder
-        self.loop = loop
-        self.cache = ResponseCache(self._fetch, **cache_opts) if cache_opts is not None else None
-        if self.cache is not None:
-            self.cache.start = self._start  # misses without a Task (the coroutine stays for tests)
-
-    def __repr__(self) -> str:
-        return f"ForwardZone({self.zone}, {self.forwarder!r}, cached={self.cache is not None})"
-
-    def _start(self, q: Query, done: Done) -> None:
-        """The cache's fetch, callback style (no Task): see Forwarder.start."""
-        if self.loop is not None and self.loop.seen(q.name):
-            raise ForwardError("our own loop probe came back")
-        self.forwarder.start(q.name, q.qtype, q.qclass, q.do, q.cd, done)
-
-    async def _fetch(self, q: Query) -> bytes:
-        if self.loop is not None and self.loop.seen(q.name):
-            raise ForwardError("our own loop probe came back")
-        return await self.forwarder.query(q.name, q.qtype, q.qclass, do=q.do, cd=q.cd)
-
-    def lookup(self, q: Query, limit: int | None) -> bytes | None:
-        """A fresh cached reply, synchronously, or None."""
-        return self.cache.lookup(q, limit) if self.cache is not None else None
-
-    async def resolve(self, q: Query, limit: int | None) -> bytes:
-        """The client's reply: cached, forwarded, stale, REFUSED (overload) or SERVFAIL."""
-        if self.cache is not None:
-            return await self.cache.resolve(q, limit)
-        try:
-            wire = await self._fetch(q)
-        except Overloaded:
-            return W.error_reply(q, Rcode.REFUSED)
-        except (ForwardError, Guarded):
-            return W.error_reply(q, Rcode.SERVFAIL)
-        try:
-            s = W.scan_response(wire)
-        except Malformed:
-            return W.error_reply(q, Rcode.SERVFAIL)
-        return W.render(s.wire, s.qend, s.ttl_offsets, None, q, limit)
-
-    def close(self) -> None:
-        self.forwarder.close()
-        if self.cache is not None:
-            self.cache.close()
-
-
-class ForwardTable:
-    """Forward zones by name; `route()` picks the longest zone containing a name."""
-
-    def __init__(self, zones: Iterable[ForwardZone] = ()) -> None:
-        self._zones: dict[bytes, ForwardZone] = {}
-        for z in zones:
-            self.add(z)
-
-    def add(self, zone: ForwardZone) -> None:
-        self._zones[to_wire(zone.zone)] = zone
-
-    @property
-    def zones(self) -> list[ForwardZone]:
-        return list(self._zones.values())
-
-    def route(self, name: bytes) -> ForwardZone | None:
-        """Longest-suffix match on label boundaries; `name` is lowercased wire form."""
-        zones = self._zones
-        i, n = 0, len(name)
-        while i < n:
-            z = zones.get(name[i:] if i else name)
-            if z is not None:
-                return z
-            if name[i] == 0:
-                break
-            i += name[i] + 1
-        return None
-
-    def close(self) -> None:
-        for z in self._zones.values():
-            z.close()
-
-
-def build_forward_table(default: Sequence[UpstreamSpec], stubs: Mapping[str, Sequence[UpstreamSpec]],
-                        *, cache_opts: Mapping[str, Any] | None,
-                        forward_opts: Mapping[str, Any] | None = None,
-                        except_zones: Iterable[str] = (),
-                        loop: LoopDetector | None = None) -> ForwardTable:
-    """'.' to `default` and each stub zone to its servers, all cached with `cache_opts`.
-
-    `except_zones` (the cluster zone) are never sent to any of these upstreams.
-    """
-    fo = dict(forward_opts or {})
-    ex = tuple(except_zones)
-    table = ForwardTable()
-    if default:
-        table.add(ForwardZone(".", Forwarder(default, except_zones=ex, name=".", **fo),
-                              cache_opts, loop))
-    for zone, servers in stubs.items():
-        z = _zone(zone)
-        table.add(ForwardZone(z, Forwarder(servers, except_zones=ex, name=z, **fo),
-                              cache_opts, loop))
-    return table
 
 
 class Forwarding:
@@ -380,25 +184,15 @@ def cluster_forwarding(zone: str, *, upstreams: Sequence[str] = (), resolv_conf:
     forwarding flag was given (then names outside the zone are REFUSED).
 
     Servers for '.': `upstreams`, else the ConfigMap's upstreamNameservers, else the
-    nameservers of `resolv_conf`. Raises ValueError or OSError on bad input.
+    nameservers of `resolv_conf` (sources.choose_upstreams). Raises ValueError or OSError
+    on bad input.
     """
     if not (upstreams or resolv_conf or stubs or kube_dns_configmap):
         return None
-    default: list[UpstreamSpec] = []
-    stub_map: dict[str, list[UpstreamSpec]] = {}
-    if kube_dns_configmap:
-        cm = load_kube_dns_configmap(kube_dns_configmap)
-        stub_map.update(cm.stub_domains)
-        default = cm.upstream_nameservers
-    for text in stubs:
-        z, servers = parse_stub(text)
-        stub_map[z] = servers
-    if upstreams:
-        default = [parse_hostport(u) for u in upstreams]
-    if not default and resolv_conf:
-        default = resolv_conf_upstreams(resolv_conf)
-        if not default:
-            raise ValueError(f"{resolv_conf} lists no nameserver; pass --upstream")
+    cm = load_kube_dns_configmap(kube_dns_configmap) if kube_dns_configmap else None
+    flag_stubs = dict(parse_stub(text) for text in stubs)
+    default, stub_map = choose_upstreams([parse_hostport(u) for u in upstreams], flag_stubs, cm,
+                                         resolv_conf or None)
     loop = LoopDetector() if loop_detect else None
     table = build_forward_table(default, stub_map, cache_opts=dict(SERVE_CACHE, **(cache_opts or {})),
                                 forward_opts=forward_opts, except_zones=[zone], loop=loop)

@@ -31,15 +31,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from cachetools import LRUCache
 
+from clusterdns.cache.entry import NODATA, NXDOMAIN, POSITIVE, SERVFAIL, UNCACHED, Entry
+from clusterdns.forward.forwarder import Overloaded
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import HEADER, Rcode
 from clusterdns.wire.names import Malformed
 from clusterdns.wire.question import Query
-from clusterdns.zones.forward import Overloaded
 
 log = logging.getLogger("clusterdns.cache")
 
@@ -48,30 +48,6 @@ Fetch = Callable[[Query], Awaitable[bytes]]
 Done = Callable[[bytes | None, BaseException | None], None]
 #: a fetch without a coroutine: start it and call Done later (may raise at once)
 Start = Callable[[Query, Done], None]
-
-POSITIVE, NXDOMAIN, NODATA, SERVFAIL, UNCACHED = range(5)
-
-
-@dataclass(slots=True)
-class Entry:
-    """A stored answer. `wire` has no OPT record and its question lowercased."""
-
-    wire: bytes
-    qend: int
-    ttl_offsets: tuple[int, ...]
-    kind: int
-    name: bytes
-    stored: float
-    ttl: int  # TTL served at `stored`; counts down from there
-    hits: int = 0
-    retry_after: float = 0.0  # serve-stale: no refresh before this (failure recheck)
-
-    @property
-    def expires(self) -> float:
-        return self.stored + self.ttl
-
-    def remaining(self, now: float) -> int:
-        return self.ttl - int(now - self.stored)
 
 
 class _Lru(LRUCache):

@@ -1,0 +1,1 @@
+"""The cache of forwarded answers (CoreDNS's cache plugin)."""

@@ -1,0 +1,296 @@
+"""Forwarder: send a question to upstream servers and bring back their answer.
+
+Follows CoreDNS's forward plugin (operators.md 1.5): a policy orders the upstreams
+(random, round_robin, sequential); a timeout moves on to the next; UDP first with a TCP
+retry when TC comes back, or TCP only (`force_tcp`); more than `max_concurrent`
+questions in flight are refused (REFUSED, no queueing, so memory stays flat under a
+flood). An answer counts only with our ID and our exact question (RFC 5452; udppool.py).
+
+A question's walk through the upstreams (`_Query`) runs on callbacks, not a Task: a
+UDP exchange creates no coroutine, so a cache miss stays cheap (TCP runs as a Task
+inside that walk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from clusterdns.forward.upstream import Upstream, UpstreamSpec, _settle
+from clusterdns.wire import scan as W
+from clusterdns.wire.constants import Rcode, RRClass
+from clusterdns.wire.names import in_zone, to_text, to_wire
+
+#: how a question's end is reported: (answer, None) or (None, exception)
+Done = Callable[[bytes | None, BaseException | None], None]
+
+log = logging.getLogger("clusterdns.forward")
+
+POLICIES = ("random", "round_robin", "sequential")
+
+
+class ForwardError(Exception):
+    """No usable answer came back from any upstream."""
+
+
+class Overloaded(ForwardError):
+    """More than `max_concurrent` questions in flight: the caller answers REFUSED."""
+
+
+class Guarded(ForwardError):
+    """The name lies in a zone this forwarder must never send upstream (the cluster zone)."""
+
+
+@dataclass(slots=True)
+class ForwardStats:
+    """Counters for metrics (plain ints; the metrics issue exports them)."""
+
+    queries: int = 0  # questions asked of this forwarder
+    requests: int = 0  # exchanges with an upstream (retries and TCP fallbacks included)
+    failures: int = 0  # exchanges that timed out or failed
+    spoofed: int = 0  # datagrams or TCP messages dropped: wrong address, ID or question
+    late: int = 0  # UDP answers to a query that had already timed out (dropped)
+    refused: int = 0  # questions turned away over max_concurrent
+    tc_retries: int = 0  # UDP answers with TC retried over TCP
+    health_checks: int = 0
+    health_failures: int = 0
+    conns_opened: int = 0
+    conns_reused: int = 0
+    all_down: int = 0  # questions that found every upstream marked down
+
+
+class Forwarder:
+    """Upstream list + policy; `start()` (callback) or `query()` (coroutine) ask them."""
+
+    #: each upstream's UDP socket moves to a new random source port after this many
+    #: queries or seconds (udppool.py); not in the config yet: set on a pool to change it
+    udp_rotate_queries = 256
+    udp_rotate_seconds = 10.0
+
+    def __init__(self, upstreams: Sequence[UpstreamSpec], *, policy: str = "random",
+                 max_fails: int = 2, health_interval: float = 0.5, read_timeout: float = 2.0,
+                 timeout: float = 5.0, expire: float = 10.0, max_concurrent: int = 1000,
+                 except_zones: Iterable[str] = (), name: str = ".") -> None:
+        if not upstreams:
+            raise ValueError(f"forwarder {name}: no upstream servers")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+        self.name = name
+        self.policy = policy
+        self.max_fails = max_fails
+        self.health_interval = health_interval
+        self.read_timeout = read_timeout
+        self.timeout = timeout
+        self.expire = expire
+        self.max_concurrent = max_concurrent
+        self.except_zones = tuple(to_wire(z) for z in except_zones)
+        self.stats = ForwardStats()
+        self.upstreams = [Upstream(s, self) for s in upstreams]
+        self.closed = False
+        self.in_flight = 0
+        self._rr = itertools.count()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tcp_tasks: set[asyncio.Task[bytes]] = set()
+
+    def __repr__(self) -> str:
+        return f"Forwarder({self.name}, {[str(u.spec) for u in self.upstreams]}, {self.policy})"
+
+    def _order(self) -> list[Upstream]:
+        ups = self.upstreams
+        if len(ups) == 1:
+            return ups  # nothing to order (the hot case: one upstream)
+        if self.policy == "random":
+            ups = ups[:]
+            random.shuffle(ups)
+        elif self.policy == "round_robin":
+            k = next(self._rr) % len(ups)
+            ups = ups[k:] + ups[:k]
+        healthy = [u for u in ups if u.healthy]
+        # all down: still try them (CoreDNS tries one at random); the deadline bounds it
+        return healthy + [u for u in ups if not u.healthy]
+
+    async def query(self, name: bytes, qtype: int, qclass: int = RRClass.IN, *, do: bool = False,
+                    cd: bool = False) -> bytes:
+        """Ask the upstreams for (name, type, class) and return the first usable answer.
+
+        `name` is a lowercased wire name. A timeout or error moves on to the next upstream;
+        SERVFAIL and REFUSED do too (another server may know), and the last such answer is
+        returned when nobody did better. Raises Overloaded, Guarded or ForwardError.
+        """
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.start(name, qtype, qclass, do, cd, lambda a, e: _settle(fut, a, e))
+        return await fut
+
+    def start(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool, done: Done) -> None:
+        """`query()` without a coroutine: `done` gets the answer or the ForwardError, once,
+        never before this returns. Guarded and Overloaded are raised here, at once."""
+        for zone in self.except_zones:
+            if in_zone(name, zone):
+                raise Guarded(f"{to_text(name)} is in a zone never forwarded upstream")
+        if self.in_flight >= self.max_concurrent:
+            self.stats.refused += 1
+            raise Overloaded(f"more than {self.max_concurrent} queries in flight")
+        if self._sweeper is None:
+            self._ensure_sweeper()
+        self.stats.queries += 1
+        max_fails = self.max_fails
+        for u in self.upstreams:
+            if u.fails < max_fails:
+                break
+        else:
+            self.stats.all_down += 1  # CoreDNS coredns_forward_healthcheck_broken_total
+        self.in_flight += 1
+        _Query(self, name, qtype, qclass, do, cd, done).step()
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None and not self.closed:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def _sweep_loop(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(self.expire)
+            for up in self.upstreams:
+                up.tcp.sweep()
+
+    def close(self) -> None:
+        """Stop health probes and the sweeper; close sockets and pooled connections."""
+        self.closed = True
+        for up in self.upstreams:
+            up.close()
+        for t in list(self._tcp_tasks):
+            t.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+
+class _Query:
+    """One question's walk through the upstreams in policy order, driven by callbacks.
+
+    Each step asks one upstream within min(read_timeout, what is left of `timeout`);
+    a timeout or error marks a failure and moves on, SERVFAIL/REFUSED is kept as a
+    fallback and moves on, anything else is the answer. TC and force_tcp run the TCP
+    exchange as a Task inside the same step budget.
+    """
+
+    __slots__ = ("fwd", "name", "qtype", "qclass", "do", "cd", "done", "order", "i",
+                 "deadline", "until", "fallback", "up", "started", "finished")
+
+    def __init__(self, fwd: Forwarder, name: bytes, qtype: int, qclass: int, do: bool, cd: bool,
+                 done: Done) -> None:
+        self.fwd, self.name, self.qtype, self.qclass, self.do, self.cd = fwd, name, qtype, qclass, do, cd
+        self.done = done
+        self.order = fwd._order()
+        self.i = 0
+        self.deadline = asyncio.get_running_loop().time() + fwd.timeout
+        self.until = 0.0  # end of the current step (loop time)
+        self.fallback: bytes | None = None
+        self.up: Upstream | None = None
+        self.started = 0.0
+        self.finished = False
+
+    def step(self) -> None:
+        """Ask the next upstream, or finish when there is none or no time left."""
+        fwd = self.fwd
+        try:
+            while self.i < len(self.order) and not fwd.closed:
+                up = self.order[self.i]
+                self.i += 1
+                now = asyncio.get_running_loop().time()
+                left = self.deadline - now
+                if left <= 0:
+                    break
+                timeout = fwd.read_timeout if fwd.read_timeout < left else left
+                self.until = now + timeout
+                self.up = up
+                self.started = time.perf_counter()
+                fwd.stats.requests += 1
+                if up.spec.force_tcp:
+                    self._tcp()
+                else:
+                    up.pool.send(W.build_query(0, self.name, self.qtype, self.qclass,
+                                               do=self.do, cd=self.cd), timeout, self._udp_done)
+                return
+        except Exception as exc:  # a bug must cost one answer, never the question's waiters
+            self._finish(None, exc)
+            return
+        self._finish(None, None)
+
+    def _udp_done(self, answer: bytes | None, exc: BaseException | None) -> None:
+        if self.finished:
+            return
+        try:
+            if exc is not None:
+                self._failed(exc)
+            elif answer[2] & 0x02:  # type: ignore[index]  # TC: the full answer needs TCP (RFC 7766 5)
+                self.fwd.stats.tc_retries += 1
+                self._tcp()
+            else:
+                self._answered(answer)  # type: ignore[arg-type]
+        except Exception as exc2:
+            self._finish(None, exc2)
+
+    def _answered(self, answer: bytes) -> None:
+        up = self.up
+        assert up is not None
+        up.stats.observe(answer[3] & 0x0F, time.perf_counter() - self.started)
+        up.fails = 0
+        if answer[3] & 0x0F in (Rcode.SERVFAIL, Rcode.REFUSED):
+            self.fallback = answer
+            self.step()
+        else:
+            self._finish(answer, None)
+
+    def _failed(self, exc: BaseException) -> None:
+        up = self.up
+        assert up is not None
+        self.fwd.stats.failures += 1
+        log.debug("upstream %s failed: %r", up.spec, exc)
+        up.failed()
+        self.step()
+
+    def _tcp(self) -> None:
+        up = self.up
+        assert up is not None
+        task = asyncio.get_running_loop().create_task(self._tcp_exchange(up, self.until))
+        self.fwd._tcp_tasks.add(task)
+        task.add_done_callback(self._tcp_done)
+
+    async def _tcp_exchange(self, up: Upstream, until: float) -> bytes:
+        async with asyncio.timeout_at(until):
+            return await up.tcp.exchange(self.name, self.qtype, self.qclass, self.do, self.cd)
+
+    def _tcp_done(self, task: asyncio.Task[bytes]) -> None:
+        self.fwd._tcp_tasks.discard(task)
+        if self.finished:
+            return
+        try:
+            if task.cancelled():
+                self._finish(None, ForwardError("forwarder closed"))
+                return
+            exc = task.exception()
+            if exc is None:
+                self._answered(task.result())
+            elif isinstance(exc, (OSError, TimeoutError, asyncio.IncompleteReadError)):
+                self._failed(exc)
+            else:
+                self._finish(None, exc)
+        except Exception as exc2:
+            self._finish(None, exc2)
+
+    def _finish(self, answer: bytes | None, exc: BaseException | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.fwd.in_flight -= 1
+        if answer is None and exc is None:
+            answer = self.fallback
+            if answer is None:
+                exc = ForwardError(f"no upstream of {self.fwd.name} answered "
+                                   f"{to_text(self.name)}")
+        self.done(answer, exc)

@@ -1,1 +1,0 @@
-"""Answering questions: one module per zone kind (cluster zone, later cache and forward)."""
