@@ -40,7 +40,7 @@ from clusterdns.server.tcp import TCPLimits, TCPProtocol
 from clusterdns.server import udp as udp_listener
 from clusterdns.server.udp import UDPListener
 from clusterdns.workers import Journal, Worker
-from clusterdns.zones.upstreams import Forwarding, cluster_forwarding
+from clusterdns.forward.forwarding import Forwarding, cluster_forwarding
 
 if TYPE_CHECKING:  # imported where used: kubernetes and aiohttp cost ~0.4 s of start-up from manifests
     from clusterdns.kube.watch import KubeSource
@@ -77,7 +77,7 @@ class ServeOptions:
     health: str | None = None
     ready: str | None = None
     lameduck: float = 5.0  # kubeadm's `health { lameduck 5s }`; applies when /ready is served
-    # forwarding of names outside the zone (zones/upstreams.py); off unless one is given
+    # forwarding of names outside the zone (forward/forwarding.py); off unless one is given
     upstreams: list[str] = field(default_factory=list)
     resolv_conf: str | None = None  # `forward . /etc/resolv.conf`
     stubs: list[str] = field(default_factory=list)  # ZONE=IP[:PORT][,IP...]
@@ -254,7 +254,8 @@ async def serve(opts: ServeOptions, journal: Journal | None = None, workers: lis
     skipped = 0
     if opts.manifests:
         with bulk_load():
-            objects, skipped = load_manifests(opts.manifests, namespaces=opts.namespaces, labels=opts.labels)
+            objects, skipped = load_manifests(opts.manifests, namespaces=opts.namespaces, labels=opts.labels,
+                                              pod_names=opts.endpoint_pod_names)
             store.load(objects)
     else:
         source = build_source(opts, store)
@@ -266,8 +267,10 @@ async def serve(opts: ServeOptions, journal: Journal | None = None, workers: lis
         if source is not None or opts.health or opts.ready:
             from clusterdns.obs.health import HealthServer
 
-            health = HealthServer(opts.health or ":8080", opts.ready or ":8181",
-                                  source.missing if source is not None else None)
+            health = HealthServer(
+                lifecycle.bind_address(opts.health or ":8080", "/health", "--health (config `health:`)"),
+                lifecycle.bind_address(opts.ready or ":8181", "/ready", "--ready (config `ready:`)"),
+                source.missing if source is not None else None)
             try:
                 await health.start()
             except OSError as exc:

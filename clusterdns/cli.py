@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait this long for the first sync, then serve anyway with SERVFAIL for "
                         "unknown cluster names (default %(default)s)")
     k.add_argument("--health", type=_address, metavar="HOST:PORT",
-                   help="liveness endpoint /health (default :8080 with the API, off with --manifests)")
+                   help="liveness endpoint /health; HOST:PORT, [v6]:PORT or ${POD_IP}:PORT (host from "
+                        "that env var) (default :8080, every address, with the API, off with --manifests)")
     k.add_argument("--ready", type=_address, metavar="HOST:PORT",
-                   help="readiness endpoint /ready (default :8181 with the API, off with --manifests)")
+                   help="readiness endpoint /ready, as --health (default :8181 with the API, off with --manifests)")
     k.add_argument("--lameduck", type=_seconds, default=d.lameduck, metavar="SECONDS",
                    help="after SIGTERM, fail /ready but keep answering this long (default %(default)s)")
     f = s.add_argument_group("forwarding (names outside the cluster zone; off, i.e. REFUSED, "
@@ -133,7 +134,7 @@ def _operating_flags(p: argparse.ArgumentParser) -> None:
     """Metrics, logs, reload and stop flags, the same for both modes (defaults: config.py)."""
     g = p.add_argument_group("metrics, logs, reload and shutdown")
     g.add_argument("--metrics", type=_address, metavar="HOST:PORT",
-                   help="serve Prometheus /metrics here (serve: :9153 with the API source, off with "
+                   help="serve Prometheus /metrics here, as --health takes it (serve: :9153 with the API source, off with "
                         "--manifests; node-cache: off unless set, node-local-dns uses :9253)")
     g.add_argument("--log-format", choices=config.LOG_FORMATS, help="text lines or JSON lines (default text)")
     g.add_argument("--query-log", action="store_true", help="log every query in CoreDNS's common format")

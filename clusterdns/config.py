@@ -159,12 +159,14 @@ class ServeConfig(CommonSettings):
     """Wait this long for the first API sync, then serve anyway, SERVFAIL for unknown names
     (CoreDNS `startup_timeout`)."""
     health: str | None = None
-    """/health address; null = :8080 with the API (CoreDNS's port), off with manifests."""
+    """/health address, HOST:PORT or ${POD_IP}:PORT (host from that env var); null = :8080 (every
+    address, CoreDNS's) with the API, off with manifests."""
     ready: str | None = None
-    """/ready address; null = :8181 with the API (CoreDNS's port), off with manifests."""
+    """/ready address, HOST:PORT or ${POD_IP}:PORT; null = :8181 (every address, CoreDNS's) with
+    the API, off with manifests."""
     metrics: str | None = None
-    """/metrics address; null = :9153 with the API (CoreDNS's port, dashboards expect it), off
-    with manifests."""
+    """/metrics address, HOST:PORT or ${POD_IP}:PORT; null = :9153 (every address; CoreDNS's port,
+    dashboards expect it) with the API, off with manifests."""
     upstreams: list[str] = field(default_factory=list)
     """Servers for names outside the cluster zone (HOST[:PORT], [v6]:PORT, tcp://HOST); with
     none of upstreams/resolv_conf/stub_domains/kube_dns_configmap such names are REFUSED."""
@@ -216,8 +218,8 @@ class NodeCacheFileConfig(nodecache_config.NodeCacheConfig, CommonSettings):
     """
 
     metrics: str | None = None
-    """/metrics address; null = off, so test and side-by-side caches do not fight over a port.
-    Deployments set node-local-dns's `:9253` (config/node-cache.yaml does)."""
+    """/metrics address, HOST:PORT or ${POD_IP}:PORT; null = off, so test and side-by-side caches
+    do not fight over a port. Deployments set node-local-dns's `:9253` (config/node-cache.yaml does)."""
     lameduck: float = 0.0
     """0: pods reach the node cache by a link-local IP, not through Service endpoints, so
     there is nothing to drain."""
@@ -314,12 +316,21 @@ def _listen(v: str) -> str | None:
 
 
 def _http_address(v: str) -> str | None:
+    """HOST:PORT, :PORT, [v6]:PORT, or ${VAR}:PORT: the host read from $VAR at start-up."""
+    from clusterdns.obs.bind import ENV_REF, split  # no aiohttp there
+
     if v == "":
         return None  # off (node-cache's `--health ""`)
-    r = _host_port(v, "an address HOST:PORT or :PORT")
+    host, _ = split(v)
+    m = ENV_REF.match(host)
+    if m:  # checked when it is read (obs/bind.py); here only the shape around it
+        v = v.replace(m.group(0), "::" if v.startswith("[") else "0.0.0.0", 1)
+    elif "$" in host:
+        return "an address HOST:PORT, :PORT or ${VAR}:PORT (a variable as ${POD_IP}, braces and all)"
+    r = _host_port(v, "an address HOST:PORT, :PORT or ${VAR}:PORT")
     if isinstance(r, str):
         return r
-    return None if r[1] >= 0 else "an address HOST:PORT or :PORT (the port is needed)"
+    return None if r[1] >= 0 else "an address HOST:PORT, :PORT or ${VAR}:PORT (the port is needed)"
 
 
 def _upstream(v: str) -> str | None:
@@ -485,7 +496,7 @@ def guess_mode(data: Any) -> str:
 
 def check_references(cfg: AnyConfig) -> list[str]:
     """Problems with the files a valid config points to, that start-up would hit."""
-    from clusterdns.zones.upstreams import load_kube_dns_configmap  # the forwarding code's reader
+    from clusterdns.forward.sources import load_kube_dns_configmap  # the forwarding code's reader
 
     out: list[str] = []
     if cfg.kube_dns_configmap:

@@ -42,10 +42,22 @@ class Draining(Protocol):
     def close(self) -> None: ...
 
 
+def bind_address(address: str, endpoint: str, option: str) -> str:
+    """`address` with a `${VAR}` host read from the environment (obs/bind.py); a StartupError
+    naming the endpoint, the option and the variable when it is unset or not an IP."""
+    from clusterdns.obs.bind import BindError, resolve
+
+    try:
+        return resolve(address, option)
+    except BindError as exc:
+        raise StartupError(f"cannot serve {endpoint}: {exc}") from None
+
+
 async def start_metrics(address: str | None, sources: Sources) -> Metrics | None:
     """Serve /metrics on `address` from the answer table's counters; None when off."""
     if not address:
         return None
+    address = bind_address(address, "/metrics", "--metrics (config `metrics:`)")
     metrics = Metrics(sources, stats=sources.table.stats)
     metrics.calibrate()
     try:

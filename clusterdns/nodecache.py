@@ -39,14 +39,12 @@ from clusterdns.reload import Reloader
 from clusterdns.server.handler import Handler
 from clusterdns.server.replay import ReplayTable
 from clusterdns.server.tcp import TCPLimits
-from clusterdns.zones.forward import Forwarder, LoopDetector, UpstreamSpec, parse_hostport
-from clusterdns.zones.upstreams import (
-    Forwarding,
-    ForwardTable,
-    ForwardZone,
-    load_kube_dns_configmap,
-    resolv_conf_upstreams,
-)
+from clusterdns.forward.forwarder import Forwarder
+from clusterdns.forward.forwarding import Forwarding
+from clusterdns.forward.loop import LoopDetector
+from clusterdns.forward.sources import choose_upstreams, load_kube_dns_configmap
+from clusterdns.forward.table import ForwardTable, ForwardZone
+from clusterdns.forward.upstream import UpstreamSpec, parse_hostport
 
 log = logging.getLogger("clusterdns")
 
@@ -56,25 +54,16 @@ def _cache_opts(cfg: NodeCacheConfig, max_ttl: int, max_negative_ttl: int) -> di
 
 
 def _upstreams(cfg: NodeCacheConfig) -> tuple[list[UpstreamSpec], dict[str, list[UpstreamSpec]]]:
-    """'.' servers and stub domains: flags/config over the ConfigMap over resolv.conf."""
-    stubs: dict[str, list[UpstreamSpec]] = {}
-    default: list[UpstreamSpec] = []
-    if cfg.kube_dns_configmap:
-        cm = load_kube_dns_configmap(cfg.kube_dns_configmap)
-        stubs.update(cm.stub_domains)
-        default = cm.upstream_nameservers
-    for zone, servers in cfg.stub_domains.items():
-        stubs[zone.rstrip(".").lower() + "."] = [parse_hostport(s) for s in servers]
-    if cfg.upstreams:
-        default = [parse_hostport(s) for s in cfg.upstreams]
-    if not default:
-        try:
-            default = resolv_conf_upstreams(cfg.resolv_conf)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {cfg.resolv_conf}: {exc.strerror or exc}") from None
-        if not default:
-            raise ConfigError(f"{cfg.resolv_conf} lists no nameserver; pass --upstream")
-    return default, stubs
+    """'.' servers and stub domains: flags/config over the ConfigMap over resolv.conf
+    (sources.choose_upstreams); resolv.conf is always the last resort here."""
+    cm = load_kube_dns_configmap(cfg.kube_dns_configmap) if cfg.kube_dns_configmap else None
+    stubs = {zone.rstrip(".").lower() + ".": [parse_hostport(s) for s in servers]
+             for zone, servers in cfg.stub_domains.items()}
+    ups = [parse_hostport(s) for s in cfg.upstreams]
+    try:
+        return choose_upstreams(ups, stubs, cm, cfg.resolv_conf)
+    except OSError as exc:  # only the resolv.conf read can raise it
+        raise ConfigError(f"cannot read {cfg.resolv_conf}: {exc.strerror or exc}") from None
 
 
 def build(cfg: NodeCacheConfig, loop: LoopDetector | None = None) -> Forwarding:
@@ -122,7 +111,8 @@ async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
     if cfg.health:
         from clusterdns.obs.health import HealthServer  # aiohttp: not paid by `serve`, which imports this module for its flags
 
-        health = HealthServer(cfg.health, cfg.health)
+        address = lifecycle.bind_address(cfg.health, "/health and /ready", "--health (config `health:`)")
+        health = HealthServer(address, address)
     sources = Sources(handler=handler, table=handler.table, forwarding=forwarding, tcp_limits=listeners.limits,
                       plugins=lifecycle.plugins(forward=True, cache=True, errors=True, loop=cfg.loop_detect,
                                                 health=bool(cfg.health), log=query_log is not None,

@@ -69,7 +69,7 @@ class NodeCacheConfig:
     """UDP+TCP addresses; add the kube-dns ClusterIP in iptables mode (then kubelet's
     clusterDNS need not change)."""
     health: str = "169.254.20.10:8080"
-    """/health and /ready listener (node-local-dns: <localip>:8080)."""
+    """/health and /ready listener (node-local-dns: <localip>:8080); HOST:PORT or ${POD_IP}:PORT."""
     cluster_domain: str = "cluster.local"
     cluster_dns: str | None = None
     """The kube-dns-upstream Service (HOST[:PORT]); default from the Service's env vars
@@ -124,7 +124,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML settings (config/node-cache.yaml)")
     p.add_argument("--listen", action="append", metavar="HOST:PORT",
                    help="UDP+TCP address, repeatable (default 169.254.20.10:53)")
-    p.add_argument("--health", metavar="HOST:PORT", help="/health and /ready (default 169.254.20.10:8080)")
+    p.add_argument("--health", metavar="HOST:PORT", help="/health and /ready; HOST:PORT, [v6]:PORT or ${POD_IP}:PORT "
+                        "(default 169.254.20.10:8080)")
     p.add_argument("--cluster-domain", metavar="ZONE")
     p.add_argument("--cluster-dns", metavar="HOST[:PORT]",
                    help="the kube-dns-upstream Service, for the cluster and reverse zones")

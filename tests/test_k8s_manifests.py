@@ -76,13 +76,53 @@ def test_deployment_is_a_cluster_dns_deployment() -> None:
     live, ready = c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]
     assert (live["path"], ports[live["port"]][0]) == ("/health", 8080)
     assert (ready["path"], ports[ready["port"]][0]) == ("/ready", 8181)
-    assert "--health=:8080" in c["args"] and "--ready=:8181" in c["args"]
+    # probes and metrics bound to the pod IP (downward API), which is where the kubelet probes
+    # (no `host:` in the probes) and Prometheus scrapes; not to every address
+    assert {"--health=${POD_IP}:8080", "--ready=${POD_IP}:8181", "--metrics=${POD_IP}:9153"} <= set(c["args"])
+    assert "host" not in live and "host" not in ready
+    assert _pod_ip_env(c) == "POD_IP"
 
     sc = c["securityContext"]
     assert sc["capabilities"] == {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     res = c["resources"]
     assert res["requests"] == {"cpu": "100m", "memory": "70Mi"} and "memory" in res["limits"]
+
+
+def _pod_ip_env(container: dict[str, Any]) -> str:
+    """The one env var the container gets from the downward API's status.podIP."""
+    (name,) = [e["name"] for e in container.get("env", [])
+               if e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP"]
+    return name
+
+
+def test_endpoints_bind_only_to_variables_the_pod_sets() -> None:
+    """`${VAR}` in a bind address is read by clusterdns at start-up: unset, it stops the pod."""
+    for kind, name in (("Deployment", None), ("DaemonSet", "node-local-dns")):
+        c = _one(kind, name)["spec"]["template"]["spec"]["containers"][0]
+        used = {v for arg in c["args"] for v in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", arg)}
+        if kind == "DaemonSet":
+            text = _one("ConfigMap", "node-local-dns")["data"]["node-cache.yaml"]
+            used |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))
+        assert used == {_pod_ip_env(c)}, (kind, used)
+
+
+def test_node_cache_endpoints_are_not_on_every_address() -> None:
+    """The DaemonSet runs in the node's network: /health and /ready stay on the link-local
+    address the kubelet probes, /metrics is on the node's IP (POD_IP) where Prometheus scrapes."""
+    from clusterdns import config as C
+
+    ds = _one("DaemonSet", "node-local-dns")
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert pod["hostNetwork"] is True and _pod_ip_env(c) == "POD_IP"
+    cfg = C.parse(yaml.safe_load(_one("ConfigMap", "node-local-dns")["data"]["node-cache.yaml"]), "node-cache")
+    assert cfg.health == "169.254.20.10:8080" and cfg.metrics == "${POD_IP}:9253"
+    probe = c["livenessProbe"]["httpGet"]
+    assert (probe["host"], probe["port"], probe["path"]) == ("169.254.20.10", 8080, "/health")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert ports["metrics"] == int(annotations["prometheus.io/port"]) == 9253
 
 
 def test_args_only_use_variables_the_configmap_defines() -> None:

@@ -152,7 +152,7 @@ class Sources:
 
     handler: Any = None  # server.handler.Handler: `errors` (internal errors caught = panics)
     table: Any = None  # server.replay.ReplayTable: `udp`, `tcp` dicts
-    forwarding: Any = None  # zones.upstreams.Forwarding: `.table.zones`, `.errors`
+    forwarding: Any = None  # forward.forwarding.Forwarding: `.table.zones`, `.errors`
     kube: Any = None  # kube.watch.KubeSource: `.states`
     store: Any = None  # kube.store.ClusterStore: object dicts, `synced`, `last_change`
     tcp_limits: Any = None  # server.tcp.TCPLimits: `open`, optional `refused`
@@ -390,7 +390,7 @@ class DNSCollector(Collector):
         for zone, cache in caches:
             success = denial = 0
             for e in list(cache._entries.values()):
-                if e.kind == 0:  # zones.cache.POSITIVE
+                if e.kind == 0:  # cache.entry.POSITIVE
                     success += 1
                 else:
                     denial += 1
