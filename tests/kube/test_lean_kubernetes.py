@@ -25,9 +25,11 @@ def test_server_import_loads_no_generated_models() -> None:
         "mods = [m for m in sys.modules if m.startswith('kubernetes')]\n"
         "print(json.dumps({'models': [m for m in mods if '.models' in m],\n"
         "                  'apis': [m for m in mods if m.startswith('kubernetes.client.api.')],\n"
+        "                  'oauth': [m for m in sys.modules if m.startswith(('requests', 'oauthlib.'))],\n"
         "                  'config': 'kubernetes.config.kube_config' in mods}))\n")
     assert got["config"] is True
     assert got["models"] == [] and got["apis"] == []
+    assert got["oauth"] == ["oauthlib.oauth2", "requests_oauthlib"]  # hollow: none of their modules, nor requests
 
 
 def test_whole_package_still_works_after_the_lean_import() -> None:
@@ -44,11 +46,16 @@ def test_whole_package_still_works_after_the_lean_import() -> None:
         "                  'v1service': client.V1Service.__module__,\n"
         "                  'watch': watch.Watch.__module__,\n"
         "                  'oidc_refresh_builds': type(kube_config.ApiClient()).__module__,\n"
+        "                  'oauth_session': type(kube_config.OAuth2Session()).__module__,\n"
+        "                  'oauth_error': kube_config.oauthlib.oauth2.rfc6749.errors.InvalidClientIdError.__name__,\n"
+        "                  'oauth_real': __import__('requests_oauthlib').OAuth2Session.__module__,\n"
         "                  'version': bool(kubernetes.__version__)}))\n")
     assert got == {"api": "kubernetes.client.api.core_v1_api", "apiclient_real": True,
                    "v1service": "kubernetes.client.models.v1_service",
                    "watch": "kubernetes.watch.watch",
-                   "oidc_refresh_builds": "kubernetes.client.api_client", "version": True}
+                   "oidc_refresh_builds": "kubernetes.client.api_client",
+                   "oauth_session": "requests_oauthlib.oauth2_session", "oauth_error": "InvalidClientIdError",
+                   "oauth_real": "requests_oauthlib.oauth2_session", "version": True}
 
 
 def test_kubernetes_imported_first_is_left_alone() -> None:
