@@ -1337,6 +1337,10 @@ def new_targets(ctx: Ctx, summ: dict, startup: dict, verdict) -> list[str]:
                        f"(< 5 s): {verdict(sc['rss_after_sync_mb'] <= 144 and sc['sync_s'] < 5)}")
         else:
             out.append("memory at 10,000 services: n/a (bench/scale.py did not finish)")
+        rl = (sc or {}).get("relist")
+        if rl:
+            out.append(f"memory, re-list after 410 at that size: peak RSS {rl['peak_mb']:.1f} MB, {rl['ratio']:.2f}x "
+                       f"the {rl['steady_mb']:.1f} MB before (≤ 1.25x): {verdict(rl['ratio'] <= 1.25)}")
         s = [x["s"] for x in startup.get("clusterdns", []) if x["s"] is not None]
         if s:
             med = statistics.median(s)

@@ -10,7 +10,9 @@ of M endpoints (a tenth of the services headless, a fifth dual-stack). A real
 - RSS after sync, and the RSS of a bare interpreter that imported what clusterdns
   imports (the issue's "beyond the bare interpreter" baseline);
 - event apply time: the watch source's own per-event measure (decode + store update +
-  answer invalidation), median and p99 over --events changes sent at 100/s.
+  zone recompile), median and p99 over --events changes sent at 100/s;
+- the peak RSS while the child re-lists both kinds after a 410 (its kernel peak reset just
+  before), against the RSS before it (`--no-relist` skips it).
 
 Loopback only; every wait is bounded.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -46,6 +49,43 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def relist_peak(api: KubeAPIServer, pid: int) -> dict[str, float]:
+    """Peak RSS of the child while it re-lists everything after a 410 (issue: a re-list must
+    not hold two full copies). The kernel's peak (VmHWM) is reset first (clear_refs 5)."""
+    steady = rss_mb(pid)
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    lists = api.lists("services"), api.lists("endpointslices")
+    started = time.monotonic()
+    for res in ("services", "endpointslices"):  # the streams go quiet while the cluster changes
+        api.silence(res)  # and history is compacted,
+    api.apply(service("ns-0", "relisted", "10.255.0.1"))
+    api.apply(endpoint_slice("ns-0", "relisted-abcde", "relisted", ["10.255.1.1"]))
+    api.compact()
+    for res in ("services", "endpointslices"):  # then end: each resume gets 410 and re-lists
+        api.silence(res, on=False)
+    async with asyncio.timeout(120):
+        while api.lists("services") <= lists[0] or api.lists("endpointslices") <= lists[1]:
+            await asyncio.sleep(0.05)
+        idle_since, last = time.monotonic(), cpu_seconds(pid)
+        while time.monotonic() - idle_since < 1.0:  # done once the child's CPU is idle for 1 s
+            await asyncio.sleep(0.2)
+            now = cpu_seconds(pid)
+            if now - last > 0.02:
+                idle_since = time.monotonic()
+            last = now
+    with open(f"/proc/{pid}/status") as f:
+        hwm = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    return {"steady_mb": steady, "peak_mb": hwm, "after_mb": rss_mb(pid), "ratio": hwm / steady,
+            "seconds": time.monotonic() - started}
 
 
 def populate(api: KubeAPIServer, services: int, per_service: int) -> int:
@@ -89,7 +129,7 @@ async def main_async(a: argparse.Namespace) -> None:
             await asyncio.sleep(1.0)
             rss_after = rss_mb(proc.proc.pid)
             # the same source in this process, to read its per-event timings (decode, store
-            # update, answer-table invalidation), while the child takes the same events
+            # update, zone recompile), while the child takes the same events
             store, _handler = build_cluster(ServeOptions(loop_detect=False))
             source = KubeSource(store, load_connection(str(kubeconfig)), WatchSettings())
             applied: list[float] = []
@@ -106,6 +146,7 @@ async def main_async(a: argparse.Namespace) -> None:
             await asyncio.sleep(1.0)
             task.cancel()
             rss_events = rss_mb(proc.proc.pid)
+            relist = await relist_peak(api, proc.proc.pid) if a.relist else None
             await asyncio.to_thread(proc.stop)
     print(f"| services | endpoints | initial sync s | RSS MB after sync | bare interpreter + imports MB | beyond bare MB | RSS after {a.events} events MB | event apply median ms | p99 ms |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -114,13 +155,16 @@ async def main_async(a: argparse.Namespace) -> None:
     print(f"| {a.services} | {endpoints} | {sync_s:.2f} | {rss_after:.1f} | {bare:.1f} | {rss_after - bare:.1f} | {rss_events:.1f} | {med:.3f} | {p99:.3f} |")
     if not applied:
         print("(no watch events were applied: the source did not see the changes)")
+    if relist is not None:
+        print(f"re-list after 410 (both kinds): RSS {relist['steady_mb']:.1f} MB before, peak {relist['peak_mb']:.1f} MB "
+              f"({relist['ratio']:.2f}x), {relist['after_mb']:.1f} MB after; {relist['seconds']:.1f} s to idle")
     if a.json:  # the same figures for bench/run.py's memory case
         with open(a.json, "w") as f:
             json.dump({"services": a.services, "endpoints": endpoints, "sync_s": sync_s,
                        "rss_after_sync_mb": rss_after, "bare_mb": bare, "beyond_bare_mb": rss_after - bare,
                        "events": a.events, "rss_after_events_mb": rss_events,
                        "apply_median_ms": med if applied else None, "apply_p99_ms": p99 if applied else None,
-                       "applied": len(applied)}, f)
+                       "applied": len(applied), "relist": relist}, f)
 
 
 def main() -> None:
@@ -129,6 +173,8 @@ def main() -> None:
     ap.add_argument("--endpoints-per-service", type=int, default=2)
     ap.add_argument("--events", type=int, default=300)
     ap.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+    ap.add_argument("--no-relist", dest="relist", action="store_false",
+                    help="skip the 410 re-list (peak RSS while the whole cluster is listed again)")
     asyncio.run(main_async(ap.parse_args()))
 
 
