@@ -1,15 +1,41 @@
-"""Pooled TCP connections to one upstream, for TC retries and force_tcp: reused while
-fresh, so a TCP exchange need not pay a handshake each time; closed after `expire`
-idle seconds.
+"""Pipelined TCP connections to one upstream, for TC retries and force_tcp (the node
+cache's default towards the cluster DNS).
+
+A few long-lived connections per upstream (`Forwarder.tcp_max_conns`, 2), each
+carrying many queries at once (RFC 7766 6.2.1.1): a query is written as soon as it
+comes (the queries of one loop turn in one write), and answers, in any order, are
+matched to their query by ID and exact question (RFC 5452 9.1) through the
+connection's in-flight map; a message that matches nothing is dropped and counted
+(`spoofed`, or `late` when it answers a query that already timed out). An ID is never
+in flight twice on one connection, nor reused while a late answer to it may come.
+
+Like udppool.py, it runs on callbacks: each connection is an asyncio.Protocol, a
+query is a small token with a callback, and timeouts are one timer per pool over a
+deadline-ordered deque; no Task or coroutine per query (only one per connect).
+
+New queries go to the oldest usable connection (RFC 7766 6.2.1: as few connections
+as will do); a second one opens only when that one is full (`tcp_max_in_flight`
+queries in flight, or its write buffer above `_HIGH_WATER`), and with every
+connection full a query waits for room (within its own deadline). When a connection
+closes or fails, each query in flight on it is sent once more on another connection
+(a server may close an idle or busy connection at any time, RFC 7766 6.2.3), and
+fails with ConnectionError when it had already been resent; the forwarder then moves
+on to the next upstream as for any failed exchange. A connect that fails fails the
+queries waiting on it; after two in a row new connects back off (doubling, up to
+`_BACKOFF_MAX`), failing queries at once meanwhile. A connection where a query timed
+out with nothing read since it was sent takes no new queries and closes once empty;
+an idle one closes after `expire` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
-import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from array import array
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import HEADER
@@ -18,85 +44,445 @@ if TYPE_CHECKING:
     from clusterdns.forward.forwarder import Forwarder
     from clusterdns.forward.upstream import UpstreamStats
 
+log = logging.getLogger("clusterdns.forward")
 
-@dataclass(slots=True)
-class _Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    last_used: float = field(default_factory=time.monotonic)
+#: called once per query: (answer, None) or (None, exception)
+Callback = Callable[[bytes | None, BaseException | None], None]
+
+_HIGH_WATER = 64 * 1024  # bytes queued in a connection's transport before it takes no more
+_EXPIRED_MAX = 4096  # timed-out IDs remembered per connection, to tell late answers from spoofs
+_BACKOFF_BASE = 0.05  # seconds without connects after the second failed connect in a row
+_BACKOFF_MAX = 2.0
+
+
+class _Ids:
+    """Query IDs from the OS's CSPRNG (`secrets`), drawn 1024 at a time."""
+
+    __slots__ = ("_buf", "_i")
+
+    def __init__(self) -> None:
+        self._buf = array("H")
+        self._i = 0
+
+    def next(self) -> int:
+        if self._i >= len(self._buf):
+            self._buf = array("H", secrets.token_bytes(2048))
+            self._i = 0
+        qid = self._buf[self._i]
+        self._i += 1
+        return qid
+
+
+class TcpQuery:
+    """One query: the token `TcpPool.cancel` takes."""
+
+    __slots__ = ("callback", "conn", "deadline", "live", "qid", "question", "resent", "sent_at",
+                 "timer", "wire")
+
+    def __init__(self, wire: bytes, callback: Callback) -> None:
+        self.wire = wire  # built with ID 0
+        self.question = wire[HEADER:len(wire) - 11]  # without the OPT record
+        self.callback = callback
+        self.deadline = 0.0
+        self.live = True  # False once answered, timed out, failed or cancelled
+        self.conn: _Conn | None = None
+        self.qid = 0
+        self.timer: asyncio.TimerHandle | None = None  # only for an out-of-order deadline
+        self.resent = False
+        self.sent_at = 0.0
+
+
+class _Conn(asyncio.Protocol):
+    """One TCP connection and the queries in flight on it, by ID."""
+
+    def __init__(self, pool: TcpPool, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.in_flight: dict[int, TcpQuery] = {}
+        self.expired: dict[int, bytes] = {}  # ID -> question of queries that timed out
+        self.out: list[bytes] = []  # frames of this loop turn (or until connected), unwritten
+        self.buf = bytearray()
+        self.paused = False  # the transport's write buffer is above the high-water mark
+        self.draining = False  # takes no new queries; closes once empty
+        self.closed = False
+        self.last_used = loop.time()
+        self.last_read = 0.0
+        self.connecting: asyncio.Task[None] | None = None
+
+    def usable(self) -> bool:
+        return not (self.closed or self.draining or self.paused) \
+            and len(self.in_flight) < self.pool.max_in_flight
+
+    def send(self, q: TcpQuery) -> None:
+        in_flight, expired, ids = self.in_flight, self.expired, self.pool._ids
+        qid = ids.next()
+        while qid in in_flight or qid in expired:
+            qid = ids.next()
+        q.qid, q.conn = qid, self
+        in_flight[qid] = q
+        self.last_used = q.sent_at = self.loop.time()
+        wire = q.wire
+        if not self.out and self.transport is not None:
+            self.loop.call_soon(self._flush)
+        self.out.append(len(wire).to_bytes(2, "big") + qid.to_bytes(2, "big") + wire[2:])
+
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(out))
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are no asyncio.Transport subclass, just alike)
+        self.transport = transport = cast(asyncio.Transport, transport)
+        if self.pool.closed or self.closed:
+            transport.close()
+            return
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = self.loop.time()
+        buf = self.buf
+        buf += data
+        n, off = len(buf), 0
+        while n - off >= 2:
+            end = off + 2 + (buf[off] << 8 | buf[off + 1])
+            if end > n:
+                break
+            msg = bytes(buf[off + 2:end])
+            off = end
+            self._answer(msg)
+            if self.closed:
+                return
+        if off:
+            del buf[:off]
+
+    def eof_received(self) -> bool | None:
+        return None  # close; connection_lost fails or resends what is in flight
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.pool._lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.pool._pump()
+
+    # -- answers ------------------------------------------------------------------------
+    def _answer(self, msg: bytes) -> None:
+        pool = self.pool
+        qid = int.from_bytes(msg[:2], "big") if len(msg) >= 2 else -1
+        q = self.in_flight.get(qid)
+        if q is None or not W.is_answer_to(msg, qid, q.question):
+            question = self.expired.get(qid)
+            if q is None and question is not None and W.is_answer_to(msg, qid, question):
+                del self.expired[qid]
+                pool._fwd.stats.late += 1
+            else:
+                pool._fwd.stats.spoofed += 1
+            return
+        del self.in_flight[qid]
+        q.live = False
+        if q.timer is not None:
+            q.timer.cancel()
+        self.last_used = self.last_read
+        pool._trim()
+        try:
+            q.callback(msg, None)
+        except Exception:  # a bug must cost one answer, never the connection
+            log.exception("internal error handling an upstream answer")
+        if self.draining and not self.in_flight:
+            self.close()
+        if pool._waiting:
+            pool._pump()
+
+    def forget(self, q: TcpQuery) -> None:
+        """`q` timed out or was cancelled: free its ID, remember it to spot a late answer."""
+        if self.in_flight.get(q.qid) is q:
+            del self.in_flight[q.qid]
+            if len(self.expired) >= _EXPIRED_MAX:
+                self.expired.clear()
+            self.expired[q.qid] = q.question
+        if self.draining and not self.in_flight:
+            self.close()
 
     def close(self) -> None:
-        self.writer.close()
+        """Close from our side (idle, drained or pool closed); nothing may be in flight."""
+        if self.closed:
+            return
+        self.closed = True
+        self.pool._remove(self)
+        if self.transport is not None:
+            self.transport.close()
+        elif self.connecting is not None:
+            self.connecting.cancel()
 
 
 class TcpPool:
-    """One upstream's idle TCP connections (most recently used first)."""
+    """One upstream's TCP connections, each carrying many queries at once."""
 
     def __init__(self, peer: tuple[str, int], fwd: Forwarder, stats: UpstreamStats) -> None:
         self._peer = peer
         self._fwd = fwd
         self.stats = stats
-        self._idle: list[_Conn] = []
+        self.max_conns: int = getattr(fwd, "tcp_max_conns", 2)
+        self.max_in_flight: int = getattr(fwd, "tcp_max_in_flight", 1000)
+        self.opened = 0  # connections opened so far
+        self.closed = False
+        self._ids = _Ids()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conns: list[_Conn] = []  # oldest first
+        self._waiting: deque[TcpQuery] = deque()  # every connection full: wait for room
+        self._deadlines: deque[TcpQuery] = deque()  # in deadline order
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._connect_failures = 0  # in a row
+        self._no_connect_until = 0.0
 
+    def __repr__(self) -> str:
+        return f"TcpPool({self._peer}, conns={len(self._conns)}, opened={self.opened})"
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(c.in_flight) for c in self._conns) + sum(q.live for q in self._waiting)
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    # -- asking -------------------------------------------------------------------------
     async def exchange(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> bytes:
-        """One exchange on a pooled connection; a pooled one the server closed is retried once."""
-        qid = secrets.randbits(16)
-        wire = W.build_query(qid, name, qtype, qclass, do=do, cd=cd)
-        question = wire[HEADER:len(wire) - 11]
-        for attempt in range(2):
-            conn = self._take()
-            reused = conn is not None
-            if conn is None:
-                reader, writer = await asyncio.open_connection(*self._peer)
-                self._fwd.stats.conns_opened += 1
-                self.stats.conn_misses += 1
-                conn = _Conn(reader, writer)
-            else:
-                self._fwd.stats.conns_reused += 1
-                self.stats.conn_hits += 1
-            done = False
-            try:
-                conn.writer.write(len(wire).to_bytes(2, "big") + wire)
-                await conn.writer.drain()
-                for _ in range(4):  # skip a few stray messages, then give up on the connection
-                    size = int.from_bytes(await conn.reader.readexactly(2), "big")
-                    answer = await conn.reader.readexactly(size)
-                    if W.is_answer_to(answer, qid, question):
-                        done = True
-                        conn.last_used = time.monotonic()
-                        self._idle.append(conn)
-                        return answer
-                    self._fwd.stats.spoofed += 1
-                raise ConnectionError("no matching answer on the TCP connection")
-            except (ConnectionError, asyncio.IncompleteReadError):
-                if reused and attempt == 0:
-                    continue  # the server closed an idle pooled connection: open a new one
-                raise
-            finally:
-                if not done:
-                    conn.close()
-        raise ConnectionError("unreachable")
+        """`send` as a coroutine (health checks; the forwarder uses the callback form).
+        Bounded by the forwarder's `timeout` even when the caller sets none."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
 
-    def _take(self) -> _Conn | None:
-        """Most recently used idle connection that has not expired (others are closed)."""
-        deadline = time.monotonic() - self._fwd.expire
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.last_used >= deadline and not conn.writer.is_closing():
-                return conn
-            conn.close()
+        def settle(answer: bytes | None, exc: BaseException | None) -> None:
+            if not fut.done():
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(answer)  # type: ignore[arg-type]
+
+        q = self.send(name, qtype, qclass, do, cd, self._fwd.timeout, settle)
+        try:
+            return await fut
+        finally:
+            if not fut.done() or fut.cancelled():
+                self.cancel(q)
+
+    def send(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool, timeout: float,
+             callback: Callback) -> TcpQuery:
+        """Ask (name, type, class) over TCP; `callback` gets the answer or an exception
+        (TimeoutError after `timeout` seconds, ConnectionError or another OSError)
+        exactly once, never before this returns. The result is the token for `cancel`."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        q = TcpQuery(W.build_query(0, name, qtype, qclass, do=do, cd=cd), callback)
+        if self.closed:
+            self._fail(q, ConnectionError("forwarder closed"))
+            return q
+        q.deadline = deadline = loop.time() + timeout
+        dq = self._deadlines
+        if not dq or dq[-1].deadline <= deadline:
+            dq.append(q)
+            if self._sweeper is None:
+                self._sweeper = loop.call_at(deadline, self._sweep)
+        else:  # shorter than the queries before it (the forwarder's overall deadline)
+            q.timer = loop.call_at(deadline, self._expire, q)
+        self._dispatch(q)
+        return q
+
+    def cancel(self, q: TcpQuery) -> None:
+        """The asker gave up: free the query's ID and never call it back."""
+        if not q.live:
+            return
+        q.live = False
+        if q.timer is not None:
+            q.timer.cancel()
+        if q.conn is not None:
+            q.conn.forget(q)
+
+    def _dispatch(self, q: TcpQuery) -> None:
+        """Put `q` on a connection (opening one if there is room), or make it wait."""
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        conn = self._pick(now)
+        if conn is not None:
+            self._fwd.stats.conns_reused += 1
+            self.stats.conn_hits += 1
+        elif len(self._conns) < self.max_conns:
+            if now < self._no_connect_until:
+                self._fail(q, ConnectionError(
+                    f"TCP to {self._peer[0]}:{self._peer[1]}: {self._connect_failures} "
+                    f"connects failed in a row, waiting before the next"))
+                return
+            conn = self._open(loop)
+            self._fwd.stats.conns_opened += 1
+            self.stats.conn_misses += 1
+        else:
+            self._waiting.append(q)
+            return
+        conn.send(q)
+
+    def _pick(self, now: float) -> _Conn | None:
+        """The oldest connection with room; idle ones past `expire` are closed on the way."""
+        stale = now - self._fwd.expire
+        for c in self._conns:
+            if not c.in_flight and c.transport is not None and c.last_used < stale:
+                c.close()  # the server may have dropped it already: do not trust it
+                return self._pick(now)
+            if c.usable():
+                return c
         return None
 
+    def _pump(self) -> None:
+        """Room again (an answer, a drained write buffer, a closed connection): send waiters."""
+        waiting = self._waiting
+        loop = self._loop
+        while waiting and loop is not None and not self.closed:
+            q = waiting[0]
+            if not q.live:
+                waiting.popleft()
+                continue
+            if self._pick(loop.time()) is None and len(self._conns) >= self.max_conns:
+                return
+            waiting.popleft()
+            self._dispatch(q)
+
+    # -- connections --------------------------------------------------------------------
+    def _open(self, loop: asyncio.AbstractEventLoop) -> _Conn:
+        conn = _Conn(self, loop)
+        self._conns.append(conn)
+        self.opened += 1
+        conn.connecting = loop.create_task(self._connect(conn))
+        return conn
+
+    async def _connect(self, conn: _Conn) -> None:
+        loop = conn.loop
+        try:
+            async with asyncio.timeout(self._fwd.read_timeout):
+                await loop.create_connection(lambda: conn, *self._peer)
+        except asyncio.CancelledError:
+            self._lost(conn, ConnectionError("forwarder closed"))  # closed while connecting
+            raise
+        except Exception as exc:  # noqa: BLE001 - refused, unreachable, timed out: the upstream failed
+            self._connect_failures += 1
+            if self._connect_failures >= 2:
+                self._no_connect_until = loop.time() + min(
+                    _BACKOFF_MAX, _BACKOFF_BASE * 2 ** (self._connect_failures - 2))
+            self._lost(conn, exc, resend=False)
+        else:
+            self._connect_failures = 0
+        finally:
+            conn.connecting = None
+
+    def _lost(self, conn: _Conn, exc: BaseException | None, resend: bool = True) -> None:
+        """`conn` closed, failed or never connected: resend or fail what was in flight."""
+        conn.closed = True
+        self._remove(conn)
+        in_flight, conn.in_flight = conn.in_flight, {}
+        conn.out = []
+        err = exc if exc is not None and not resend else ConnectionError(
+            f"TCP connection to {self._peer[0]}:{self._peer[1]} closed"
+            + (f": {exc}" if exc is not None else ""))
+        for q in in_flight.values():
+            if not q.live:
+                continue
+            q.conn = None
+            if resend and not q.resent and not self.closed:
+                q.resent = True
+                self._dispatch(q)
+            else:
+                self._fail(q, err)
+        self._pump()
+
+    def _remove(self, conn: _Conn) -> None:
+        try:
+            self._conns.remove(conn)
+        except ValueError:
+            pass
+
+    # -- timeouts -----------------------------------------------------------------------
+    def _fail(self, q: TcpQuery, exc: BaseException) -> None:
+        """`q` fails with `exc` on the next loop turn (never inside `send`)."""
+        q.live = False
+        if q.timer is not None:
+            q.timer.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        if not loop.is_closed():
+            loop.call_soon(q.callback, None, exc)
+
+    def _trim(self) -> None:
+        """Drop finished queries from the front of the deadline queue (amortised O(1))."""
+        dq = self._deadlines
+        while dq and not dq[0].live:
+            dq.popleft()
+
+    def _sweep(self) -> None:
+        """Time out every query whose deadline has passed; re-arm for the next one."""
+        self._sweeper = None
+        loop = self._loop
+        assert loop is not None
+        dq = self._deadlines
+        now = loop.time()
+        while dq:
+            q = dq[0]
+            if q.live and q.deadline > now:
+                break
+            dq.popleft()
+            if q.live:
+                self._expire(q)
+        if dq and not self.closed:
+            self._sweeper = loop.call_at(dq[0].deadline, self._sweep)
+
+    def _expire(self, q: TcpQuery) -> None:
+        if not q.live:
+            return
+        q.live = False
+        conn = q.conn
+        if conn is not None:
+            if conn.last_read < q.sent_at:  # nothing at all came back since: maybe dead
+                conn.draining = True
+            conn.forget(q)
+        try:
+            q.callback(None, TimeoutError(f"no answer over TCP from {self._peer[0]}:{self._peer[1]}"))
+        except Exception:
+            log.exception("internal error handling an upstream timeout")
+        if self._waiting:
+            self._pump()
+
     def sweep(self) -> None:
-        """Close pooled connections idle longer than `expire`."""
-        deadline = time.monotonic() - self._fwd.expire
-        keep = [c for c in self._idle if c.last_used >= deadline]
-        for c in self._idle:
-            if c.last_used < deadline:
+        """Close connections idle longer than `expire`."""
+        if self._loop is None:
+            return
+        stale = self._loop.time() - self._fwd.expire
+        for c in list(self._conns):
+            if not c.in_flight and c.transport is not None and c.last_used < stale:
                 c.close()
-        self._idle = keep
 
     def close(self) -> None:
-        for c in self._idle:
-            c.close()
-        self._idle.clear()
+        """Close every connection; queries in flight fail with ConnectionError (next loop turn)."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._deadlines.clear()
+        err = ConnectionError("forwarder closed")
+        for conn in list(self._conns):
+            for q in conn.in_flight.values():
+                if q.live:
+                    self._fail(q, err)
+            conn.in_flight = {}
+            conn.close()
+        for q in self._waiting:
+            if q.live:
+                self._fail(q, err)
+        self._waiting.clear()
+        self._conns.clear()
