@@ -7,8 +7,8 @@ questions in flight are refused (REFUSED, no queueing, so memory stays flat unde
 flood). An answer counts only with our ID and our exact question (RFC 5452; udppool.py).
 
 A question's walk through the upstreams (`_Query`) runs on callbacks, not a Task: a
-UDP exchange creates no coroutine, so a cache miss stays cheap (TCP runs as a Task
-inside that walk).
+UDP or TCP exchange creates no coroutine, so a cache miss stays cheap (TCP pipelines
+many questions over a few connections per upstream: tcppool.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from clusterdns.forward import udppool
 from clusterdns.forward.upstream import Upstream, UpstreamSpec, _settle
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import Rcode, RRClass
@@ -68,9 +69,13 @@ class Forwarder:
     """Upstream list + policy; `start()` (callback) or `query()` (coroutine) ask them."""
 
     #: each upstream's UDP socket moves to a new random source port after this many
-    #: queries or seconds (udppool.py); not in the config yet: set on a pool to change it
-    udp_rotate_queries = 256
-    udp_rotate_seconds = 10.0
+    #: queries or seconds (udppool.py, which has the measured cost); not in the config yet
+    udp_rotate_queries = udppool.ROTATE_QUERIES
+    udp_rotate_seconds = udppool.ROTATE_SECONDS
+    #: TCP connections per upstream, and questions in flight on one (tcppool.py); not in
+    #: the config yet either
+    tcp_max_conns = 2
+    tcp_max_in_flight = 1000
 
     def __init__(self, upstreams: Sequence[UpstreamSpec], *, policy: str = "random",
                  max_fails: int = 2, health_interval: float = 0.5, read_timeout: float = 2.0,
@@ -95,7 +100,6 @@ class Forwarder:
         self.in_flight = 0
         self._rr = itertools.count()
         self._sweeper: asyncio.Task[None] | None = None
-        self._tcp_tasks: set[asyncio.Task[bytes]] = set()
 
     def __repr__(self) -> str:
         return f"Forwarder({self.name}, {[str(u.spec) for u in self.upstreams]}, {self.policy})"
@@ -162,8 +166,6 @@ class Forwarder:
         self.closed = True
         for up in self.upstreams:
             up.close()
-        for t in list(self._tcp_tasks):
-            t.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -174,8 +176,8 @@ class _Query:
 
     Each step asks one upstream within min(read_timeout, what is left of `timeout`);
     a timeout or error marks a failure and moves on, SERVFAIL/REFUSED is kept as a
-    fallback and moves on, anything else is the answer. TC and force_tcp run the TCP
-    exchange as a Task inside the same step budget.
+    fallback and moves on, anything else is the answer. TC and force_tcp ask the TCP
+    pool within the same step budget.
     """
 
     __slots__ = ("fwd", "name", "qtype", "qclass", "do", "cd", "done", "order", "i",
@@ -238,6 +240,11 @@ class _Query:
     def _answered(self, answer: bytes) -> None:
         up = self.up
         assert up is not None
+        try:
+            W.scan_response(answer)  # every record bounds-checked: a malformed answer is the
+        except W.Malformed as exc:  # upstream failing (next upstream, then SERVFAIL)
+            self._failed(exc)
+            return
         up.stats.observe(answer[3] & 0x0F, time.perf_counter() - self.started)
         up.fails = 0
         if answer[3] & 0x0F in (Rcode.SERVFAIL, Rcode.REFUSED):
@@ -257,25 +264,16 @@ class _Query:
     def _tcp(self) -> None:
         up = self.up
         assert up is not None
-        task = asyncio.get_running_loop().create_task(self._tcp_exchange(up, self.until))
-        self.fwd._tcp_tasks.add(task)
-        task.add_done_callback(self._tcp_done)
+        left = self.until - asyncio.get_running_loop().time()
+        up.tcp.send(self.name, self.qtype, self.qclass, self.do, self.cd, max(left, 0.0),
+                    self._tcp_done)
 
-    async def _tcp_exchange(self, up: Upstream, until: float) -> bytes:
-        async with asyncio.timeout_at(until):
-            return await up.tcp.exchange(self.name, self.qtype, self.qclass, self.do, self.cd)
-
-    def _tcp_done(self, task: asyncio.Task[bytes]) -> None:
-        self.fwd._tcp_tasks.discard(task)
+    def _tcp_done(self, answer: bytes | None, exc: BaseException | None) -> None:
         if self.finished:
             return
         try:
-            if task.cancelled():
-                self._finish(None, ForwardError("forwarder closed"))
-                return
-            exc = task.exception()
             if exc is None:
-                self._answered(task.result())
+                self._answered(answer)  # type: ignore[arg-type]
             elif isinstance(exc, (OSError, TimeoutError, asyncio.IncompleteReadError)):
                 self._failed(exc)
             else:

@@ -3,7 +3,11 @@
 The cache stores upstream answers as bytes and serves them by patching a few fields
 (perf-anchors §6 item 6), so it needs only what this module reads: the header, the
 question's extent, each record's TTL offset, the SOA MINIMUM and the OPT record.
-Everything is bounds-checked; anything odd raises `Malformed` and is never cached.
+Everything is bounds-checked, and so is what a client would parse: compression
+pointers (backwards, never into the header, which `render` rewrites), name lengths, and
+the rdata of the types whose layout we know (A, AAAA, the name-bearing ones, SOA, MX,
+SRV, TXT, HINFO, OPT); other types are relayed as opaque bytes (RFC 3597). Anything odd
+raises `Malformed` and is never cached or relayed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,85 @@ _HDR = struct.Struct("!HBBHHHH")
 _U16 = struct.Struct("!H")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _OPT_DO = 0x8000
+#: rdata that is fixed bytes then one name: NS, CNAME, PTR, DNAME; MX; SRV
+_NAME_AFTER = {2: 0, 5: 0, 12: 0, 39: 0, 15: 2, 33: 6}
+_STRINGS = {16: 0, 99: 0, 13: 2}  # TXT, SPF (one or more strings), HINFO (exactly two)
+
+
+def _name(data: bytes, i: int, good: dict[int, int]) -> int:
+    """Offset just past a (possibly compressed) name at `i`, checked as a client's
+    parser does: every pointer goes back before the last (so no loops) and not into the
+    header; labels of at most 63 bytes; at most 255 bytes in all.
+
+    `good` maps offsets already known to start a valid name to that name's length: a
+    pointer to one ends the walk (most pointers aim at a name checked just before), and
+    every label walked here is added.
+    """
+    n = len(data)
+    end = -1
+    bound = i
+    total = 1  # the root's byte
+    walked: list[tuple[int, int]] = []  # (label offset, total before it)
+    for _ in range(128):
+        if i >= n:
+            raise Malformed("name runs past the message")
+        ln = data[i]
+        if ln == 0:
+            break
+        if ln < 0x40:
+            walked.append((i, total))
+            total += ln + 1
+            if total > 255:
+                raise Malformed("name longer than 255 bytes")
+            i += ln + 1
+            continue
+        if ln < 0xC0:
+            raise Malformed("unknown label type")
+        if i + 2 > n:
+            raise Malformed("truncated pointer")
+        ptr = ((ln & 0x3F) << 8) | data[i + 1]
+        if ptr < HEADER or ptr >= bound:
+            raise Malformed("bad compression pointer")
+        if end < 0:
+            end = i + 2
+        known = good.get(ptr)
+        if known is not None:
+            total += known - 1
+            if total > 255:
+                raise Malformed("name longer than 255 bytes")
+            break
+        bound = i = ptr
+    else:
+        raise Malformed("too many labels")
+    for off, before in walked:
+        good[off] = total - before + 1
+    return end if end >= 0 else i + 1
+
+
+def _check_rdata(data: bytes, rtype: int, rdata: int, end: int, good: dict[int, int]) -> None:
+    """The rdata of a type whose layout we know fills its rdlength exactly (A and AAAA
+    are checked inline by the caller)."""
+    if rtype in _NAME_AFTER:
+        j = rdata + _NAME_AFTER[rtype]
+        ok = j < end and _name(data, j, good) == end
+    elif rtype == T_SOA:
+        ok = rdata < end and _name(data, _name(data, rdata, good), good) + 20 == end
+    elif rtype in _STRINGS:
+        j, count = rdata, 0
+        while j < end:
+            j += data[j] + 1
+            count += 1
+        want = _STRINGS[rtype]
+        ok = j == end and count >= 1 and (not want or count == want)
+    elif rtype == T_OPT:
+        j = rdata
+        while j + 4 <= end:
+            j += 4 + _U16.unpack_from(data, j + 2)[0]
+        ok = j == end
+    else:
+        return
+    if not ok:
+        raise Malformed(f"bad rdata for type {rtype}")
 
 
 def build_query(qid: int, name: bytes, qtype: int, qclass: int, *, do: bool = False,
@@ -81,9 +164,10 @@ def scan_response(data: bytes) -> Scan:
     if len(data) < HEADER:
         raise Malformed("shorter than a header")
     _id, b2, b3, qd, an, ns, ar = _HDR.unpack_from(data)
-    if not b2 & 0x80 or qd != 1:
-        raise Malformed("not an answer to one question")
-    i = name_end(data, HEADER) + 4
+    if not b2 & 0x80 or b2 & 0x78 or qd != 1:
+        raise Malformed("not a QUERY answer to one question")
+    good: dict[int, int] = {}
+    i = _name(data, HEADER, good) + 4
     qend = i
     offsets: list[int] = []
     min_ttl = answer_min = neg = None
@@ -91,7 +175,10 @@ def scan_response(data: bytes) -> Scan:
     n = len(data)
     for idx in range(an + ns + ar):
         start = i
-        i = name_end(data, i)
+        if i + 1 < n and data[i] >= 0xC0 and (((data[i] & 0x3F) << 8) | data[i + 1]) in good:
+            i += 2  # the usual owner: a pointer to a name checked already (its offset < i)
+        else:
+            i = _name(data, i, good)
         if i + 10 > n:
             raise Malformed("record header runs past the message")
         rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, i)
@@ -99,9 +186,19 @@ def scan_response(data: bytes) -> Scan:
         end = rdata + rdlen
         if end > n:
             raise Malformed("rdata runs past the message")
+        if rtype == 1:
+            if rdlen != 4:
+                raise Malformed("A rdata is not 4 bytes")
+        elif rtype == 28:
+            if rdlen != 16:
+                raise Malformed("AAAA rdata is not 16 bytes")
+        elif rdlen or rtype != T_OPT:
+            _check_rdata(data, rtype, rdata, end, good)
         if rtype == T_OPT:
             if idx != an + ns + ar - 1 or idx < an + ns or opt_at is not None:
                 raise Malformed("OPT record is not the last additional record")
+            if data[start] != 0:
+                raise Malformed("OPT record not owned by the root")
             opt_at = start
         else:
             if ttl & 0x80000000:
@@ -111,10 +208,7 @@ def scan_response(data: bytes) -> Scan:
             if idx < an:
                 answer_min = ttl if answer_min is None else min(answer_min, ttl)
             elif idx < an + ns and rtype == T_SOA and neg is None:
-                j = name_end(data, name_end(data, rdata))
-                if j + 20 != end:
-                    raise Malformed("SOA rdata has the wrong length")
-                minimum = struct.unpack_from("!I", data, j + 16)[0]
+                minimum = struct.unpack_from("!I", data, end - 4)[0]
                 neg = min(ttl, minimum if not minimum & 0x80000000 else 0)
         i = end
     if i != n:

@@ -42,7 +42,7 @@ async def test_one_socket_carries_many_queries(fake) -> None:
     up.udp_received = lambda data, addr: (ports.append(addr[1]), original(data, addr))  # type: ignore[method-assign]
     fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
     try:
-        for _ in range(30):
+        for _ in range(fwd.upstreams[0].pool.rotate_queries):  # 16 by default (udppool.py)
             assert addresses(decode(await fwd.query(name("www.example.test"), 1))) == ["192.0.2.1"]
         pool = fwd.upstreams[0].pool
         assert pool.opened == 1 and len(set(ports)) == 1 and ports[0] == pool.port
