@@ -35,7 +35,6 @@ from clusterdns.reload import Reloader
 from clusterdns.cluster.compile import ZoneSettings
 from clusterdns.cluster.zone import ClusterZone
 from clusterdns.server.handler import Handler
-from clusterdns.server.replay import ReplayTable
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
 from clusterdns.server import udp as udp_listener
 from clusterdns.server.udp import UDPListener
@@ -65,7 +64,6 @@ class ServeOptions:
     max_udp: int = 1232  # DNS flag day 2020
     tcp_idle_timeout: float = 10.0
     max_tcp_connections: int = 1024
-    answer_cache_size: int = 200_000
     workers: int = 1  # processes sharing the port (SO_REUSEPORT); one owns the source
     # the API source (used when there are no manifests)
     kubeconfig: str | None = None  # None: in-cluster, else $KUBECONFIG / ~/.kube/config
@@ -146,7 +144,7 @@ class Listeners:
         """UDP and TCP on one port. For port 0 the kernel picks the UDP port, which a TCP
         socket may already hold: then try another (bounded)."""
         loop = asyncio.get_running_loop()
-        stats = self.handler.table.stats
+        stats = self.handler.stats
         slot = len(stats.listeners)  # this address's counters; registered once bound
         for attempt in range(20):
             sock = udp_listener.bind(host, port, reuse_port)
@@ -201,7 +199,7 @@ def build_cluster(opts: ServeOptions) -> tuple[ClusterStore, Handler]:
     """Store, compiled zone and handler, wired so store changes recompile the zone."""
     store = ClusterStore(endpoint_pod_names=opts.endpoint_pod_names)
     zone = build_zone(opts, store)
-    return store, Handler(zone, ReplayTable(opts.answer_cache_size), opts.max_udp, build_forwarding(opts, zone.zone))
+    return store, Handler(zone, opts.max_udp, build_forwarding(opts, zone.zone))
 
 
 def build_zone(opts: ServeOptions, store: ClusterStore) -> ClusterZone:
@@ -261,7 +259,7 @@ async def serve(opts: ServeOptions, journal: Journal | None = None, workers: lis
         source = build_source(opts, store)
     listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
                           lifecycle.query_log(opts.query_log, opts.query_log_sample))
-    sources = Sources(handler=handler, table=handler.table, forwarding=handler.forwarding, kube=source,
+    sources = Sources(handler=handler, forwarding=handler.forwarding, kube=source,
                       store=store, tcp_limits=listeners.limits, plugins=_plugins(opts, source is not None))
     try:
         if source is not None or opts.health or opts.ready:
@@ -388,8 +386,6 @@ class Running:
         if old_zone is not None and old_zone is not zone:
             old_zone.close()
         h.max_udp = new.max_udp
-        h.table.max_entries = new.answer_cache_size
-        h.table.clear()
         self.listeners.limits.idle_timeout = new.tcp_idle_timeout
         self.listeners.limits.max_connections = new.max_tcp_connections
         if (old.query_log, old.query_log_sample) != (new.query_log, new.query_log_sample):

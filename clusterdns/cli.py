@@ -86,8 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds before an idle TCP connection is closed (default %(default)s)")
     s.add_argument("--max-tcp-connections", type=int, default=d.max_tcp_connections,
                    help="open TCP connections at most (default %(default)s)")
-    s.add_argument("--answer-cache-size", type=int, default=d.answer_cache_size,
-                   help="forward-cache answers kept ready for replay (default %(default)s)")
     f = s.add_argument_group("which objects exist (API watch and --manifests alike)")
     k = s.add_argument_group("Kubernetes API (used when no --manifests are given)")
     k.add_argument("--kubeconfig", metavar="PATH",

@@ -141,8 +141,6 @@ class ServeConfig(CommonSettings):
     """Close a TCP connection idle this long (RFC 7766 6.2.3 lets servers reclaim them)."""
     max_tcp_connections: int = 1024
     """Open TCP connections at most; beyond it new ones are closed so memory stays bounded."""
-    answer_cache_size: int = 200_000
-    """Forward-cache answers kept ready for replay; beyond it the replay table starts over."""
     workers: int = 1
     """Processes answering on the same port (SO_REUSEPORT), one per core; one owns the source."""
     manifests: list[str] = field(default_factory=list)
@@ -190,7 +188,7 @@ class ServeConfig(CommonSettings):
             pods=self.pods, endpoint_pod_names=self.endpoint_pod_names,
             ignore_empty_service=self.ignore_empty_service, max_udp=self.max_udp,
             tcp_idle_timeout=self.tcp_idle_timeout, max_tcp_connections=self.max_tcp_connections,
-            answer_cache_size=self.answer_cache_size, kubeconfig=self.kubeconfig, context=self.context,
+            kubeconfig=self.kubeconfig, context=self.context,
             namespaces=tuple(self.namespaces), labels=self.labels, sync_timeout=self.sync_timeout,
             health=self.health, ready=self.ready, lameduck=self.lameduck,
             upstreams=list(self.upstreams), resolv_conf=self.resolv_conf,
@@ -369,7 +367,6 @@ CHECKS: dict[str, Check] = {
     "max_udp": _between(512, 65535, " bytes"),
     "tcp_idle_timeout": _above(0, " seconds"),
     "max_tcp_connections": _between(1),
-    "answer_cache_size": _between(1),
     "workers": _between(1, 256),
     "namespaces[]": _namespace,
     "labels": _label_selector,

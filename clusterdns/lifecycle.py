@@ -54,11 +54,11 @@ def bind_address(address: str, endpoint: str, option: str) -> str:
 
 
 async def start_metrics(address: str | None, sources: Sources) -> Metrics | None:
-    """Serve /metrics on `address` from the answer table's counters; None when off."""
+    """Serve /metrics on `address` from the handler's counters; None when off."""
     if not address:
         return None
     address = bind_address(address, "/metrics", "--metrics (config `metrics:`)")
-    metrics = Metrics(sources, stats=sources.table.stats)
+    metrics = Metrics(sources, stats=sources.handler.stats)
     metrics.calibrate()
     try:
         await metrics.start(address)

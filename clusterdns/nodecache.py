@@ -37,7 +37,6 @@ from clusterdns.obs import logs
 from clusterdns.obs.metrics import Sources
 from clusterdns.reload import Reloader
 from clusterdns.server.handler import Handler
-from clusterdns.server.replay import ReplayTable
 from clusterdns.server.tcp import TCPLimits
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.forwarding import Forwarding
@@ -101,10 +100,7 @@ async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
     """
     started = time.monotonic()
     forwarding = build(cfg, LoopDetector() if cfg.loop_detect else None)
-    # room to replay every cached answer, in two query variants (with and without EDNS),
-    # before the replay table starts over (it must not be smaller than the cache)
-    replays = ReplayTable(max(4096, 2 * cfg.cache.max_entries))
-    handler = Handler(None, replays, cfg.max_udp, forwarding=forwarding)
+    handler = Handler(None, cfg.max_udp, forwarding=forwarding)  # hits: `Handler.cached`
     query_log = lifecycle.query_log(getattr(cfg, "query_log", False), getattr(cfg, "query_log_sample", 1))
     listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log)
     health = None
@@ -113,7 +109,7 @@ async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
 
         address = lifecycle.bind_address(cfg.health, "/health and /ready", "--health (config `health:`)")
         health = HealthServer(address, address)
-    sources = Sources(handler=handler, table=handler.table, forwarding=forwarding, tcp_limits=listeners.limits,
+    sources = Sources(handler=handler, forwarding=forwarding, tcp_limits=listeners.limits,
                       plugins=lifecycle.plugins(forward=True, cache=True, errors=True, loop=cfg.loop_detect,
                                                 health=bool(cfg.health), log=query_log is not None,
                                                 prometheus=bool(getattr(cfg, "metrics", None)),

@@ -153,9 +153,9 @@ async def serve_worker(opts, index: int, read_fd: int, metrics_fd: int) -> int: 
     await listeners.start([parse_listen(s) for s in opts.listen], reuse_port=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
-    sources = Sources(handler=handler, table=handler.table, forwarding=handler.forwarding,
+    sources = Sources(handler=handler, forwarding=handler.forwarding,
                       tcp_limits=listeners.limits)
-    feed = FamilyFeed(DNSCollector(handler.table.stats, sources), metrics_fd)
+    feed = FamilyFeed(DNSCollector(handler.stats, sources), metrics_fd)
     tasks = [loop.create_task(feed.run())]
     running = Running(opts, store, handler, listeners, sources, done)
     reloader = Reloader(running.reload, opts.config, opts.watch_config)

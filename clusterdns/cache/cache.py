@@ -10,8 +10,12 @@ Follows CoreDNS's cache plugin (operators.md 1.5) and perf-anchors §6 item 6:
 * an entry is the answer's bytes (OPT removed), its expiry and the offsets of its TTL
   fields, found once at insert; a hit copies the bytes, patches the ID, writes the
   remaining TTL, and copies the client's question bytes in (0x20 case echo);
-* bounded by entries; eviction is cachetools' LRU, O(1), so a full cache costs the same
-  as an empty one (dnsmasq drops 250x when full, perf-anchors TL;DR);
+* a hit is looked up by the parser's key (`Query.key`): `lookup` renders any query's
+  reply; `hot` serves the listeners' plain lane from the entry's pre-patched pieces
+  (`Entry.patch`, once a second). Either way the hit is counted on the cache and the
+  entry (prefetch, metrics) and returned, typed (`Hit`, or the `Entry`);
+* bounded by entries; eviction is LRU on an OrderedDict, O(1), so a full cache costs the
+  same as an empty one (dnsmasq drops 250x when full, perf-anchors TL;DR);
 * single flight: concurrent misses for one key share one upstream query; a miss is a
   plain Future resolved by callbacks (`miss`), so it costs no Task or coroutine when the
   fetch is given as `start` (a callback-style fetch, ForwardZone's);
@@ -30,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
@@ -50,42 +56,33 @@ Done = Callable[[bytes | None, BaseException | None], None]
 Start = Callable[[Query, Done], None]
 
 
-class _Lru(LRUCache):
-    """cachetools' LRUCache (O(1) eviction of the least recently used) that counts
-    evictions, by success/denial for Entry values."""
+class _Lru(OrderedDict):  # type: ignore[type-arg]
+    """An LRU of entries on an OrderedDict (O(1) eviction of the least recently used, and
+    `get` + `move_to_end` are C calls, cheap enough for the listeners' hit lane) that
+    counts evictions, by success/denial for Entry values. `get` does not refresh
+    recency; a hit does (`ResponseCache.hot`, `lookup`)."""
 
     def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize)
+        super().__init__()
+        self.maxsize = maxsize
         self.evictions = 0
         self.evictions_by_type = {"success": 0, "denial": 0}  # coredns_cache_evictions_total{type}
 
-    put = LRUCache.__setitem__
+    def put(self, key: bytes, value: Entry) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            _, old = self.popitem(last=False)
+            self.evictions += 1
+            kind = getattr(old, "kind", POSITIVE)
+            self.evictions_by_type["success" if kind == POSITIVE else "denial"] += 1
 
-    def popitem(self):  # type: ignore[no-untyped-def]
-        self.evictions += 1
-        item = super().popitem()
-        kind = getattr(item[1], "kind", POSITIVE)
-        self.evictions_by_type["success" if kind == POSITIVE else "denial"] += 1
-        return item
 
+class Hit(NamedTuple):
+    """A cache hit: the client's reply and the entry it came from (counted already)."""
 
-class _DenialHits:
-    """What the replay hot path counts a denial hit on: `.hits += 1` there adds to the
-    cache's hits and to its denial hits (CoreDNS labels hits success or denial)."""
-
-    __slots__ = ("cache",)
-
-    def __init__(self, cache: ResponseCache) -> None:
-        self.cache = cache
-
-    @property
-    def hits(self) -> int:
-        return self.cache.hits
-
-    @hits.setter
-    def hits(self, value: int) -> None:
-        self.cache.denial_hits += value - self.cache.hits
-        self.cache.hits = value
+    reply: bytes
+    entry: Entry
 
 
 class _Waiter:
@@ -150,9 +147,6 @@ class ResponseCache:
         self._background: set[asyncio.Task[bytes]] = set()
         self.hits = self.misses = self.prefetches = self.stale = 0
         self.denial_hits = 0  # the NXDOMAIN/NODATA/SERVFAIL share of `hits`
-        # the entry of the last hit and until when its reply may be replayed (server/table.py)
-        self.last_hit: Entry | None = None
-        self.last_replay_until = 0.0
         self.coalesced = self.inserts = 0
 
     @property
@@ -164,40 +158,53 @@ class ResponseCache:
 
     # -- the fast path: synchronous, no task ------------------------------------------------
 
-    def lookup(self, q: Query, limit: int | None) -> bytes | None:
-        """The client's reply from a fresh entry, or None (then call `resolve`)."""
-        e = self._entries.get(q.key)
+    def lookup(self, q: Query, limit: int | None) -> Hit | None:
+        """The client's reply from a fresh entry, counted, with the entry; or None (then
+        call `miss`). Any query shape: the reply is rendered for `q` and cut to `limit`."""
+        key = q.key
+        entries = self._entries
+        e = entries.get(key)
         if e is None:
             return None
-        now = self.timer()
-        left = e.remaining(now)
+        left = e.remaining(self.timer())
         if left <= 0:
             return None
+        entries.move_to_end(key)
         self.hits += 1
         e.hits += 1
         if e.kind != POSITIVE:
             self.denial_hits += 1
-        window = max(1, e.ttl * self.prefetch_percentage // 100)
-        if self.prefetch and e.hits >= self.prefetch and left <= window:
+        if self.prefetch and e.hits >= self.prefetch and left <= max(1, e.ttl * self.prefetch_percentage // 100):
             self._prefetch(q)
-        self.last_hit = e
-        self.last_replay_until = self.replay_until(e, now, window)
-        return W.render(e.wire, e.qend, e.ttl_offsets, left, q, limit)
+        return Hit(W.render(e.wire, e.qend, e.ttl_offsets, left, q, limit), e)
 
-    def hit_counter(self, e: Entry) -> "ResponseCache | _DenialHits":
-        """The object the replay hot path adds a hit to for entry `e`."""
-        return self if e.kind == POSITIVE else _DenialHits(self)
+    def hot(self, key: bytes) -> Entry | None:
+        """The listeners' plain lane: the fresh entry for `key` (the parser's cache key,
+        `Query.key`), counted, its `heads` and `tail` rendered for this second; None when
+        the general path must decide (no fresh entry, or a prefetch is due: it needs the
+        query). The caller writes the reply: ID + head + its question + tail (+ OPT)."""
+        entries = self._entries
+        e = entries.get(key)
+        if e is None:
+            return None
+        left = e.ttl - int(self.timer() - e.stored)
+        if left <= 0:
+            return None
+        if self.prefetch and e.hits + 1 >= self.prefetch and \
+                left <= max(1, e.ttl * self.prefetch_percentage // 100):
+            return None  # `lookup` starts the refresh
+        entries.move_to_end(key)
+        self.hits += 1
+        e.hits += 1
+        if e.kind != POSITIVE:
+            self.denial_hits += 1
+        if e.tail_ttl != left:
+            e.patch(left)
+        return e
 
     @property
     def evictions_by_type(self) -> dict[str, int]:
         return self._entries.evictions_by_type
-
-    def replay_until(self, e: Entry, now: float, window: int) -> float:
-        """Until when the reply just rendered stays byte-identical, so the server may replay
-        it without coming here: TTLs tick once a second; never past expiry, and never inside
-        the prefetch window (there every hit must be seen to start the refresh)."""
-        until = e.stored + int(now - e.stored) + 1
-        return min(until, e.expires - (window if self.prefetch else 0))
 
     # -- the full path -----------------------------------------------------------------------
 
@@ -205,7 +212,7 @@ class ResponseCache:
         """Answer from cache, or fetch (one flight per key), or serve stale on failure."""
         hit = self.lookup(q, limit)
         if hit is not None:
-            return hit
+            return hit.reply
         reply = self.miss(q, limit)
         return reply if isinstance(reply, bytes) else await reply
 

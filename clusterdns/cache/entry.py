@@ -1,5 +1,10 @@
 """What the cache stores: an answer's bytes with what serving it again needs (expiry,
 TTL offsets), and its kind (positive, NXDOMAIN, NODATA, SERVFAIL, uncached).
+
+An entry also keeps its reply in pieces for the listeners' plain lane (`patch`): the
+header flags and counts for each RD/EDNS variant and the sections after the question
+with the TTLs of the current second, so a hit is `ID + head + the client's question +
+tail (+ OPT)`, the TTLs counted down from the entry's stored time.
 """
 
 from __future__ import annotations
@@ -18,14 +23,40 @@ class Entry:
     ttl_offsets: tuple[int, ...]
     kind: int
     name: bytes
-    stored: float
+    stored: float  # the cache clock's time at insert, sub-second (monotonic)
     ttl: int  # TTL served at `stored`; counts down from there
     hits: int = 0
     retry_after: float = 0.0  # serve-stale: no refresh before this (failure recheck)
+    # the plain lane's pieces (`patch`): bytes 2-11 by (EDNS << 1 | RD), the tail after the
+    # question with TTL `tail_ttl` written in (-1: not rendered yet)
+    heads: tuple[bytes, ...] = ()
+    tail: bytes = b""
+    tail_ttl: int = -1
+    classes: list | None = None  # type: ignore[type-arg]  # traffic classes by (x << 1 | tcp), for metrics
 
     @property
     def expires(self) -> float:
         return self.stored + self.ttl
 
     def remaining(self, now: float) -> int:
+        """The TTL to serve at `now`: whole seconds elapsed since `stored` (sub-second
+        precise) taken off, so an entry of 30 read 7.5 s later says 23."""
         return self.ttl - int(now - self.stored)
+
+    def patch(self, left: int) -> None:
+        """Render the plain lane's pieces for remaining TTL `left` (once per second per entry)."""
+        wire, qend = self.wire, self.qend
+        if not self.heads:
+            flags = wire[2] & 0xFE
+            b3 = wire[3] | 0x80  # RA: we recurse on the client's behalf
+            counts = wire[4:10]
+            ar = (wire[10] << 8) | wire[11]
+            self.heads = tuple(bytes((flags | rd, b3)) + counts + (ar + edns).to_bytes(2, "big")
+                               for edns in (0, 1) for rd in (0, 1))
+        buf = bytearray(wire[qend:])
+        packed = max(0, left).to_bytes(4, "big")
+        for off in self.ttl_offsets:
+            o = off - qend
+            buf[o:o + 4] = packed
+        self.tail = bytes(buf)
+        self.tail_ttl = left

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from clusterdns.cache.cache import Hit, ResponseCache
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.loop import LoopDetector, check_self_forwarding
 from clusterdns.forward.sources import (
@@ -26,6 +27,7 @@ from clusterdns.wire.names import Malformed, in_zone, to_text, to_wire
 from clusterdns.wire.question import Query
 
 log = logging.getLogger("clusterdns.forward")
+ROUTE_MEMO = 65536  # names remembered by `Forwarding.caches` before it starts over
 
 
 class Forwarding:
@@ -50,7 +52,9 @@ class Forwarding:
         self.loop = loop
         self.errors = 0
         self.looped = False  # a forwarding loop was found: the app exits non-zero
-        self.last_hit: Any = None  # the ResponseCache of the last hit (take_hit)
+        # name -> the cache `handle` answers it from (None: not forwarded, or uncached), so
+        # the listeners' plain lane skips the suffix walk of `route` (bounded, a pure memo)
+        self.caches: dict[bytes, ResponseCache | None] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def _is_local(self, name: bytes) -> bool:
@@ -63,19 +67,32 @@ class Forwarding:
             return None
         return CLASSIC_UDP if not q.edns else max(CLASSIC_UDP, min(q.udp_size, self.max_udp))
 
-    def handle(self, q: Query, data: bytes, tcp: bool) -> bytes | Awaitable[bytes] | None:
-        """The reply (bytes, a Future or a coroutine) for a forwarded name; None: not ours
-        to forward. A Future or coroutine never fails: errors become SERVFAIL replies."""
+    def cache_for(self, name: bytes) -> ResponseCache | None:
+        """The cache of the forward zone `handle` takes `name` (lowercased wire form) to;
+        None when the name is not forwarded (local) or its zone is uncached. Memoised in
+        `caches` for the listeners' plain lane (`ResponseCache.hot`)."""
+        zone = None if self._is_local(name) else self.table.route(name)
+        cache = zone.cache if zone is not None else None
+        if len(self.caches) >= ROUTE_MEMO:
+            self.caches.clear()
+        self.caches[name] = cache
+        return cache
+
+    def handle(self, q: Query, data: bytes, tcp: bool) -> Hit | bytes | Awaitable[bytes] | None:
+        """A cache `Hit` (reply + entry, counted), else the reply (bytes, a Future or a
+        coroutine) for a forwarded name; None: not ours to forward. A Future or coroutine
+        never fails: errors become SERVFAIL replies."""
         if q.qclass != RRClass.IN or q.qtype in (RRType.OPT, RRType.IXFR, RRType.AXFR) or self._is_local(q.name):
             return None
         zone = self.table.route(q.name)
         if zone is None:
             return None
         limit = self._limit(q, tcp)
-        hit = zone.lookup(q, limit)
-        if hit is not None:
-            self.last_hit = zone.cache
-            return hit
+        cache = zone.cache
+        if cache is not None:
+            hit = cache.lookup(q, limit)
+            if hit is not None:
+                return hit
         return self._miss(zone, q, limit)
 
     def _miss(self, zone: ForwardZone, q: Query, limit: int | None
@@ -89,13 +106,6 @@ class Forwarding:
             self.errors += 1
             log.exception("internal error forwarding %s", q.text)
             return W.error_reply(q, Rcode.SERVFAIL)
-
-    def take_hit(self):  # noqa: ANN201 - (ResponseCache, Entry, replay-until) or None
-        """After `handle` answered from cache: what the server needs to replay that answer."""
-        cache, self.last_hit = self.last_hit, None
-        if cache is None or cache.last_hit is None:
-            return None
-        return cache, cache.last_hit, cache.last_replay_until
 
     async def _safe(self, pending: Awaitable[bytes], q: Query) -> bytes:
         try:

@@ -51,8 +51,9 @@ class ForwardZone:
         return await self.forwarder.query(q.name, q.qtype, q.qclass, do=q.do, cd=q.cd)
 
     def lookup(self, q: Query, limit: int | None) -> bytes | None:
-        """A fresh cached reply, synchronously, or None."""
-        return self.cache.lookup(q, limit) if self.cache is not None else None
+        """A fresh cached reply, synchronously, or None (the bytes of `ResponseCache.lookup`'s Hit)."""
+        hit = self.cache.lookup(q, limit) if self.cache is not None else None
+        return hit.reply if hit is not None else None
 
     async def resolve(self, q: Query, limit: int | None) -> bytes:
         """The client's reply: cached, forwarded, stale, REFUSED (overload) or SERVFAIL."""

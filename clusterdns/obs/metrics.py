@@ -19,7 +19,7 @@ about as much as a whole cached answer (~1 us). Instead:
   count times a per-process calibration of that path (`calibrate_hot_path`);
 * `DNSCollector` folds the classes (a few hundred, not one per name) into CoreDNS's
   metric families at scrape time, and reads the caches, forwarders, Kubernetes watch
-  and replay table counters the same way.
+  and the hot path's counters the same way.
 """
 
 from __future__ import annotations
@@ -109,9 +109,8 @@ DOCUMENTED: dict[str, str] = {
                                         "`tcp_connection_cap`.",
     "clusterdns_config_reloads_total": "{result} - config reloads, success|failure.",
     "clusterdns_config_last_reload_success_timestamp_seconds": "{} - when the running config was loaded.",
-    "clusterdns_replay_entries": "{proto} - forward-cache answers kept ready for replay.",
     "clusterdns_hot_path_answers_total": "{proto} - queries answered on the hot path: compiled "
-                                         "cluster answers and replayed cache hits.",
+                                         "cluster answers and plain-lane cache hits.",
     "clusterdns_tcp_connections": "{} - open DNS-over-TCP connections.",
     "clusterdns_forward_queries_total": "{zone} - questions sent upstream (cache misses).",
     "clusterdns_forward_failures_total": "{zone} - upstream exchanges that timed out or failed.",
@@ -151,7 +150,6 @@ class Sources:
     """
 
     handler: Any = None  # server.handler.Handler: `errors` (internal errors caught = panics)
-    table: Any = None  # server.replay.ReplayTable: `udp`, `tcp` dicts
     forwarding: Any = None  # forward.forwarding.Forwarding: `.table.zones`, `.errors`
     kube: Any = None  # kube.watch.KubeSource: `.states`
     store: Any = None  # kube.store.ClusterStore: object dicts, `synced`, `last_change`
@@ -342,14 +340,9 @@ class DNSCollector(Collector):
                    "Unix time of the last successful config load (start-up counts).", ())
         m.add_metric([], src.reloads.last_success or src.started)
         yield m
-        if src.table is not None:
-            m = _gauge("clusterdns_replay_entries",
-                       "Forward-cache answers kept ready for replay, by protocol.", ("proto",))
-            m.add_metric(["udp"], len(src.table.udp))
-            m.add_metric(["tcp"], len(src.table.tcp))
-            yield m
+        if src.handler is not None:
             m = _counter("clusterdns_hot_path_answers",
-                         "Queries answered on the hot path (compiled answers, replayed cache hits).", ("proto",))
+                         "Queries answered on the hot path (compiled answers, plain-lane cache hits).", ("proto",))
             hits = {False: 0, True: 0}
             for k, counts in list(self.stats.classes.items()):
                 if k[1]:

@@ -1,10 +1,16 @@
-"""Every query's answer, in two steps: `fast` for the plain shape, `handle` for the rest.
+"""Every query's answer, in three steps: `fast` and `cached` for the plain shape, `answer`
+for the rest.
 
 `fast` answers a query of the ordinary shape (one question, no other records but a bare
 OPT of version 0) from the compiled zone with byte slicing only: no parse, no object
-per query. `handle` parses with the one query parser (`wire/question.py`), applies the
+per query. `cached` answers the same shape from the forward cache: the parser's cache
+key (`Query.key`: name lowercased, type, class, DO and CD bits) built from the bytes, one
+lookup (`ResponseCache.hot`), and the entry's pieces patched around the client's own
+ID and question. `answer` parses with the one query parser (`wire/question.py`), applies the
 protocol rules (RFC 1035, 6891, 7766, 8482), and asks the zone or the forwarder. Neither
-raises: malformed input gets FORMERR when a header is there, else nothing.
+raises: malformed input gets FORMERR when a header is there, else nothing. It returns an
+`Answer`: the reply with who wrote it (CoreDNS's `plugin` label) and, for a cache hit,
+the entry; nothing is left on the handler for the listener to read afterwards.
 """
 
 from __future__ import annotations
@@ -13,15 +19,18 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable
+from typing import NamedTuple
 
+from clusterdns.cache.entry import Entry
 from clusterdns.cluster.zone import ClusterZone
 from clusterdns.obs.counters import QueryStats
-from clusterdns.server.replay import ReplayTable
 from clusterdns.wire import encode as E
 from clusterdns.wire.encode import OPTS
 from clusterdns.wire import question as Q
 from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, MAX_TCP, RRClass, RRType, Rcode
 from clusterdns.forward.forwarding import Forwarding
+from clusterdns.cache.cache import Hit
+from clusterdns.wire.scan import _opt
 
 log = logging.getLogger("clusterdns")
 ONE = E.heads(Rcode.NOERROR, True, 1, 0, 0)  # the headers of a one-record answer
@@ -34,19 +43,31 @@ ONE_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"  # ... AR=1
 OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
 EMPTY_RDATA = b"\x00\x00"
 CLASS_LIMIT = 4096  # traffic classes remembered per compiled answer (bounded under floods)
+# the last byte of the cache key (`Query.key`) by DO << 1 | CD
+KEY_BITS = tuple(bytes((i,)) for i in range(4))
+CACHE_OPTS = (_opt(False), _opt(True))  # the OPT a cached reply carries (`scan.render`), by DO
+TC_COUNTS = (b"\x00\x01\x00\x00\x00\x00\x00\x00", b"\x00\x01\x00\x00\x00\x00\x00\x01")  # by EDNS
+
+
+class Answer(NamedTuple):
+    """What `Handler.answer` gives the listener: the reply (bytes, or an awaitable of the
+    bytes: forwarded), who wrote it (CoreDNS's `plugin` label: kubernetes, cache, forward,
+    chaos; "" for protocol errors) and the cache entry of a hit."""
+
+    reply: bytes | Awaitable[bytes | None]
+    plugin: str = ""
+    entry: Entry | None = None
 
 
 class Handler:
-    def __init__(self, zone: ClusterZone | None, replays: ReplayTable | None = None,
-                 max_udp: int = EDNS_UDP, forwarding: Forwarding | None = None) -> None:
+    def __init__(self, zone: ClusterZone | None, max_udp: int = EDNS_UDP,
+                 forwarding: Forwarding | None = None, stats: QueryStats | None = None) -> None:
         self.zone = zone
-        self.table = replays if replays is not None else ReplayTable()
-        self.stats: QueryStats = self.table.stats
+        self.stats: QueryStats = stats if stats is not None else QueryStats()
         self.max_udp = max_udp
         self.forwarding = forwarding  # names outside our zones, fallthrough, ExternalName chase
         self._lone_classes: dict[int, list[int]] = {}  # traffic classes of lone-record answers
         self.errors = 0
-        self.plugin = ""  # who wrote the last answer (CoreDNS's `plugin` label): read right after handle()
         # answered to CH TXT id.server / hostname.bind (RFC 4892): which process answered
         self.identity = f"{socket.gethostname()}/{os.getpid()}"
 
@@ -143,61 +164,128 @@ class Handler:
             classes[k] = cls  # (a cut reply's size depends on the client's limit: not kept)
         return cls
 
+    def cached(self, data: bytes, tcp: int, slot: int) -> bytes | None:
+        """The forward cache's answer to a plain query, counted; None: `answer` it.
+
+        The key is the parser's (`Query.key`) from the bytes; the reply is the entry's
+        pieces for this second (`Entry.patch`) around the client's ID and question bytes
+        (0x20 case). `server/udp.py` inlines this.
+        """
+        forwarding = self.forwarding
+        if forwarding is None:
+            return None
+        size = len(data)
+        counts = data[4:12]
+        if counts == NO_EDNS:
+            end, x = size - 4, 0
+        elif (counts == ONE_OPT and data[size - 11:size - 8] == OPT_HEAD and data[size - 2:] == EMPTY_RDATA
+              and data[size - 5] == 0):
+            end, x = size - 15, 2 | (data[size - 4] >> 7)
+        else:
+            return None
+        if end <= 12 or data[2] & 0xF8:
+            return None
+        name = data[12:end].lower()
+        cache = forwarding.caches.get(name, False)
+        if cache is False:
+            cache = forwarding.cache_for(name)
+        if cache is None:
+            return None
+        qend = end + 4
+        e = cache.hot(name + data[end:qend] + KEY_BITS[((x & 1) << 1) | ((data[3] >> 4) & 1)])
+        if e is None:
+            return None
+        return self.hit_reply(data, size, end, x, tcp, slot, e)
+
+    def hit_reply(self, data: bytes, size: int, end: int, x: int, tcp: int, slot: int, e: Entry) -> bytes:
+        """The reply to plain query `data` from hot entry `e`, counted in its traffic class;
+        over the client's UDP limit an empty TC reply (as `scan.render`)."""
+        qend = end + 4
+        out = data[:2] + e.heads[(data[2] & 1) | (x & 2)] + data[12:qend] + e.tail
+        if x:
+            out += CACHE_OPTS[x & 1]
+        if len(out) > CLASSIC_UDP and not tcp:
+            limit = max(CLASSIC_UDP, min((data[size - 8] << 8) | data[size - 7], self.max_udp)) if x else CLASSIC_UDP
+            if len(out) > limit:
+                h = e.heads[(data[2] & 1) | (x & 2)]
+                out = data[:2] + bytes((h[0] | 0x02, h[1])) + TC_COUNTS[x >> 1] + data[12:qend]
+                if x:
+                    out += CACHE_OPTS[x & 1]
+                self._cache_class(data, end, x, tcp, e, out)[slot] += 1
+                return out
+        classes = e.classes
+        if classes is None:
+            classes = e.classes = [None] * 8
+        k = (x << 1) | tcp
+        cls = classes[k]
+        if cls is None:
+            cls = classes[k] = self._cache_class(data, end, x, tcp, e, out)
+        cls[slot] += 1
+        return out
+
+    def _cache_class(self, data: bytes, end: int, x: int, tcp: int, e: Entry, out: bytes) -> list[int]:
+        return self.stats.traffic_class((bool(tcp), True, "cache", ".", (data[end] << 8) | data[end + 1],
+                                         out[3] & 0x0F, bool(x & 1), len(data), len(out)))
+
     # ------------------------------------------------------------------ everything else
-    def handle(self, data: bytes, tcp: bool) -> Reply:
+    def answer(self, data: bytes, tcp: bool) -> Answer | None:
         """Answer one query's bytes; None means drop (no header, or not a query)."""
-        self.plugin = ""
         try:
-            return self._handle(data, tcp)
+            return self._answer(data, tcp)
         except Exception:  # a bug must cost one answer, never the server
             self.errors += 1
             log.exception("internal error answering a query")
-            return E.header_reply(data, Rcode.SERVFAIL)
+            reply = E.header_reply(data, Rcode.SERVFAIL)
+            return None if reply is None else Answer(reply)
 
-    def _handle(self, data: bytes, tcp: bool) -> Reply:
+    def handle(self, data: bytes, tcp: bool) -> Reply:
+        """`answer`'s reply alone (tools and tests that need no plugin label)."""
+        a = self.answer(data, tcp)
+        return None if a is None else a.reply
+
+    def _answer(self, data: bytes, tcp: bool) -> Answer | None:
         try:
             q = Q.parse(data)
         except (Q.ShortHeader, Q.NotQuery):
             return None  # too short to answer, or a response: answering it could loop
         except Q.NotImplementedOpcode:
-            return E.header_reply(data, Rcode.NOTIMP)  # only QUERY is implemented
+            return _error(data, Rcode.NOTIMP)  # only QUERY is implemented
         except Q.FormError:
-            return E.header_reply(data, Rcode.FORMERR)
+            return _error(data, Rcode.FORMERR)
         if q.edns and q.version > 0:  # RFC 6891 6.1.3: BADVERS, with an OPT of version 0
-            return self._reply(data, q, E.make(rcode=Rcode.BADVERS, aa=False), None)
+            return Answer(self._reply(data, q, E.make(rcode=Rcode.BADVERS, aa=False), None))
         limit = MAX_TCP if tcp else q.udp_limit(self.max_udp)
-        if q.qtype == RRType.OPT:
-            return self._reply(data, q, E.make(rcode=Rcode.FORMERR, aa=False), limit)  # not a question (RFC 6891)
+        if q.qtype == RRType.OPT:  # not a question (RFC 6891)
+            return Answer(self._reply(data, q, E.make(rcode=Rcode.FORMERR, aa=False), limit))
         if q.qclass == RRClass.CH and q.name in IDENTITY_NAMES and q.qtype in (RRType.TXT, RRType.ANY):
-            self.plugin = "chaos"
             rec = E.rr(E.OWNER, RRType.TXT, 0, E.txt(self.identity), RRClass.CH)
-            return self._reply(data, q, E.make(answer=[rec]), limit)
-        if q.qclass != RRClass.IN or q.qtype in (RRType.AXFR, RRType.IXFR):
-            return self._reply(data, q, E.make(rcode=Rcode.REFUSED, aa=False), limit)  # no zone transfers
+            return Answer(self._reply(data, q, E.make(answer=[rec]), limit), "chaos")
+        if q.qclass != RRClass.IN or q.qtype in (RRType.AXFR, RRType.IXFR):  # no zone transfers
+            return Answer(self._reply(data, q, E.make(rcode=Rcode.REFUSED, aa=False), limit))
         zone = self.zone
         apex = zone.apex_of(q.name) if zone is not None else None
         forwarding = self.forwarding
         if apex is None:
             if forwarding is not None:
-                forwarded = forwarding.handle(q, data, tcp)  # cache hit, or a Future / coroutine
-                if forwarded is not None:
-                    self.plugin = "cache" if isinstance(forwarded, bytes) else "forward"
-                    if isinstance(forwarded, bytes):
-                        hit = forwarding.take_hit()
-                        if hit is not None:
-                            self.table.store(data, forwarded, hit, tcp)
-                    return forwarded
-            return self._reply(data, q, E.make(rcode=Rcode.REFUSED, aa=False), limit)
+                forwarded = forwarding.handle(q, data, tcp)  # a cache Hit, else bytes, a Future or a coroutine
+                if type(forwarded) is Hit:
+                    return Answer(forwarded.reply, "cache", forwarded.entry)
+                if forwarded is not None:  # bytes: served stale by the cache, or its error
+                    return Answer(forwarded, "cache" if isinstance(forwarded, bytes) else "forward")  # type: ignore[arg-type]
+            return Answer(self._reply(data, q, E.make(rcode=Rcode.REFUSED, aa=False), limit))
         assert zone is not None
-        self.plugin = "kubernetes"
         p = zone.answer(q.name, q.qtype)
         if forwarding is not None:
             follow = forwarding.follow(q, p, data, limit, apex)  # fallthrough PTR, ExternalName
             if follow is not None:
-                self.plugin = "forward"
-                return follow
-        return self._reply(data, q, p, limit)
+                return Answer(follow, "forward")
+        return Answer(self._reply(data, q, p, limit), "kubernetes")
 
     @staticmethod
     def _reply(data: bytes, q: Q.Query, p: E.Prepared, limit: int | None) -> bytes:
         return E.assemble(data, q.qend, p, q.edns, q.do, MAX_TCP if limit is None else limit)
+
+
+def _error(data: bytes, rcode: Rcode) -> Answer | None:
+    reply = E.header_reply(data, rcode)
+    return None if reply is None else Answer(reply)

@@ -18,7 +18,6 @@ from time import monotonic, perf_counter
 
 from clusterdns.obs.logs import QueryLog
 from clusterdns.server.handler import Handler
-from clusterdns.server.replay import key_of, question_bounds
 
 log = logging.getLogger("clusterdns")
 
@@ -40,8 +39,7 @@ class TCPProtocol(asyncio.Protocol):
     def __init__(self, handler: Handler, limits: TCPLimits, slot: int = 0,
                  query_log: QueryLog | None = None) -> None:
         self.handler = handler
-        self.replays = handler.table.tcp
-        self.stats = handler.table.stats
+        self.stats = handler.stats
         self.limits = limits
         self.slot = slot
         self.buf = bytearray()
@@ -165,39 +163,30 @@ class TCPProtocol(asyncio.Protocol):
             transport.resume_reading()
 
     def _answer(self, msg: bytes) -> None:
-        out = self.handler.fast(msg, 1, self.slot)
+        handler = self.handler
+        out = handler.fast(msg, 1, self.slot)
+        if out is None:
+            out = handler.cached(msg, 1, self.slot)  # a forward-cache hit
         if out is not None:
             self._write(out)
             return
-        end = question_bounds(msg) if self.replays else 0
-        if end > 12:
-            key = key_of(msg, end)
-            hit = self.replays.get(key)  # a forward-cache hit, TTLs as of this second
-            if hit is not None and hit[3] <= monotonic():
-                hit = self.handler.table.retick(key, hit, monotonic(), True)
-            if hit is not None:
-                self._write(msg[:2] + hit[0] + msg[12:end] + hit[1])
-                hit[2][self.slot] += 1
-                hit[4].hits += 1
-                hit[5].hits += 1
-                return
         self._slow(msg, perf_counter())
 
     def _slow(self, msg: bytes, started: float) -> None:
-        handler = self.handler
-        reply = handler.handle(msg, True)
-        if reply is None:
+        answer = self.handler.answer(msg, True)
+        if answer is None:
             self.stats.drop(self.slot, True, "short" if len(msg) < 12 else "response")
             return
+        reply = answer.reply
         if isinstance(reply, bytes):
             self._write(reply)
-            self._done(msg, reply, started, handler.plugin)
+            self._done(msg, reply, started, answer.plugin)
         else:
             self._pending += 1
             if self._pending >= self.limits.max_pending:
                 self._update()
             fut = asyncio.ensure_future(reply)  # a Future stays itself; a coroutine becomes a Task
-            fut.add_done_callback(partial(self._ready, msg, started, handler.plugin))
+            fut.add_done_callback(partial(self._ready, msg, started, answer.plugin))
 
     def _ready(self, msg: bytes, started: float, plugin: str, fut: asyncio.Future) -> None:
         self._pending -= 1
@@ -240,6 +229,8 @@ class TCPProtocol(asyncio.Protocol):
     def _logged(self, msg: bytes) -> None:
         started = perf_counter()
         reply = self.handler.fast(msg, 1, self.slot)
+        if reply is None:
+            reply = self.handler.cached(msg, 1, self.slot)
         if reply is None:
             self._slow(msg, started)
             return

@@ -2,7 +2,7 @@
 
 The listener registers its socket with the event loop as a reader; each wake-up takes
 up to `batchio.BATCH` datagrams per system call, answers what the compiled zone knows
-in a tight loop, and sends all those answers with one more call (`clusterdns/batchio.py`
+and forward-cache hits (`Handler.fast`, `Handler.cached`, inlined) in a tight loop, and sends all those answers with one more call (`clusterdns/batchio.py`
 says why). Anything else goes through the handler (`server/handler.py`); an answer that
 has to wait (forwarding) is sent on its own when it is ready.
 """
@@ -14,14 +14,13 @@ import logging
 import socket
 from collections.abc import Callable
 from functools import partial
-from time import monotonic, perf_counter
+from time import perf_counter
 
 from clusterdns.obs.logs import QueryLog
 from clusterdns import batchio
 from clusterdns.batchio import BATCH, RECV_SIZE, SEND_SIZE
 from clusterdns.server.handler import Handler
-from clusterdns.server.handler import EMPTY_RDATA, NO_EDNS, ONE_OPT, OPT_HEAD
-from clusterdns.server.replay import question_bounds
+from clusterdns.server.handler import CACHE_OPTS, EMPTY_RDATA, KEY_BITS, NO_EDNS, ONE_OPT, OPT_HEAD
 from clusterdns.wire.constants import CLASSIC_UDP
 from clusterdns.wire.encode import OPTS
 
@@ -41,9 +40,7 @@ class UDPListener:
     def __init__(self, handler: Handler, sock: socket.socket, slot: int = 0,
                  query_log: QueryLog | None = None) -> None:
         self.handler = handler
-        self.replays = handler.table.udp  # the dict itself: the table mutates it in place
-        self.table = handler.table
-        self.stats = handler.table.stats
+        self.stats = handler.stats
         self.slot = slot
         self.sock = sock
         sock.setblocking(False)
@@ -66,16 +63,19 @@ class UDPListener:
             self.loop.add_reader(self.sock.fileno(), reader)  # replaces the old callback
 
     def _read(self) -> None:
-        # The hot path: the compiled zone (`Handler.fast`), then replayed forward-cache hits.
+        # The hot path: the compiled zone (`Handler.fast`), then forward-cache hits
+        # (`Handler.cached`: the parser's key from the bytes, one lookup, a byte patch).
         io = self.io
         rbuf, lens, len_at = io.rbuf, io.lens, io.LEN_AT
         sbuf, slens, snames, name_at, naddr = io.sbuf, io.slens, io.snames, io.NAME_AT, io.name_addrs
         handler = self.handler
-        fast, replays, slot = handler.fast, self.replays, self.slot
+        fast, slot = handler.fast, self.slot
         zone = handler.zone
         lookup = zone.lookup if zone is not None else None
+        forwarding = handler.forwarding
+        caches = forwarding.caches if forwarding is not None else None
         # reverse names the zone does not know fall through to the forwarder: never inline
-        falls = (zone.nxdomain[1], zone.nxdomain[2]) if zone is not None and handler.forwarding else ()
+        falls = (zone.nxdomain[1], zone.nxdomain[2]) if zone is not None and forwarding else ()
         for _ in range(ROUNDS):
             try:
                 n = io.recv()
@@ -85,7 +85,6 @@ class UDPListener:
             if not n:
                 return
             j = 0
-            now = 0.0
             for i in range(n):
                 off = i * RECV_SIZE
                 data = bytes(rbuf[off:off + lens[len_at[i]]])
@@ -118,23 +117,25 @@ class UDPListener:
                                 out = None  # to be cut to the client's size: fast does it
                             else:
                                 cls[slot] += 1
-                if out is None:
+                if out is None and lookup is not None:
                     out = fast(data, 0, slot)
-                if out is None and replays:
-                    end = question_bounds(data)
-                    if end > 12:
-                        key = data[2:12] + data[12:end].lower() + data[end:]
-                        hit = replays.get(key)  # a forward-cache hit, TTLs as of this second
-                        if hit is not None:
-                            if not now:
-                                now = monotonic()
-                            if hit[3] <= now:
-                                hit = self.table.retick(key, hit, now, False)
-                            if hit is not None:
-                                out = data[:2] + hit[0] + data[12:end] + hit[1]
-                                hit[2][slot] += 1
-                                hit[4].hits += 1
-                                hit[5].hits += 1
+                if out is None and caches is not None and end > 12 and not data[2] & 0xF8:
+                    # the common case inlined from Handler.cached: a forward-cache hit
+                    name = data[12:end].lower()
+                    cache = caches.get(name, False)
+                    if cache is False:
+                        cache = forwarding.cache_for(name)  # type: ignore[union-attr]
+                    if cache is not None:
+                        e = cache.hot(name + data[end:end + 4] + KEY_BITS[((x & 1) << 1) | ((data[3] >> 4) & 1)])
+                        if e is not None:
+                            cls = e.classes[x << 1] if e.classes is not None else None
+                            out = data[:2] + e.heads[(data[2] & 1) | (x & 2)] + data[12:end + 4] + e.tail
+                            if x:
+                                out += CACHE_OPTS[x & 1]
+                            if cls is None or len(out) > CLASSIC_UDP:
+                                out = handler.hit_reply(data, size, end, x, 0, slot, e)  # first of its class, or cut
+                            else:
+                                cls[slot] += 1
                 if out is None:
                     out = self._slow(data, i, perf_counter())
                     if out is None:
@@ -159,17 +160,18 @@ class UDPListener:
         if self.io.truncated(i):
             self.stats.drop(self.slot, False, "too_long")
             return None
-        reply = handler.handle(data, False)
-        if reply is None:
+        answer = handler.answer(data, False)
+        if answer is None:
             self.stats.drop(self.slot, False, "short" if len(data) < 12 else "response")
             return None
         source = self.io.source(i)
+        reply = answer.reply
         if isinstance(reply, bytes):
-            self._done(data, reply, source, started, handler.plugin)
+            self._done(data, reply, source, started, answer.plugin)
             return reply
         self.pending += 1
         fut = asyncio.ensure_future(reply)  # a Future stays itself; a coroutine becomes a Task
-        fut.add_done_callback(partial(self._ready, data, source, started, handler.plugin))
+        fut.add_done_callback(partial(self._ready, data, source, started, answer.plugin))
         return None
 
     def _ready(self, data: bytes, source: object, started: float, plugin: str, fut: asyncio.Future) -> None:
@@ -236,6 +238,8 @@ class UDPListener:
         for i, data in self._datagrams():
             started = perf_counter()
             reply = self.handler.fast(data, 0, self.slot)
+            if reply is None:
+                reply = self.handler.cached(data, 0, self.slot)
             if reply is None:
                 reply = self._slow(data, i, started)
                 if reply is not None:

@@ -323,7 +323,7 @@ async def test_cache_is_bounded_and_eviction_stays_cheap(clock) -> None:
 
 async def test_hits_and_evictions_are_split_into_success_and_denial(fake, clock) -> None:
     """coredns_cache_hits_total / _evictions_total carry type=success|denial: the cache
-    counts denial hits apart, also when the server replays a denial from its table."""
+    counts denial hits apart, also on the listeners' plain lane (`ResponseCache.hot`)."""
     up = await fake(WWW)
     z = zone_for(up.port, clock, max_entries=2)
     try:
@@ -333,12 +333,41 @@ async def test_hits_and_evictions_are_split_into_success_and_denial(fake, clock)
         await z.resolve(nx, None)
         assert z.lookup(www, None) is not None and z.lookup(nx, None) is not None
         assert (z.cache.hits, z.cache.denial_hits) == (2, 1)
-        counter = z.cache.hit_counter(z.cache.last_hit)  # what the replay path adds to
-        counter.hits += 1
+        assert z.cache.hot(nx.key) is not None  # the plain lane's hit
         assert (z.cache.hits, z.cache.denial_hits) == (3, 2)
         other, _ = question("other.example.test")
         await z.resolve(other, None)  # a third entry in a 2-entry cache evicts the oldest
         assert sum(z.cache.evictions_by_type.values()) == 1
         assert z.cache.evictions_by_type["success"] == 1  # www was least recently used
+    finally:
+        z.close()
+
+
+async def test_ttl_counts_down_from_the_stored_time_to_the_sub_second(fake, clock) -> None:
+    """An entry stored with TTL 30 and read 7.5 s later says 23 (never 30, never 22
+    before 8 s have gone), on the general path and on the plain lane alike; at 29.9 s it
+    says 1 and at 30 s it is gone."""
+    up = await fake(WWW)
+    z = zone_for(up.port, clock, max_ttl=30)
+    try:
+        clock.advance(0.25)  # stored at a fraction of a second
+        q, _ = question("www.example.test")
+        assert ttls(decode(await z.resolve(q, None))) == {30}
+        clock.advance(0.7)
+        assert ttls(decode(z.lookup(q, None))) == {30}  # not a whole second yet
+        clock.advance(7.5 - 0.7)
+        assert ttls(decode(z.lookup(q, None))) == {23}
+        e = z.cache.hot(q.key)
+        assert e is not None and e.tail_ttl == 23
+        clock.advance(0.49)  # 7.99 s
+        assert ttls(decode(z.lookup(q, None))) == {23}
+        clock.advance(0.02)  # 8.01 s
+        assert ttls(decode(z.lookup(q, None))) == {22}
+        e = z.cache.hot(q.key)
+        assert e is not None and e.tail_ttl == 22
+        clock.advance(29.9 - 8.01)
+        assert ttls(decode(z.lookup(q, None))) == {1}
+        clock.advance(0.1)
+        assert z.lookup(q, None) is None and z.cache.hot(q.key) is None
     finally:
         z.close()

@@ -173,3 +173,23 @@ def test_bad_config_exits_2_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"cache\.max_entriez: unknown key"):
         nc.start()
     assert nc.proc is not None and nc.proc.wait(5) == 2
+
+
+def test_cache_hit_ttl_counts_down_in_the_running_process(tmp_path: Path) -> None:
+    """A TTL-3 record asked again 1.5 s later says 1 or 2 (counted from the entry's
+    stored time, to the sub-second), on the UDP plain lane and over TCP; never 3."""
+    cfg = tmp_path / "node-cache.yaml"
+    cfg.write_text("cache:\n  min_ttl: 0\n")
+    with Dnsmasq("--host-record=short.example.test,192.0.2.33", "--local-ttl=3") as up, \
+            ServerProcess("node-cache", "--config", str(cfg), "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0",
+                          "--cluster-dns", f"127.0.0.1:{up.port}", "--upstream", f"127.0.0.1:{up.port}",
+                          "--no-loop-detect") as nc:
+        first = ask(nc.port, "short.example.test")
+        assert addresses(first) == ["192.0.2.33"] and ttls(first) == {3}
+        time.sleep(1.5)
+        udp = ask(nc.port, "short.example.test")
+        again = ask(nc.port, "SHORT.example.test")
+        tcp = ask(nc.port, "short.example.test", tcp=True)
+        for r in (udp, again, tcp):
+            assert addresses(r) == ["192.0.2.33"] and ttls(r) <= {1, 2} and ttls(r)
+        assert again.question[0].name.to_text() == "SHORT.example.test."

@@ -23,7 +23,7 @@ def populated() -> M.Metrics:
     store, handler = build_cluster(ServeOptions(manifests=[str(DEMO)], upstreams=["127.0.0.1:9"], loop_detect=False))
     store.load(load_manifests([str(DEMO)])[0])
     source = KubeSource(store, conn=None)  # type: ignore[arg-type] - never run, only its counters are read
-    sources = M.Sources(handler=handler, table=handler.table, forwarding=handler.forwarding, kube=source,
+    sources = M.Sources(handler=handler, forwarding=handler.forwarding, kube=source,
                         store=store, tcp_limits=TCPLimits(),
                         plugins=("kubernetes", "forward", "cache", "errors", "prometheus"))
     m = M.Metrics(sources)

@@ -16,6 +16,7 @@ from clusterdns.app import ServeOptions, build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.obs import logs
 from clusterdns.obs.logs import QueryLog, parse_common
+from clusterdns.server.handler import Answer
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
 from helpers import DEMO, UDPClient, udp_listener
 
@@ -51,8 +52,8 @@ class RecordingTransport:
 def handler():  # noqa: ANN201
     store, handler = build_cluster(ServeOptions(manifests=[str(DEMO)]))
     store.load(load_manifests([str(DEMO)])[0])
-    handler.table.stats.add_listener("127.0.0.1", 53)
-    handler.table.stats.add_listener("::1", 53)
+    handler.stats.add_listener("127.0.0.1", 53)
+    handler.stats.add_listener("::1", 53)
     return handler
 
 
@@ -73,8 +74,8 @@ async def test_hot_and_slow_answers_count_at_their_slot(handler) -> None:  # noq
     finally:
         for x in (c4, c6, v4, v6):
             x.close()
-    hot = [c for k, c in handler.table.stats.classes.items() if k[1]]
-    slow = [c for k, c in handler.table.stats.classes.items() if not k[1]]
+    hot = [c for k, c in handler.stats.classes.items() if k[1]]
+    slow = [c for k, c in handler.stats.classes.items() if not k[1]]
     assert hot == [[4, 1]] and slow == [[1, 0]]
 
 
@@ -93,7 +94,7 @@ async def test_short_packets_and_responses_are_counted_as_dropped(handler, io: s
     finally:
         c.close()
         p.close()
-    assert handler.table.stats.dropped == {(0, False, "short"): 2, (0, False, "response"): 1}
+    assert handler.stats.dropped == {(0, False, "short"): 2, (0, False, "response"): 1}
 
 
 async def test_query_log_switches_on_and_off_without_a_hot_path_check(handler) -> None:  # noqa: ANN001
@@ -128,7 +129,7 @@ async def test_udp_drain_drops_new_queries_but_sends_answers_in_flight(handler) 
         return await gate
 
     try:
-        handler.handle = lambda data, tcp: slow_answer()  # a forwarded question in flight
+        handler.answer = lambda data, tcp: Answer(slow_answer(), "forward")  # a forwarded question in flight
         c.send(wire("x.example."))
         for _ in range(100):
             await asyncio.sleep(0.01)
@@ -145,7 +146,7 @@ async def test_udp_drain_drops_new_queries_but_sends_answers_in_flight(handler) 
     finally:
         c.close()
         p.close()
-    assert handler.table.stats.dropped == {(0, False, "shutting_down"): 1}
+    assert handler.stats.dropped == {(0, False, "shutting_down"): 1}
 
 
 async def test_tcp_drain_closes_after_the_last_pending_answer(handler) -> None:  # noqa: ANN001
@@ -158,7 +159,7 @@ async def test_tcp_drain_closes_after_the_last_pending_answer(handler) -> None: 
     async def slow_answer() -> bytes:
         return await gate
 
-    handler.handle = lambda data, tcp: slow_answer()
+    handler.answer = lambda data, tcp: Answer(slow_answer(), "forward")
     q = wire("x.example.")
     p.data_received(len(q).to_bytes(2, "big") + q)
     p.stop_reading()

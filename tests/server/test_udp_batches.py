@@ -13,6 +13,7 @@ import pytest
 from clusterdns.app import ServeOptions, build_cluster
 from clusterdns.kube.objects import parse_object
 from clusterdns.batchio import BATCH, RECV_SIZE, SEND_SIZE
+from clusterdns.server.handler import Answer
 from helpers import UDPClient, udp_listener
 
 IO = pytest.mark.parametrize("io", ["mmsg", "plain"])
@@ -97,7 +98,7 @@ async def test_a_query_longer_than_the_receive_slot_is_dropped_and_counted(handl
     finally:
         c.close()
         listener.close()
-    assert handler.table.stats.dropped == {(0, False, "too_long"): 1}
+    assert handler.stats.dropped == {(0, False, "too_long"): 1}
 
 
 async def test_answers_to_a_gone_client_cost_only_their_own(handler) -> None:  # noqa: ANN001
@@ -124,12 +125,12 @@ async def test_answers_ready_later_go_out_together_each_to_its_client(handler, i
     loop = asyncio.get_running_loop()
     futures: list[tuple[bytes, asyncio.Future]] = []
 
-    def later(data: bytes, tcp: bool) -> asyncio.Future:
+    def later(data: bytes, tcp: bool) -> Answer:
         fut = loop.create_future()
         futures.append((data, fut))
-        return fut
+        return Answer(fut, "forward")
 
-    handler.handle = later  # every query is "forwarded"
+    handler.answer = later  # every query is "forwarded"
     try:
         for n in range(2 * BATCH + 5):
             q = dns.message.make_query("x.example.", "A")
