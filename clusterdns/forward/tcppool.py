@@ -11,7 +11,7 @@ in flight twice on one connection, nor reused while a late answer to it may come
 
 Like udppool.py, it runs on callbacks: each connection is an asyncio.Protocol, a
 query is a small token with a callback, and timeouts are one timer per pool over a
-deadline-ordered deque; no Task or coroutine per query (only one per connect).
+deadline-ordered queue (deadlines.py); no Task or coroutine per query (only one per connect).
 
 New queries go to the oldest usable connection (RFC 7766 6.2.1: as few connections
 as will do); a second one opens only when that one is full (`tcp_max_in_flight`
@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from clusterdns.forward.deadlines import Deadlines
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import HEADER
 
@@ -191,7 +192,7 @@ class _Conn(asyncio.Protocol):
         if q.timer is not None:
             q.timer.cancel()
         self.last_used = self.last_read
-        pool._trim()
+        pool._deadlines.trim()
         try:
             q.callback(msg, None)
         except Exception:  # a bug must cost one answer, never the connection
@@ -238,8 +239,7 @@ class TcpPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conns: list[_Conn] = []  # oldest first
         self._waiting: deque[TcpQuery] = deque()  # every connection full: wait for room
-        self._deadlines: deque[TcpQuery] = deque()  # in deadline order
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._deadlines: Deadlines[TcpQuery] = Deadlines(self._expire)
         self._connect_failures = 0  # in a row
         self._no_connect_until = 0.0
 
@@ -287,14 +287,7 @@ class TcpPool:
         if self.closed:
             self._fail(q, ConnectionError("forwarder closed"))
             return q
-        q.deadline = deadline = loop.time() + timeout
-        dq = self._deadlines
-        if not dq or dq[-1].deadline <= deadline:
-            dq.append(q)
-            if self._sweeper is None:
-                self._sweeper = loop.call_at(deadline, self._sweep)
-        else:  # shorter than the queries before it (the forwarder's overall deadline)
-            q.timer = loop.call_at(deadline, self._expire, q)
+        self._deadlines.add(loop, q, loop.time() + timeout)
         self._dispatch(q)
         return q
 
@@ -419,29 +412,6 @@ class TcpPool:
         if not loop.is_closed():
             loop.call_soon(q.callback, None, exc)
 
-    def _trim(self) -> None:
-        """Drop finished queries from the front of the deadline queue (amortised O(1))."""
-        dq = self._deadlines
-        while dq and not dq[0].live:
-            dq.popleft()
-
-    def _sweep(self) -> None:
-        """Time out every query whose deadline has passed; re-arm for the next one."""
-        self._sweeper = None
-        loop = self._loop
-        assert loop is not None
-        dq = self._deadlines
-        now = loop.time()
-        while dq:
-            q = dq[0]
-            if q.live and q.deadline > now:
-                break
-            dq.popleft()
-            if q.live:
-                self._expire(q)
-        if dq and not self.closed:
-            self._sweeper = loop.call_at(dq[0].deadline, self._sweep)
-
     def _expire(self, q: TcpQuery) -> None:
         if not q.live:
             return
@@ -470,9 +440,6 @@ class TcpPool:
     def close(self) -> None:
         """Close every connection; queries in flight fail with ConnectionError (next loop turn)."""
         self.closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
         self._deadlines.clear()
         err = ConnectionError("forwarder closed")
         for conn in list(self._conns):

@@ -27,7 +27,7 @@ address tuples); where Linux offers them, the queries of one loop turn leave in 
 sendmmsg(2) and answers are read with recvmmsg(2) (batchio.py): on loopback a
 send that wakes the upstream costs about 4 us, once per batch instead of per query.
 Answers go to plain callbacks, and timeouts are one timer per pool over a
-deadline-ordered deque (queries share the same timeout, so deadlines arrive in order),
+deadline-ordered queue (deadlines.py),
 not a timer or a Task per query.
 """
 
@@ -38,11 +38,11 @@ import logging
 import os
 import socket
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from clusterdns import batchio
+from clusterdns.forward.deadlines import Deadlines
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import HEADER
 
@@ -227,7 +227,7 @@ class _Socket:
         p.live = False
         if p.timer is not None:
             p.timer.cancel()
-        self.pool._trim()
+        self.pool._deadlines.trim()
         if self.retired and not self.pending:
             self.close()
         try:
@@ -295,8 +295,7 @@ class UdpPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: _Socket | None = None
         self._retired: set[_Socket] = set()
-        self._deadlines: deque[Pending] = deque()  # in deadline order
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._deadlines: Deadlines[Pending] = Deadlines(self._expire)
         self._io: batchio.BatchIO | None = None
 
     def __repr__(self) -> str:
@@ -336,14 +335,7 @@ class UdpPool:
                     loop.call_soon(callback, None, exc)
                     return p
                 log.debug("cannot open a new socket to %s: %r; keeping the old one", self.peer, exc)
-        p.deadline = deadline = now + timeout
-        dq = self._deadlines
-        if not dq or dq[-1].deadline <= deadline:
-            dq.append(p)
-            if self._sweeper is None:
-                self._sweeper = loop.call_at(deadline, self._sweep)
-        else:  # shorter than the queries before it (the forwarder's overall deadline)
-            p.timer = loop.call_at(deadline, self._expire, p)
+        self._deadlines.add(loop, p, now + timeout)
         s.send(p, query)
         return p
 
@@ -375,29 +367,6 @@ class UdpPool:
             s._io = self._io
         return s
 
-    def _trim(self) -> None:
-        """Drop answered queries from the front of the deadline queue (amortised O(1))."""
-        dq = self._deadlines
-        while dq and not dq[0].live:
-            dq.popleft()
-
-    def _sweep(self) -> None:
-        """Time out every query whose deadline has passed; re-arm for the next one."""
-        self._sweeper = None
-        loop = self._loop
-        assert loop is not None
-        dq = self._deadlines
-        now = loop.time()
-        while dq:
-            p = dq[0]
-            if p.live and p.deadline > now:
-                break
-            dq.popleft()
-            if p.live:
-                self._expire(p)
-        if dq and not self.closed:
-            self._sweeper = loop.call_at(dq[0].deadline, self._sweep)
-
     def _expire(self, p: Pending) -> None:
         if not p.live:
             return
@@ -412,9 +381,6 @@ class UdpPool:
     def close(self) -> None:
         """Close every socket; queries in flight fail with ConnectionError (next loop turn)."""
         self.closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
         self._deadlines.clear()
         socks: Iterable[_Socket] = [*self._retired, *([self._current] if self._current else [])]
         self._current = None
