@@ -191,6 +191,26 @@ class FakeUpstream:
         await asyncio.sleep(0)  # let the transports finish closing before a restart
 
 
+class LoopbackUdp(asyncio.DatagramProtocol):
+    """A UDP server on 127.0.0.1 in the test's own event loop: `await start()` gives its
+    port; subclasses answer in `datagram_received` through `self.transport`."""
+
+    transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")[1]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: FakeUpstream) -> None:
         self.server = server

@@ -10,7 +10,7 @@ import struct
 from collections import defaultdict
 
 import pytest
-from fakedns import addresses, decode
+from fakedns import LoopbackUdp, addresses, decode
 
 from clusterdns.forward.forwarder import Forwarder, ForwardError
 from clusterdns.forward.udppool import ROTATE_QUERIES, ROTATE_SECONDS
@@ -18,7 +18,7 @@ from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.names import name_end, to_text, to_wire
 
 
-class RecordingUpstream(asyncio.DatagramProtocol):
+class RecordingUpstream(LoopbackUdp):
     """UDP on 127.0.0.1: answers `<name> A 192.0.2.1` at once, except for names in
     `hold`, whose queries wait in `held` for the test to answer (to any port)."""
 
@@ -26,13 +26,6 @@ class RecordingUpstream(asyncio.DatagramProtocol):
         self.seen: list[tuple[int, int, str]] = []  # (ID, source port, name)
         self.hold: set[str] = set()
         self.held: dict[str, tuple[bytes, tuple]] = {}
-        self.transport: asyncio.DatagramTransport | None = None
-
-    async def start(self) -> int:
-        loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(lambda: self,
-                                                                local_addr=("127.0.0.1", 0))
-        return self.transport.get_extra_info("sockname")[1]
 
     @staticmethod
     def answer(query: bytes) -> bytes:
@@ -61,10 +54,6 @@ class RecordingUpstream(asyncio.DatagramProtocol):
                 return self.held[name]
             await asyncio.sleep(0.01)
         raise AssertionError(f"no query for {name} arrived")
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 @pytest.fixture

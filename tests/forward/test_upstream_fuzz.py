@@ -25,6 +25,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
+from fakedns import LoopbackUdp
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -213,7 +214,7 @@ def classify(answer: bytes, query: bytes) -> str:
 
 # -- the real upstream -------------------------------------------------------------------
 
-class ScriptedUpstream(asyncio.DatagramProtocol):
+class ScriptedUpstream(LoopbackUdp):
     """UDP on 127.0.0.1: answers each query with `plan` applied to it; keeps the queries
     and the answers it sent."""
 
@@ -221,13 +222,6 @@ class ScriptedUpstream(asyncio.DatagramProtocol):
         self.plan = plan
         self.queries: list[bytes] = []
         self.answers: list[bytes] = []
-        self.transport: asyncio.DatagramTransport | None = None
-
-    async def start(self) -> int:
-        loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(lambda: self,
-                                                                local_addr=("127.0.0.1", 0))
-        return self.transport.get_extra_info("sockname")[1]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
         self.queries.append(data)
@@ -236,10 +230,6 @@ class ScriptedUpstream(asyncio.DatagramProtocol):
         if answer:
             assert self.transport is not None
             self.transport.sendto(answer, addr)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 def _records(m: dns.message.Message) -> tuple[list, list, list]:
@@ -390,15 +380,11 @@ def test_scan_refuses_what_a_client_cannot_parse(case: str) -> None:
         W.scan_response(bytes(wire))
 
 
-class _FixedUpstream(asyncio.DatagramProtocol):
+class _FixedUpstream(LoopbackUdp):
     """Answers every query with one A record whose rdata is `rdata` (3 bytes: malformed)."""
 
     def __init__(self, rdata: bytes) -> None:
         self.rdata, self.queries = rdata, 0
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
         self.queries += 1
@@ -410,14 +396,10 @@ class _FixedUpstream(asyncio.DatagramProtocol):
 
 
 async def test_a_malformed_answer_fails_over_to_the_next_upstream() -> None:
-    loop = asyncio.get_running_loop()
-    bad_t, bad = await loop.create_datagram_endpoint(lambda: _FixedUpstream(b"\x0a\x00\x00"),
-                                                     local_addr=("127.0.0.1", 0))
-    good_t, good = await loop.create_datagram_endpoint(lambda: _FixedUpstream(b"\x0a\x00\x00\x07"),
-                                                       local_addr=("127.0.0.1", 0))
+    bad, good = _FixedUpstream(b"\x0a\x00\x00"), _FixedUpstream(b"\x0a\x00\x00\x07")
     table = build_forward_table(
-        [UpstreamSpec("127.0.0.1", bad_t.get_extra_info("sockname")[1]),
-         UpstreamSpec("127.0.0.1", good_t.get_extra_info("sockname")[1])], {}, cache_opts=None,
+        [UpstreamSpec("127.0.0.1", await bad.start()), UpstreamSpec("127.0.0.1", await good.start())],
+        {}, cache_opts=None,
         forward_opts={"read_timeout": 0.5, "timeout": 1.0, "policy": "sequential"})
     fw = Forwarding(table, local_zones=(), fallthrough=())
     try:
@@ -432,5 +414,5 @@ async def test_a_malformed_answer_fails_over_to_the_next_upstream() -> None:
         assert bad.queries == 1 and good.queries == 1
     finally:
         fw.close()
-        bad_t.close()
-        good_t.close()
+        bad.close()
+        good.close()
