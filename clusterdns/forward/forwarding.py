@@ -27,7 +27,7 @@ from clusterdns.wire.names import Malformed, in_zone, to_text, to_wire
 from clusterdns.wire.question import Query
 
 log = logging.getLogger("clusterdns.forward")
-ROUTE_MEMO = 65536  # names remembered by `Forwarding.caches` before it starts over
+ROUTE_MEMO = 65536  # names with hits remembered by `Forwarding.caches` before it starts over
 
 
 class Forwarding:
@@ -69,14 +69,16 @@ class Forwarding:
 
     def cache_for(self, name: bytes) -> ResponseCache | None:
         """The cache of the forward zone `handle` takes `name` (lowercased wire form) to;
-        None when the name is not forwarded (local) or its zone is uncached. Memoised in
-        `caches` for the listeners' plain lane (`ResponseCache.hot`)."""
+        None when the name is not forwarded (local) or its zone is uncached."""
         zone = None if self._is_local(name) else self.table.route(name)
-        cache = zone.cache if zone is not None else None
+        return zone.cache if zone is not None else None
+
+    def remember(self, name: bytes, cache: ResponseCache) -> None:
+        """Memoise `cache_for(name)` in `caches` for the listeners' plain lane, once the
+        name had a hit there: names that never hit (a flood of junk) take no room."""
         if len(self.caches) >= ROUTE_MEMO:
-            self.caches.clear()
+            self.caches.clear()  # costs a route (~1 us) per name on its next hit
         self.caches[name] = cache
-        return cache
 
     def handle(self, q: Query, data: bytes, tcp: bool) -> Hit | bytes | Awaitable[bytes] | None:
         """A cache `Hit` (reply + entry, counted), else the reply (bytes, a Future or a

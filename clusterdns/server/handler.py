@@ -186,15 +186,18 @@ class Handler:
         if end <= 12 or data[2] & 0xF8:
             return None
         name = data[12:end].lower()
-        cache = forwarding.caches.get(name, False)
-        if cache is False:
+        cache = forwarding.caches.get(name)
+        known = cache is not None
+        if not known:
             cache = forwarding.cache_for(name)
-        if cache is None:
-            return None
+            if cache is None:
+                return None
         qend = end + 4
         e = cache.hot(name + data[end:qend] + KEY_BITS[((x & 1) << 1) | ((data[3] >> 4) & 1)])
         if e is None:
             return None
+        if not known:
+            forwarding.remember(name, cache)
         return self.hit_reply(data, size, end, x, tcp, slot, e)
 
     def hit_reply(self, data: bytes, size: int, end: int, x: int, tcp: int, slot: int, e: Entry) -> bytes:

@@ -122,12 +122,15 @@ class UDPListener:
                 if out is None and caches is not None and end > 12 and not data[2] & 0xF8:
                     # the common case inlined from Handler.cached: a forward-cache hit
                     name = data[12:end].lower()
-                    cache = caches.get(name, False)
-                    if cache is False:
+                    cache = caches.get(name)
+                    known = cache is not None
+                    if not known:
                         cache = forwarding.cache_for(name)  # type: ignore[union-attr]
                     if cache is not None:
                         e = cache.hot(name + data[end:end + 4] + KEY_BITS[((x & 1) << 1) | ((data[3] >> 4) & 1)])
                         if e is not None:
+                            if not known:
+                                forwarding.remember(name, cache)  # type: ignore[union-attr]
                             cls = e.classes[x << 1] if e.classes is not None else None
                             out = data[:2] + e.heads[(data[2] & 1) | (x & 2)] + data[12:end + 4] + e.tail
                             if x:

@@ -94,6 +94,28 @@ async def test_plain_lane_reply_is_the_general_paths_reply(fake) -> None:
         close(handler)
 
 
+async def test_hit_lane_remembers_routes_of_names_that_hit_only(fake) -> None:
+    """A flood of names that are not cached leaves the lane's route memo empty; a name is
+    remembered once it hits."""
+    up = await fake(WWW)
+    handler = node_handler(up, min_ttl=0)
+    forwarding = handler.forwarding
+    assert forwarding is not None
+    try:
+        for i in range(500):
+            junk = dns.message.make_query(f"junk{i}.example.test.", "A").to_wire()
+            assert handler.cached(junk, 0, 0) is None
+        assert forwarding.caches == {}
+        first = handler.answer(dns.message.make_query("www.example.test.", "A").to_wire(), False)
+        assert first is not None and not isinstance(first.reply, bytes)
+        await first.reply
+        assert forwarding.caches == {}  # a miss is not a hit
+        hit = handler.cached(dns.message.make_query("www.example.test.", "A").to_wire(), 0, 0)
+        assert hit is not None and list(forwarding.caches) == [b"\x03www\x07example\x04test\x00"]
+    finally:
+        close(handler)
+
+
 async def test_answer_is_typed_and_names_the_plugin(fake) -> None:
     """No attribute to read after the call: the Answer says who answered and, for a hit,
     which entry (already counted)."""
