@@ -10,7 +10,8 @@ the hot path's key computation and dict lookup:
 * `recvfrom`: a reader callback draining a non-blocking socket with recvfrom/sendto;
 * `mmsg`: the server's own `batchio.BatchIO` (recvmmsg/sendmmsg, 64 per call).
 
-Prints QPS and the server's CPU µs per query for each. Run inside `unshare -n` with
+Prints QPS, the server's CPU µs per query and dnsperf's average latency for each;
+`--qps N` paces dnsperf (-Q N) to see the per-wake-up cost at a low rate. Run inside `unshare -n` with
 `ip link set lo up` like everything else here; needs `dnsperf` and `taskset`.
 """
 
@@ -90,7 +91,7 @@ def serve(mode: str, port: int) -> None:
     print(f"cpu {ru.ru_utime + ru.ru_stime:.3f}", flush=True)
 
 
-def measure(mode: str, seconds: float, queries: str) -> tuple[float, float]:
+def measure(mode: str, seconds: float, queries: str, qps: int = 0) -> tuple[float, float, float]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -99,30 +100,33 @@ def measure(mode: str, seconds: float, queries: str) -> tuple[float, float]:
     try:
         assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
         out = subprocess.run(["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", queries,
-                              "-c", "10", "-l", str(seconds)], capture_output=True, text=True,
+                              "-c", "10", "-l", str(seconds)] + (["-Q", str(qps)] if qps else []),
+                             capture_output=True, text=True,
                              timeout=seconds + 30).stdout
     finally:
         srv.send_signal(signal.SIGTERM)
         rest, _ = srv.communicate(timeout=10)
-    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     done = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
     cpu = float(re.search(r"cpu ([\d.]+)", rest).group(1))  # type: ignore[union-attr]
-    return qps, cpu / done * 1e6
+    lat = float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rate, cpu / done * 1e6, lat * 1e3
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--queries", default=os.path.join(ROOT, "bench/gen/s42-n5000/mix.txt"))
+    ap.add_argument("--qps", type=int, default=0, help="paced at this rate (dnsperf -Q); 0: self-paced")
     ap.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
         serve(a.serve[0], int(a.serve[1]))
         return
-    print("| mode | QPS | server CPU µs/query (incl. start-up) |\n|---|---:|---:|")
+    print("| mode | QPS | server CPU µs/query (incl. start-up) | avg latency ms |\n|---|---:|---:|---:|")
     for mode in MODES:
-        qps, us = measure(mode, a.seconds, a.queries)
-        print(f"| {mode} | {qps:,.0f} | {us:.2f} |", flush=True)
+        qps, us, lat = measure(mode, a.seconds, a.queries, a.qps)
+        print(f"| {mode} | {qps:,.0f} | {us:.2f} | {lat:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,9 @@ class ClusterZone:
         self._unsorted = True  # the sorted addresses are rebuilt when a prefix is asked
 
     def _ptr_node(self, ip: str, apex: int) -> Entry:
+        one = self.store.ptr_single(ip)
+        if one is not None:
+            return self.c.ptr([self.c.fqdn_wire(*one)], apex)
         targets = self.store.ptr_targets(ip)
         if len(targets) == 1:
             t = targets[0]

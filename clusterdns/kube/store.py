@@ -72,6 +72,11 @@ class ServiceView:
     entries: tuple[Backend | str, ...]
     ports: tuple[Port, ...] = ()
 
+    def labelled(self) -> list[tuple[str, str]]:
+        """(DNS label, address) of every ready endpoint, without making Backends: what a
+        Service that is not headless publishes of its endpoints."""
+        return [(dashed(b), b) if type(b) is str else (b.host, b.ip) for b in self.entries]  # type: ignore[union-attr]
+
     @property
     def backends(self) -> tuple[Backend, ...]:
         ports = self.ports
@@ -165,6 +170,14 @@ class ClusterStore:
 
     def ptr_targets(self, ip: str) -> tuple[PtrTarget, ...]:
         return tuple(p.target(ip) for p in self._pointers(ip))
+
+    def ptr_single(self, ip: str) -> tuple[str, str, str | None] | None:
+        """(namespace, service, host label or None) when `ip` has exactly one target (most
+        addresses), without building a PtrTarget: compiling 100,000 PTR names reads this."""
+        p = self.ptr.get(ip)
+        if type(p) is not _Pointer:
+            return None
+        return p.namespace, p.service, p.label if p.label is not None else dashed(ip) if p.dashed else None
 
     def _pointers(self, ip: str) -> tuple[_Pointer, ...]:
         found = self.ptr.get(ip, ())

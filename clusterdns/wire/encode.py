@@ -26,6 +26,8 @@ OWNER = b"\xc0\x0c"  # the question's name: the owner of every record at the nam
 EDNS_ADVERTISED = 1232
 
 _RR_FIXED = struct.Struct("!HHIH")
+# plain ints for what runs per record while compiling: an IntEnum member costs ~0.2 us a read
+_A, _AAAA, _IN = int(RRType.A), int(RRType.AAAA), int(RRClass.IN)
 _COUNTS = struct.Struct("!HHHH")
 _U16 = struct.Struct("!H")
 
@@ -33,7 +35,7 @@ _U16 = struct.Struct("!H")
 # ----------------------------------------------------------------------------- records
 
 
-def rr(owner: bytes, rtype: int, ttl: int, rdata: bytes, rclass: int = RRClass.IN) -> bytes:
+def rr(owner: bytes, rtype: int, ttl: int, rdata: bytes, rclass: int = _IN) -> bytes:
     """One resource record in wire form."""
     return owner + _RR_FIXED.pack(rtype, rclass, ttl, len(rdata)) + rdata
 
@@ -41,8 +43,8 @@ def rr(owner: bytes, rtype: int, ttl: int, rdata: bytes, rclass: int = RRClass.I
 def address(ip: str) -> tuple[int, bytes]:
     """(A or AAAA, the packed address) for a canonical address string."""
     if ":" in ip:
-        return RRType.AAAA, socket.inet_pton(socket.AF_INET6, ip)
-    return RRType.A, socket.inet_pton(socket.AF_INET, ip)
+        return _AAAA, socket.inet_pton(socket.AF_INET6, ip)
+    return _A, socket.inet_pton(socket.AF_INET, ip)
 
 
 def srv(priority: int, weight: int, port: int, target: str) -> bytes:
