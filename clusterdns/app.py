@@ -37,6 +37,7 @@ from clusterdns.cluster.zone import ClusterZone
 from clusterdns.server.handler import Handler
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
 from clusterdns.server import udp as udp_listener
+from clusterdns.server.rrl import RRL, limiter
 from clusterdns.server.udp import UDPListener
 from clusterdns.workers import Journal, Worker
 from clusterdns.forward.forwarding import Forwarding, cluster_forwarding
@@ -83,6 +84,7 @@ class ServeOptions:
     loop_detect: bool = True  # CoreDNS `loop`: exit when the upstreams send our probe back
     cache_opts: dict[str, Any] | None = None  # ResponseCache options for forwarded names
     forward_opts: dict[str, Any] | None = None  # Forwarder options
+    rrl_opts: dict[str, Any] | None = None  # server.rrl.RRL options; None: response-rate limiting off
     # operating it (config.py documents each): metrics, logs, reload, stop
     metrics: str | None = None  # None: :9153 with the API source (CoreDNS's port), off with manifests
     query_log: bool = False
@@ -120,10 +122,12 @@ def parse_listen(spec: str, default_port: int = 53) -> tuple[str, int]:
 class Listeners:
     """UDP and TCP sockets for every listen address, sharing one handler."""
 
-    def __init__(self, handler: Handler, limits: TCPLimits, query_log: QueryLog | None = None) -> None:
+    def __init__(self, handler: Handler, limits: TCPLimits, query_log: QueryLog | None = None,
+                 rrl: RRL | None = None) -> None:
         self.handler = handler
         self.limits = limits
         self.query_log = query_log
+        self.rrl = rrl  # one limiter for every UDP socket of this process (TCP is never limited)
         self.udp: list[UDPListener] = []
         self.tcp: list[asyncio.AbstractServer] = []
         self.bound: list[tuple[str, int]] = []
@@ -159,7 +163,7 @@ class Listeners:
                     raise
                 continue
             stats.add_listener(host, bound_port)
-            self.udp.append(UDPListener(self.handler, sock, slot, self.query_log))
+            self.udp.append(UDPListener(self.handler, sock, slot, self.query_log, self.rrl))
             self.tcp.append(server)
             return bound_port
         raise AssertionError("unreachable")
@@ -171,6 +175,12 @@ class Listeners:
             p.set_query_log(query_log)
         for c in list(self.limits.open):
             c.set_query_log(query_log)
+
+    def set_rrl(self, rrl: RRL | None) -> None:
+        """Turn response-rate limiting on (a limiter) or off (None) for every UDP socket."""
+        self.rrl = rrl
+        for p in self.udp:
+            p.set_rrl(rrl)
 
     def stop_reading(self) -> None:
         """Take no new queries (draining); answers in flight still go out."""
@@ -258,9 +268,10 @@ async def serve(opts: ServeOptions, journal: Journal | None = None, workers: lis
     else:
         source = build_source(opts, store)
     listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
-                          lifecycle.query_log(opts.query_log, opts.query_log_sample))
+                          lifecycle.query_log(opts.query_log, opts.query_log_sample), limiter(opts.rrl_opts))
     sources = Sources(handler=handler, forwarding=handler.forwarding, kube=source,
-                      store=store, tcp_limits=listeners.limits, plugins=_plugins(opts, source is not None))
+                      store=store, tcp_limits=listeners.limits, plugins=_plugins(opts, source is not None),
+                      rrl=listeners.rrl)
     try:
         if source is not None or opts.health or opts.ready:
             from clusterdns.obs.health import HealthServer
@@ -326,7 +337,7 @@ def _plugins(opts: ServeOptions, api: bool) -> tuple[str, ...]:
     return lifecycle.plugins(kubernetes=True, errors=True, log=opts.query_log, forward=fwd, cache=fwd,
                              loop=fwd and opts.loop_detect, health=api or bool(opts.health),
                              ready=api or bool(opts.ready), prometheus=bool(opts.metrics) or api,
-                             reload=opts.config is not None)
+                             reload=opts.config is not None, rrl=bool(opts.rrl_opts))
 
 
 class Running:
@@ -390,6 +401,8 @@ class Running:
         self.listeners.limits.max_connections = new.max_tcp_connections
         if (old.query_log, old.query_log_sample) != (new.query_log, new.query_log_sample):
             self.listeners.set_query_log(lifecycle.query_log(new.query_log, new.query_log_sample))
+        self.listeners.set_rrl(limiter(new.rrl_opts, self.listeners.rrl))
+        self.sources.rrl = self.listeners.rrl
         if (old.log_level, old.log_format, old.error_consolidate) != (new.log_level, new.log_format,
                                                                       new.error_consolidate):
             logs.setup(new.log_level, new.log_format, new.error_consolidate)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from clusterdns import __version__, config, nodecache
 from clusterdns.app import ServeOptions, StartupError, parse_listen, run, serve
 from clusterdns.kube.manifests import ManifestError
-from clusterdns.nodecache_config import with_env
+from clusterdns.nodecache_config import add_rrl_arguments, with_env
 from clusterdns.obs import logs
 from clusterdns.workers import Journal, fork_workers, resolve_ports, serve_worker
 from clusterdns.cluster.compile import PODS_MODES
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the start-up forwarding-loop probe (CoreDNS `loop`)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--config", metavar="FILE", help="YAML settings (config/clusterdns.yaml); flags given override it")
+    add_rrl_arguments(s)
     _operating_flags(s)
     _operating_flags(nodecache.add_parser(sub))
     c = sub.add_parser("check-config", help="validate a config file without starting (exit 1 on problems)")

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from clusterdns import nodecache_config, typedyaml
-from clusterdns.nodecache_config import ForwardSettings
+from clusterdns.nodecache_config import ForwardSettings, RRLSettings
 from clusterdns.typedyaml import Check, Problems, Rules
 
 MODES = ("serve", "node-cache")
@@ -71,6 +71,9 @@ class ServeCacheSettings:
 
     max_entries: int = 9984
     """Entries per forward zone (CoreDNS's capacity); least recently used evicted beyond."""
+    max_denial_entries: int = 9984
+    """NXDOMAIN/NODATA/SERVFAIL entries per forward zone, kept apart (CoreDNS `denial
+    CAPACITY`): a flood of unknown names evicts denials only, never positive answers."""
     success_ttl: int = 30
     """Cap on positive TTLs, kubeadm's `cache 30`: upstream changes show within 30 s."""
     denial_ttl: int = 30
@@ -180,6 +183,8 @@ class ServeConfig(CommonSettings):
     """Cache for forwarded names."""
     forward: ForwardSettings = field(default_factory=ForwardSettings)
     """Upstream handling, shared with node-cache."""
+    rrl: RRLSettings = field(default_factory=RRLSettings)
+    """Response-rate limiting of UDP answers, shared with node-cache; off by default."""
 
     def options_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `app.ServeOptions` (kept apart so config does not import app)."""
@@ -197,7 +202,7 @@ class ServeConfig(CommonSettings):
             workers=self.workers, cache_opts=self.cache_opts(), forward_opts=self.forward_opts(),
             metrics=self.metrics, query_log=self.query_log, query_log_sample=self.query_log_sample,
             log_level=self.log_level, log_format=self.log_format, error_consolidate=self.error_consolidate,
-            shutdown_timeout=self.shutdown_timeout, watch_config=self.watch_config)
+            shutdown_timeout=self.shutdown_timeout, watch_config=self.watch_config, rrl_opts=rrl_opts(self.rrl))
 
     def cache_opts(self) -> dict[str, Any]:
         """`ResponseCache` keyword arguments for forwarded names."""
@@ -240,12 +245,20 @@ AnyConfig = ServeConfig | NodeCacheFileConfig
 
 def cache_opts(c: Any, max_ttl: int, max_negative_ttl: int) -> dict[str, Any]:
     """ResponseCache keyword arguments from a cache settings section (both modes)."""
-    return dict(max_entries=c.max_entries, max_ttl=max_ttl, min_ttl=c.min_ttl,
+    return dict(max_entries=c.max_entries, max_denial_entries=c.max_denial_entries,
+                max_ttl=max_ttl, min_ttl=c.min_ttl,
                 max_negative_ttl=max_negative_ttl, min_negative_ttl=c.min_ttl,
                 servfail_ttl=c.servfail_ttl, prefetch=c.prefetch,
                 prefetch_percentage=c.prefetch_percentage, serve_stale=c.serve_stale,
                 stale_ttl=c.stale_ttl, stale_answer_timeout=c.stale_answer_timeout,
                 stale_recheck=c.stale_recheck)
+
+
+def rrl_opts(r: RRLSettings) -> dict[str, Any] | None:
+    """`server.rrl.RRL` keyword arguments from an `rrl` section (both modes); None: off."""
+    if not r.responses_per_second:
+        return None
+    return {f.name: getattr(r, f.name) for f in fields(r)}
 
 
 # --------------------------------------------------------------------------- value checks
@@ -385,6 +398,7 @@ CHECKS: dict[str, Check] = {
     "lameduck": _between(0, 600, " seconds"),
     "shutdown_timeout": _between(0, 600, " seconds"),
     "cache.max_entries": _between(1),
+    "cache.max_denial_entries": _between(1),
     "cache.success_ttl": _between(0, 604800, " seconds"),
     "cache.denial_ttl": _between(0, 604800, " seconds"),
     "cache.cluster_success_ttl": _between(0, 604800, " seconds"),
@@ -404,6 +418,12 @@ CHECKS: dict[str, Check] = {
     "forward.timeout": _above(0, " seconds"),
     "forward.expire": _between(0, None, " seconds"),
     "forward.max_concurrent": _between(1),
+    "rrl.responses_per_second": _between(0, None, " per second (0 = off)"),
+    "rrl.window": _between(1, 3600, " seconds"),
+    "rrl.slip": _between(0, 10, " (0 = drop all, 1 = truncate all)"),
+    "rrl.ipv4_prefix_length": _between(0, 32, " bits"),
+    "rrl.ipv6_prefix_length": _between(0, 128, " bits"),
+    "rrl.max_table_size": _between(1),
 }
 
 
@@ -544,8 +564,15 @@ FLAG_KEYS: dict[str, Flag] = {
     "cluster_udp": Flag("cluster_force_tcp", lambda v: not v),
     "serve_stale": Flag("cache.serve_stale"),
     "prefetch": Flag("cache.prefetch"),
+    "cache_denial_entries": Flag("cache.max_denial_entries"),
     "max_concurrent": Flag("forward.max_concurrent"),
     "policy": Flag("forward.policy"),
+    "rrl_responses_per_second": Flag("rrl.responses_per_second"),
+    "rrl_window": Flag("rrl.window"),
+    "rrl_slip": Flag("rrl.slip"),
+    "rrl_ipv4_prefix_length": Flag("rrl.ipv4_prefix_length"),
+    "rrl_ipv6_prefix_length": Flag("rrl.ipv6_prefix_length"),
+    "rrl_max_table_size": Flag("rrl.max_table_size"),
 }
 
 #: flag dests that are not settings

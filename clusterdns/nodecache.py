@@ -31,12 +31,13 @@ from typing import Any
 
 from clusterdns import lifecycle
 from clusterdns.app import Listeners, StartupError, parse_listen, run
-from clusterdns.config import cache_opts
+from clusterdns.config import cache_opts, rrl_opts
 from clusterdns.nodecache_config import ConfigError, NodeCacheConfig, add_arguments, from_args
 from clusterdns.obs import logs
 from clusterdns.obs.metrics import Sources
 from clusterdns.reload import Reloader
 from clusterdns.server.handler import Handler
+from clusterdns.server.rrl import limiter
 from clusterdns.server.tcp import TCPLimits
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.forwarding import Forwarding
@@ -102,7 +103,8 @@ async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
     forwarding = build(cfg, LoopDetector() if cfg.loop_detect else None)
     handler = Handler(None, cfg.max_udp, forwarding=forwarding)  # hits: `Handler.cached`
     query_log = lifecycle.query_log(getattr(cfg, "query_log", False), getattr(cfg, "query_log_sample", 1))
-    listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log)
+    listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log,
+                          limiter(rrl_opts(cfg.rrl)))
     health = None
     if cfg.health:
         from clusterdns.obs.health import HealthServer  # aiohttp: not paid by `serve`, which imports this module for its flags
@@ -113,7 +115,8 @@ async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
                       plugins=lifecycle.plugins(forward=True, cache=True, errors=True, loop=cfg.loop_detect,
                                                 health=bool(cfg.health), log=query_log is not None,
                                                 prometheus=bool(getattr(cfg, "metrics", None)),
-                                                reload=path is not None))
+                                                reload=path is not None, rrl=listeners.rrl is not None),
+                      rrl=listeners.rrl)
     metrics = None
     reloader: Reloader | None = None
     try:
@@ -195,6 +198,8 @@ class _Running:
         self.sources.forwarding = forwarding
         self.listeners.limits.idle_timeout = new.tcp_idle_timeout
         self.listeners.limits.max_connections = new.max_tcp_connections
+        self.listeners.set_rrl(limiter(rrl_opts(new.rrl), self.listeners.rrl))
+        self.sources.rrl = self.listeners.rrl
         if (old.query_log, old.query_log_sample) != (new.query_log, new.query_log_sample):  # type: ignore[attr-defined]
             self.listeners.set_query_log(lifecycle.query_log(new.query_log, new.query_log_sample))  # type: ignore[attr-defined]
         logs.setup(new.log_level, new.log_format, new.error_consolidate)  # type: ignore[attr-defined]

@@ -16,6 +16,9 @@ from pathlib import Path
 class CacheSettings:
     max_entries: int = 9984
     """Entries per zone cache (CoreDNS's default capacity); LRU beyond that."""
+    max_denial_entries: int = 9984
+    """NXDOMAIN/NODATA/SERVFAIL entries per zone cache, kept apart (CoreDNS `denial
+    CAPACITY`): a flood of unknown names evicts denials only, never positive answers."""
     cluster_success_ttl: int = 30
     """Cap on positive TTLs for the cluster zone (node-local-dns `success 9984 30`)."""
     cluster_denial_ttl: int = 5
@@ -64,6 +67,28 @@ class ForwardSettings:
 
 
 @dataclass
+class RRLSettings:
+    """Response-rate limiting of UDP answers per client prefix (server/rrl.py), both modes."""
+
+    responses_per_second: float = 0.0
+    """UDP answers per second to one client prefix before RRL drops or slips them (CoreDNS rrl
+    `responses-per-second`); 0 = off. TCP is never limited."""
+    window: float = 15.0
+    """Seconds of debt a limited prefix can build (CoreDNS rrl `window`): a flood that stops is
+    answered again within this long."""
+    slip: int = 2
+    """Every Nth limited answer goes out empty with TC=1 so real clients retry over TCP; 0 drops
+    all, 1 truncates all (CoreDNS rrl `slip-ratio`)."""
+    ipv4_prefix_length: int = 24
+    """IPv4 clients in one /N share a budget (CoreDNS rrl `ipv4-prefix-length`)."""
+    ipv6_prefix_length: int = 56
+    """IPv6 clients in one /N share a budget (CoreDNS rrl `ipv6-prefix-length`)."""
+    max_table_size: int = 100000
+    """Prefixes tracked at most, least recently seen evicted (CoreDNS rrl `max-table-size`), so
+    spoofed sources cannot grow memory."""
+
+
+@dataclass
 class NodeCacheConfig:
     listen: list[str] = field(default_factory=lambda: ["169.254.20.10:53"])
     """UDP+TCP addresses; add the kube-dns ClusterIP in iptables mode (then kubelet's
@@ -94,6 +119,7 @@ class NodeCacheConfig:
     log_level: str = "info"
     cache: CacheSettings = field(default_factory=CacheSettings)
     forward: ForwardSettings = field(default_factory=ForwardSettings)
+    rrl: RRLSettings = field(default_factory=RRLSettings)
 
 
 class ConfigError(ValueError):
@@ -139,10 +165,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kube-dns ConfigMap (stubDomains, upstreamNameservers): mounted dir or YAML/JSON file")
     p.add_argument("--serve-stale", type=float, metavar="SECONDS", help="0 turns serve-stale off (default 3600)")
     p.add_argument("--prefetch", type=int, metavar="N", help="refresh entries asked N times before expiry")
+    p.add_argument("--cache-denial-entries", type=int, metavar="N",
+                   help="NXDOMAIN/NODATA/SERVFAIL entries per zone cache, apart from positive ones (default 9984)")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="in-flight upstream questions per forwarder")
     p.add_argument("--policy", choices=["random", "round_robin", "sequential"])
     p.add_argument("--no-loop-detect", action="store_true", help="skip the start-up forwarding-loop probe")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    add_rrl_arguments(p)
+
+
+def add_rrl_arguments(p: argparse.ArgumentParser) -> None:
+    """Response-rate limiting flags, the same for both modes (defaults: RRLSettings)."""
+    g = p.add_argument_group("response-rate limiting of UDP answers (off unless --rrl-responses-per-second)")
+    g.add_argument("--rrl-responses-per-second", type=float, metavar="N",
+                   help="UDP answers per second to one client prefix, then drop or slip (default 0: off)")
+    g.add_argument("--rrl-window", type=float, metavar="SECONDS",
+                   help="seconds of debt a limited prefix can build (default 15)")
+    g.add_argument("--rrl-slip", type=int, metavar="N",
+                   help="every Nth limited answer goes out empty with TC=1; 0 drops all, 1 truncates all (default 2)")
+    g.add_argument("--rrl-ipv4-prefix-length", type=int, metavar="BITS", help="IPv4 prefix of one budget (default 24)")
+    g.add_argument("--rrl-ipv6-prefix-length", type=int, metavar="BITS", help="IPv6 prefix of one budget (default 56)")
+    g.add_argument("--rrl-max-table-size", type=int, metavar="N",
+                   help="client prefixes tracked at most, LRU beyond (default 100000)")
 
 
 def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> NodeCacheConfig:
@@ -170,12 +214,19 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         cfg.cache.serve_stale = args.serve_stale
     if args.prefetch is not None:
         cfg.cache.prefetch = args.prefetch
+    if args.cache_denial_entries is not None:
+        cfg.cache.max_denial_entries = args.cache_denial_entries
     if args.max_concurrent is not None:
         cfg.forward.max_concurrent = args.max_concurrent
     if args.policy is not None:
         cfg.forward.policy = args.policy
     if args.no_loop_detect:
         cfg.loop_detect = False
+    for name in ("responses_per_second", "window", "slip", "ipv4_prefix_length", "ipv6_prefix_length",
+                 "max_table_size"):
+        value = getattr(args, "rrl_" + name, None)
+        if value is not None:
+            setattr(cfg.rrl, name, value)
     return with_env(cfg, env)
 
 

@@ -141,6 +141,7 @@ async def serve_worker(opts, index: int, read_fd: int, metrics_fd: int) -> int: 
     from clusterdns.app import Listeners, Running, build_cluster, parse_listen
     from clusterdns.obs.metrics import DNSCollector, FamilyFeed, Sources
     from clusterdns.reload import Reloader
+    from clusterdns.server.rrl import limiter
     from clusterdns.server.tcp import TCPLimits
 
     opts = replace(opts, manifests=[])
@@ -149,12 +150,12 @@ async def serve_worker(opts, index: int, read_fd: int, metrics_fd: int) -> int: 
     loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: JournalReader(store.apply_journal, done), os.fdopen(read_fd, "rb", buffering=0))
     listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
-                          lifecycle.query_log(opts.query_log, opts.query_log_sample))
+                          lifecycle.query_log(opts.query_log, opts.query_log_sample), limiter(opts.rrl_opts))
     await listeners.start([parse_listen(s) for s in opts.listen], reuse_port=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
     sources = Sources(handler=handler, forwarding=handler.forwarding,
-                      tcp_limits=listeners.limits)
+                      tcp_limits=listeners.limits, rrl=listeners.rrl)  # each worker limits on its own
     feed = FamilyFeed(DNSCollector(handler.stats, sources), metrics_fd)
     tasks = [loop.create_task(feed.run())]
     running = Running(opts, store, handler, listeners, sources, done)

@@ -14,8 +14,15 @@ Follows CoreDNS's cache plugin (operators.md 1.5) and perf-anchors §6 item 6:
   reply; `hot` serves the listeners' plain lane from the entry's pre-patched pieces
   (`Entry.patch`, once a second). Either way the hit is counted on the cache and the
   entry (prefetch, metrics) and returned, typed (`Hit`, or the `Entry`);
-* bounded by entries; eviction is LRU on an OrderedDict, O(1), so a full cache costs the
-  same as an empty one (dnsmasq drops 250x when full, perf-anchors TL;DR);
+* bounded by entries, in two parts as CoreDNS's `success` and `denial` caches: positive
+  answers in one LRU of `max_entries`, NXDOMAIN/NODATA/SERVFAIL in another of
+  `max_denial_entries`, so a flood of never-repeated names (random subdomains, ndots
+  search-path junk) evicts only denials and never the answers pods need; a key lives in
+  one part at most. Eviction is LRU on an OrderedDict, O(1), so a full cache costs the
+  same as an empty one (dnsmasq drops 250x when full, perf-anchors TL;DR). A hit looks
+  in the success part first, so a positive hit costs one dict get;
+* an upstream answer is scanned once per miss: the forwarder's Scan (it checks every
+  record) is what the cache stores from; raw bytes (a coroutine `fetch`) are scanned here;
 * single flight: concurrent misses for one key share one upstream query; a miss is a
   plain Future resolved by callbacks (`miss`), so it costs no Task or coroutine when the
   fetch is given as `start` (a callback-style fetch, ForwardZone's);
@@ -49,33 +56,32 @@ from clusterdns.wire.question import Query
 
 log = logging.getLogger("clusterdns.cache")
 
-Fetch = Callable[[Query], Awaitable[bytes]]
+#: an upstream answer: its bytes, or the forwarder's scan of them (then not scanned again)
+Answer = bytes | W.Scan
+Fetch = Callable[[Query], Awaitable[Answer]]
 #: reports a fetch's end: (answer, None) or (None, exception)
-Done = Callable[[bytes | None, BaseException | None], None]
+Done = Callable[[Answer | None, BaseException | None], None]
 #: a fetch without a coroutine: start it and call Done later (may raise at once)
 Start = Callable[[Query, Done], None]
 
 
 class _Lru(OrderedDict):  # type: ignore[type-arg]
-    """An LRU of entries on an OrderedDict (O(1) eviction of the least recently used, and
-    `get` + `move_to_end` are C calls, cheap enough for the listeners' hit lane) that
-    counts evictions, by success/denial for Entry values. `get` does not refresh
-    recency; a hit does (`ResponseCache.hot`, `lookup`)."""
+    """One part of the cache (success or denial): an LRU of entries on an OrderedDict
+    (O(1) eviction of the least recently used, and `get` + `move_to_end` are C calls,
+    cheap enough for the listeners' hit lane) that counts its evictions. `get` does not
+    refresh recency; a hit does (`ResponseCache.hot`, `lookup`)."""
 
     def __init__(self, maxsize: int) -> None:
         super().__init__()
         self.maxsize = maxsize
-        self.evictions = 0
-        self.evictions_by_type = {"success": 0, "denial": 0}  # coredns_cache_evictions_total{type}
+        self.evictions = 0  # coredns_cache_evictions_total{type=<this part>}
 
     def put(self, key: bytes, value: Entry) -> None:
         self[key] = value
         self.move_to_end(key)
         while len(self) > self.maxsize:
-            _, old = self.popitem(last=False)
+            self.popitem(last=False)
             self.evictions += 1
-            kind = getattr(old, "kind", POSITIVE)
-            self.evictions_by_type["success" if kind == POSITIVE else "denial"] += 1
 
 
 class Hit(NamedTuple):
@@ -105,10 +111,10 @@ class _Flight:
         self.cache, self.q = cache, q
         self.waiters: list[_Waiter] = []
 
-    def __call__(self, wire: bytes | None, exc: BaseException | None) -> None:
+    def __call__(self, wire: Answer | None, exc: BaseException | None) -> None:
         self.cache._landed(self, wire, exc)
 
-    def task_done(self, task: asyncio.Task[bytes]) -> None:
+    def task_done(self, task: asyncio.Task[Answer]) -> None:
         self.cache._background.discard(task)
         if task.cancelled():
             self(None, asyncio.CancelledError())
@@ -122,7 +128,8 @@ class ResponseCache:
     """Cache + single flight + prefetch + serve-stale in front of a fetch: the coroutine
     function `fetch`, or the callback-style `start` when set (no Task per miss)."""
 
-    def __init__(self, fetch: Fetch, *, max_entries: int = 9984, max_ttl: int = 3600,
+    def __init__(self, fetch: Fetch, *, max_entries: int = 9984, max_denial_entries: int = 9984,
+                 max_ttl: int = 3600,
                  min_ttl: int = 5, max_negative_ttl: int = 1800, min_negative_ttl: int = 5,
                  servfail_ttl: int = 5, prefetch: int = 0, prefetch_percentage: int = 10,
                  serve_stale: float = 0.0, stale_ttl: int = 30,
@@ -139,22 +146,33 @@ class ResponseCache:
         # when set (ForwardZone sets it), misses use this callback-style fetch: no Task
         self.start: Start | None = None
         self.timer = timer
-        self._entries: _Lru = _Lru(max_entries)
+        self._entries: _Lru = _Lru(max_entries)  # the success part: positive answers
+        self._denials: _Lru = _Lru(max_denial_entries)  # NXDOMAIN, NODATA, SERVFAIL
         # name -> when a positive answer for it was last stored (stale-NXDOMAIN rule; kept
         # only while serve-stale is on, the only reader)
         self._positive: LRUCache[bytes, float] = LRUCache(max_entries)
         self._flights: dict[bytes, _Flight] = {}
-        self._background: set[asyncio.Task[bytes]] = set()
+        self._background: set[asyncio.Task[Answer]] = set()
         self.hits = self.misses = self.prefetches = self.stale = 0
         self.denial_hits = 0  # the NXDOMAIN/NODATA/SERVFAIL share of `hits`
         self.coalesced = self.inserts = 0
 
     @property
     def evictions(self) -> int:
-        return self._entries.evictions
+        return self._entries.evictions + self._denials.evictions
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._denials)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Entries per part (coredns_cache_entries{type}), without walking them."""
+        return {"success": len(self._entries), "denial": len(self._denials)}
+
+    def _get(self, key: bytes) -> Entry | None:
+        """The entry for `key` in either part, fresh or not (recency untouched)."""
+        e = self._entries.get(key)
+        return self._denials.get(key) if e is None else e
 
     # -- the fast path: synchronous, no task ------------------------------------------------
 
@@ -165,7 +183,10 @@ class ResponseCache:
         entries = self._entries
         e = entries.get(key)
         if e is None:
-            return None
+            entries = self._denials
+            e = entries.get(key)
+            if e is None:
+                return None
         left = e.remaining(self.timer())
         if left <= 0:
             return None
@@ -185,8 +206,11 @@ class ResponseCache:
         query). The caller writes the reply: ID + head + its question + tail (+ OPT)."""
         entries = self._entries
         e = entries.get(key)
-        if e is None:
-            return None
+        if e is None:  # only a positive miss pays for the denial part
+            entries = self._denials
+            e = entries.get(key)
+            if e is None:
+                return None
         left = e.ttl - int(self.timer() - e.stored)
         if left <= 0:
             return None
@@ -204,7 +228,7 @@ class ResponseCache:
 
     @property
     def evictions_by_type(self) -> dict[str, int]:
-        return self._entries.evictions_by_type
+        return {"success": self._entries.evictions, "denial": self._denials.evictions}
 
     # -- the full path -----------------------------------------------------------------------
 
@@ -257,7 +281,7 @@ class ResponseCache:
         self._background.add(task)
         task.add_done_callback(f.task_done)
 
-    def _landed(self, f: _Flight, wire: bytes | None, exc: BaseException | None) -> None:
+    def _landed(self, f: _Flight, wire: Answer | None, exc: BaseException | None) -> None:
         """The fetch ended: store what came back and answer every waiting client."""
         key = f.q.key
         if self._flights.get(key) is f:
@@ -305,35 +329,43 @@ class ResponseCache:
             self.prefetches += 1
             self._launch(_Flight(self, q))
 
-    def _store(self, wire: bytes, q: Query) -> Entry:
-        """Classify an upstream answer and keep it (or not); the entry to answer from."""
+    def _store(self, wire: Answer, q: Query) -> Entry:
+        """Classify an upstream answer (bytes, or the forwarder's Scan of them) and keep it
+        (or not) in its part, dropping the key from the other; the entry to answer from."""
         entry = self._entry(wire, q)
         if entry.kind == UNCACHED:
             return entry
-        old = self._entries.get(q.key)
+        key = q.key
+        old = self._get(key)
         if entry.kind == SERVFAIL and old is not None and old.kind != SERVFAIL and (
                 old.remaining(entry.stored) > 0 or self._stale_ok(old, entry.stored)):
             # a failed refresh (prefetch, or with serve-stale on) keeps the good answer
-            self._failed(q.key)
+            self._failed(key)
             return entry
         if old is not None:
             entry.hits = old.hits  # popularity carries over, so prefetch keeps going
-        self._entries.put(q.key, entry)
+        if entry.kind == POSITIVE:
+            part, other = self._entries, self._denials
+        else:
+            part, other = self._denials, self._entries
+        if old is not None:
+            other.pop(key, None)  # a key lives in one part only
+        part.put(key, entry)
         self.inserts += 1
         if entry.kind == POSITIVE and self.serve_stale:
             self._positive[entry.name] = entry.stored
         return entry
 
     def _failed(self, key: bytes) -> None:
-        old = self._entries.get(key)
+        old = self._get(key)
         if old is not None:
             old.retry_after = self.timer() + self.stale_recheck
 
-    def _entry(self, wire: bytes, q: Query) -> Entry:
+    def _entry(self, wire: Answer, q: Query) -> Entry:
         """Classify an upstream answer and decide how long it may be kept."""
         now = self.timer()
         try:
-            s = W.scan_response(wire)
+            s = wire if isinstance(wire, W.Scan) else W.scan_response(wire)
         except Malformed as exc:
             log.debug("uncacheable answer for %s: %s", q.text, exc)
             bad = W.error_reply(Query(0, True, False, q.qwire.lower(), q.name, q.qtype,
@@ -369,7 +401,7 @@ class ResponseCache:
         return True
 
     def _stale_candidate(self, key: bytes) -> Entry | None:
-        e = self._entries.get(key)
+        e = self._get(key)
         if e is None or not self._stale_ok(e, self.timer()):
             return None
         return e

@@ -9,6 +9,10 @@ flood). An answer counts only with our ID and our exact question (RFC 5452; udpp
 A question's walk through the upstreams (`_Query`) runs on callbacks, not a Task: a
 UDP or TCP exchange creates no coroutine, so a cache miss stays cheap (TCP pipelines
 many questions over a few connections per upstream: tcppool.py).
+
+Every answer is scanned (bounds-checked record by record) before it is accepted; a caller
+that keeps answers (the cache) asks for that Scan (`scanned=True`, `query_scan`) instead
+of the bytes, so a miss scans its answer once.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from clusterdns.wire.names import in_zone, to_text, to_wire
 
 #: how a question's end is reported: (answer, None) or (None, exception)
 Done = Callable[[bytes | None, BaseException | None], None]
+#: the same with the answer's Scan (OPT removed, TTL offsets found) instead of its bytes
+ScanDone = Callable[[W.Scan | None, BaseException | None], None]
 
 log = logging.getLogger("clusterdns.forward")
 
@@ -130,9 +136,19 @@ class Forwarder:
         self.start(name, qtype, qclass, do, cd, lambda a, e: _settle(fut, a, e))
         return await fut
 
-    def start(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool, done: Done) -> None:
+    async def query_scan(self, name: bytes, qtype: int, qclass: int = RRClass.IN, *,
+                         do: bool = False, cd: bool = False) -> W.Scan:
+        """`query()` returning the answer's Scan, for a caller that would scan it again."""
+        fut: asyncio.Future[W.Scan] = asyncio.get_running_loop().create_future()
+        self.start(name, qtype, qclass, do, cd, lambda a, e: _settle(fut, a, e), scanned=True)
+        return await fut
+
+    def start(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool,
+              done: Done | ScanDone, *, scanned: bool = False) -> None:
         """`query()` without a coroutine: `done` gets the answer or the ForwardError, once,
-        never before this returns. Guarded and Overloaded are raised here, at once."""
+        never before this returns; with `scanned`, the answer's Scan instead of its bytes
+        (it was scanned to be accepted: a cache need not scan it again). Guarded and
+        Overloaded are raised here, at once."""
         for zone in self.except_zones:
             if in_zone(name, zone):
                 raise Guarded(f"{to_text(name)} is in a zone never forwarded upstream")
@@ -149,7 +165,7 @@ class Forwarder:
         else:
             self.stats.all_down += 1  # CoreDNS coredns_forward_healthcheck_broken_total
         self.in_flight += 1
-        _Query(self, name, qtype, qclass, do, cd, done).step()
+        _Query(self, name, qtype, qclass, do, cd, done, scanned).step()
 
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None and not self.closed:
@@ -180,18 +196,20 @@ class _Query:
     pool within the same step budget.
     """
 
-    __slots__ = ("fwd", "name", "qtype", "qclass", "do", "cd", "done", "order", "i",
-                 "deadline", "until", "fallback", "up", "started", "finished")
+    __slots__ = ("cd", "deadline", "do", "done", "fallback", "fallback_scan", "finished", "fwd", "i",
+                 "name", "order", "qclass", "qtype", "scanned", "started", "until", "up")
 
     def __init__(self, fwd: Forwarder, name: bytes, qtype: int, qclass: int, do: bool, cd: bool,
-                 done: Done) -> None:
+                 done: Done | ScanDone, scanned: bool = False) -> None:
         self.fwd, self.name, self.qtype, self.qclass, self.do, self.cd = fwd, name, qtype, qclass, do, cd
         self.done = done
+        self.scanned = scanned  # `done` takes the answer's Scan, not its bytes
         self.order = fwd._order()
         self.i = 0
         self.deadline = asyncio.get_running_loop().time() + fwd.timeout
         self.until = 0.0  # end of the current step (loop time)
         self.fallback: bytes | None = None
+        self.fallback_scan: W.Scan | None = None
         self.up: Upstream | None = None
         self.started = 0.0
         self.finished = False
@@ -241,17 +259,17 @@ class _Query:
         up = self.up
         assert up is not None
         try:
-            W.scan_response(answer)  # every record bounds-checked: a malformed answer is the
-        except W.Malformed as exc:  # upstream failing (next upstream, then SERVFAIL)
+            scan = W.scan_response(answer)  # every record bounds-checked: a malformed answer
+        except W.Malformed as exc:  # is the upstream failing (next upstream, then SERVFAIL)
             self._failed(exc)
             return
         up.stats.observe(answer[3] & 0x0F, time.perf_counter() - self.started)
         up.fails = 0
         if answer[3] & 0x0F in (Rcode.SERVFAIL, Rcode.REFUSED):
-            self.fallback = answer
+            self.fallback, self.fallback_scan = answer, scan
             self.step()
         else:
-            self._finish(answer, None)
+            self._finish(answer, None, scan)
 
     def _failed(self, exc: BaseException) -> None:
         up = self.up
@@ -281,14 +299,15 @@ class _Query:
         except Exception as exc2:
             self._finish(None, exc2)
 
-    def _finish(self, answer: bytes | None, exc: BaseException | None) -> None:
+    def _finish(self, answer: bytes | None, exc: BaseException | None,
+                scan: W.Scan | None = None) -> None:
         if self.finished:
             return
         self.finished = True
         self.fwd.in_flight -= 1
         if answer is None and exc is None:
-            answer = self.fallback
+            answer, scan = self.fallback, self.fallback_scan
             if answer is None:
                 exc = ForwardError(f"no upstream of {self.fwd.name} answered "
                                    f"{to_text(self.name)}")
-        self.done(answer, exc)
+        self.done(scan if self.scanned else answer, exc)  # type: ignore[arg-type]

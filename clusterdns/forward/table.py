@@ -9,18 +9,18 @@ from typing import Any
 
 from clusterdns.cache.cache import ResponseCache
 from clusterdns.forward.forwarder import (
-    Done,
     Forwarder,
     ForwardError,
     Guarded,
     Overloaded,
+    ScanDone,
 )
 from clusterdns.forward.loop import LoopDetector
 from clusterdns.forward.sources import _zone
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import Rcode
-from clusterdns.wire.names import Malformed, to_wire
+from clusterdns.wire.names import to_wire
 from clusterdns.wire.question import Query
 
 
@@ -39,16 +39,17 @@ class ForwardZone:
     def __repr__(self) -> str:
         return f"ForwardZone({self.zone}, {self.forwarder!r}, cached={self.cache is not None})"
 
-    def _start(self, q: Query, done: Done) -> None:
-        """The cache's fetch, callback style (no Task): see Forwarder.start."""
+    def _start(self, q: Query, done: ScanDone) -> None:
+        """The cache's fetch, callback style (no Task): see Forwarder.start. The answer
+        comes as the forwarder's Scan, so the cache does not scan it a second time."""
         if self.loop is not None and self.loop.seen(q.name):
             raise ForwardError("our own loop probe came back")
-        self.forwarder.start(q.name, q.qtype, q.qclass, q.do, q.cd, done)
+        self.forwarder.start(q.name, q.qtype, q.qclass, q.do, q.cd, done, scanned=True)
 
-    async def _fetch(self, q: Query) -> bytes:
+    async def _fetch(self, q: Query) -> W.Scan:
         if self.loop is not None and self.loop.seen(q.name):
             raise ForwardError("our own loop probe came back")
-        return await self.forwarder.query(q.name, q.qtype, q.qclass, do=q.do, cd=q.cd)
+        return await self.forwarder.query_scan(q.name, q.qtype, q.qclass, do=q.do, cd=q.cd)
 
     def lookup(self, q: Query, limit: int | None) -> bytes | None:
         """A fresh cached reply, synchronously, or None (the bytes of `ResponseCache.lookup`'s Hit)."""
@@ -60,14 +61,10 @@ class ForwardZone:
         if self.cache is not None:
             return await self.cache.resolve(q, limit)
         try:
-            wire = await self._fetch(q)
+            s = await self._fetch(q)  # scanned (and checked) by the forwarder
         except Overloaded:
             return W.error_reply(q, Rcode.REFUSED)
         except (ForwardError, Guarded):
-            return W.error_reply(q, Rcode.SERVFAIL)
-        try:
-            s = W.scan_response(wire)
-        except Malformed:
             return W.error_reply(q, Rcode.SERVFAIL)
         return W.render(s.wire, s.qend, s.ttl_offsets, None, q, limit)
 

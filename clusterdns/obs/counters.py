@@ -186,7 +186,8 @@ class QueryStats:
     def observe(self, slot: int, tcp: bool, query: bytes, reply: bytes, seconds: float,
                 plugin: str, zone: str = ".") -> None:
         """One slow-path answer: counted and timed."""
-        info = question_info(query)
+        # a FORMERR's question is not read again (its type is not known to be there)
+        info = question_info(query) if len(reply) > 3 and reply[3] & 0x0F != 1 else None
         qtype, do = info if info is not None else (0, False)
         key = (tcp, False, plugin, zone, qtype, reply[3] & 0x0F if len(reply) > 3 else 2, do,
                len(query), len(reply))

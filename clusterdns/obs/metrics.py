@@ -112,6 +112,13 @@ DOCUMENTED: dict[str, str] = {
     "clusterdns_hot_path_answers_total": "{proto} - queries answered on the hot path: compiled "
                                          "cluster answers and plain-lane cache hits.",
     "clusterdns_tcp_connections": "{} - open DNS-over-TCP connections.",
+    "coredns_rrl_responses_exceeded_total": "{server} - UDP answers over the response-rate limit "
+                                            "(dropped or slipped); only with RRL on. CoreDNS's rrl "
+                                            "plugin labels it `client_ip`: here `server`, so spoofed "
+                                            "sources cannot grow the series.",
+    "clusterdns_rrl_responses_total": "{server, action} - UDP answers RRL did not send as computed: "
+                                      "`dropped`, or `slipped` (sent empty with TC=1); only with RRL on.",
+    "clusterdns_rrl_table_entries": "{} - client prefixes RRL tracks (at most rrl.max_table_size); only with RRL on.",
     "clusterdns_forward_queries_total": "{zone} - questions sent upstream (cache misses).",
     "clusterdns_forward_failures_total": "{zone} - upstream exchanges that timed out or failed.",
     "clusterdns_forward_spoofed_total": "{zone} - upstream packets dropped: wrong address, ID or "
@@ -154,6 +161,7 @@ class Sources:
     kube: Any = None  # kube.watch.KubeSource: `.states`
     store: Any = None  # kube.store.ClusterStore: object dicts, `synced`, `last_change`
     tcp_limits: Any = None  # server.tcp.TCPLimits: `open`, optional `refused`
+    rrl: Any = None  # server.rrl.RRL: `dropped`, `slipped` per listener slot, `table`; None: RRL off
     plugins: tuple[str, ...] = ()  # CoreDNS plugin names this process runs (coredns_plugin_enabled)
     reloads: ReloadStats = field(default_factory=ReloadStats)
     programming: dict[str, _Hist] = field(default_factory=dict)  # service_kind -> histogram
@@ -205,6 +213,7 @@ class DNSCollector(Collector):
         yield from self._cache()
         yield from self._forward()
         yield from self._kubernetes()
+        yield from self._rrl()
 
     # -- coredns_dns_* ---------------------------------------------------------------
 
@@ -355,6 +364,34 @@ class DNSCollector(Collector):
             m.add_metric([], len(src.tcp_limits.open))
             yield m
 
+    # -- coredns_rrl_* (only while response-rate limiting is on) ----------------------
+
+    def _rrl(self) -> Iterator[Metric]:
+        rrl = self.sources.rrl
+        if rrl is None:
+            return
+        ls = self.stats.listeners
+        servers = sorted({lst.server for lst in ls}) or [self._primary_server()]
+        dropped: dict[str, int] = dict.fromkeys(servers, 0)
+        slipped: dict[str, int] = dict.fromkeys(servers, 0)
+        for table, counts in ((dropped, rrl.dropped), (slipped, rrl.slipped)):
+            for slot, n in list(counts.items()):
+                server = ls[slot].server if slot < len(ls) else self._primary_server()
+                table[server] = table.get(server, 0) + n
+        m = _counter("coredns_rrl_responses_exceeded", "Counter of responses exceeding QPS limit.", ("server",))
+        for server in sorted(dropped):
+            m.add_metric([server], dropped[server] + slipped.get(server, 0))
+        yield m
+        m = _counter("clusterdns_rrl_responses", "UDP answers response-rate limiting dropped or sent "
+                     "empty with TC=1 (slipped).", ("server", "action"))
+        for server in sorted(dropped):
+            m.add_metric([server, "dropped"], dropped[server])
+            m.add_metric([server, "slipped"], slipped.get(server, 0))
+        yield m
+        m = _gauge("clusterdns_rrl_table_entries", "Client prefixes response-rate limiting tracks.", ())
+        m.add_metric([], len(rrl.table))
+        yield m
+
     # -- coredns_cache_* -------------------------------------------------------------
 
     def _caches(self) -> list[tuple[str, Any]]:
@@ -381,14 +418,9 @@ class DNSCollector(Collector):
         evictions = _counter("coredns_cache_evictions", "The count of cache evictions.",
                              ("server", "type", "zones", "view"))
         for zone, cache in caches:
-            success = denial = 0
-            for e in list(cache._entries.values()):
-                if e.kind == 0:  # cache.entry.POSITIVE
-                    success += 1
-                else:
-                    denial += 1
-            entries.add_metric([server, "success", zone, view], success)
-            entries.add_metric([server, "denial", zone, view], denial)
+            sizes = cache.sizes  # the two parts' lengths: no walk over the entries per scrape
+            entries.add_metric([server, "success", zone, view], sizes["success"])
+            entries.add_metric([server, "denial", zone, view], sizes["denial"])
             denial_hits = getattr(cache, "denial_hits", 0)
             hits.add_metric([server, "success", zone, view], cache.hits - denial_hits)
             hits.add_metric([server, "denial", zone, view], denial_hits)

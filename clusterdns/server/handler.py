@@ -230,6 +230,15 @@ class Handler:
         return self.stats.traffic_class((bool(tcp), True, "cache", ".", (data[end] << 8) | data[end + 1],
                                          out[3] & 0x0F, bool(x & 1), len(data), len(out)))
 
+    def name_too_long(self, data: bytes, tcp: bool, slot: int) -> bytes:
+        """FORMERR, counted, for a query of the usual shape whose size alone says its name
+        is past 255 bytes: no walk over its labels (a flood of ~2,000-label names would
+        otherwise cost a bounded but needless walk each)."""
+        reply = E.header_reply(data, Rcode.FORMERR)
+        assert reply is not None  # the caller saw a whole header
+        self.stats.observe(slot, tcp, data, reply, 0.0, "")
+        return reply
+
     # ------------------------------------------------------------------ everything else
     def answer(self, data: bytes, tcp: bool) -> Answer | None:
         """Answer one query's bytes; None means drop (no header, or not a query)."""

@@ -5,6 +5,10 @@ up to `batchio.BATCH` datagrams per system call, answers what the compiled zone 
 and forward-cache hits (`Handler.fast`, `Handler.cached`, inlined) in a tight loop, and sends all those answers with one more call (`clusterdns/batchio.py`
 says why). Anything else goes through the handler (`server/handler.py`); an answer that
 has to wait (forwarding) is sent on its own when it is ready.
+
+With response-rate limiting on (`server/rrl.py`) another reader takes the hot path's
+place, so `_read` pays nothing for it when it is off; every UDP answer, forwarded ones
+included, is then accounted to its client's prefix and sent, slipped (TC=1) or dropped.
 """
 
 from __future__ import annotations
@@ -16,29 +20,40 @@ from collections.abc import Callable
 from functools import partial
 from time import perf_counter
 
-from clusterdns.obs.logs import QueryLog
 from clusterdns import batchio
 from clusterdns.batchio import BATCH, RECV_SIZE, SEND_SIZE
-from clusterdns.server.handler import Handler
-from clusterdns.server.handler import CACHE_OPTS, EMPTY_RDATA, KEY_BITS, NO_EDNS, ONE_OPT, OPT_HEAD
-from clusterdns.wire.constants import CLASSIC_UDP
+from clusterdns.obs.logs import QueryLog
+from clusterdns.server.handler import (
+    CACHE_OPTS,
+    EMPTY_RDATA,
+    KEY_BITS,
+    NO_EDNS,
+    ONE_OPT,
+    OPT_HEAD,
+    Handler,
+)
+from clusterdns.server.rrl import ANSWER, RRL, SLIP, truncated
+from clusterdns.wire.constants import CLASSIC_UDP, MAX_NAME
 from clusterdns.wire.encode import OPTS
 
 log = logging.getLogger("clusterdns")
 
+#: past this, a one-question query's name is longer than 255 bytes (header 12 + name)
+LONGEST_END = 12 + MAX_NAME
 ROUNDS = 8  # batches per wake-up before the loop gets a turn (TCP, timers, the watch)
 
 
 class UDPListener:
     """One listening socket. `slot` is its index in the query counters (`obs.counters`).
 
-    Three readers, swapped on the event loop: `_read` (the hot path), `_read_logged`
-    (the query log is on) and `_read_closed` (draining: queries are dropped and counted
+    Four readers, swapped on the event loop: `_read` (the hot path), `_read_limited`
+    (response-rate limiting is on), `_read_logged` (the query log is on; it limits too
+    when `rrl` is set) and `_read_closed` (draining: queries are dropped and counted
     while the answers still pending go out).
     """
 
     def __init__(self, handler: Handler, sock: socket.socket, slot: int = 0,
-                 query_log: QueryLog | None = None) -> None:
+                 query_log: QueryLog | None = None, rrl: RRL | None = None) -> None:
         self.handler = handler
         self.stats = handler.stats
         self.slot = slot
@@ -50,6 +65,7 @@ class UDPListener:
         self.closed = False
         self._outbox: list[tuple[bytes, object]] = []  # forwarded answers ready, sent together
         self.query_log: QueryLog | None = None
+        self.rrl = rrl
         self._reader: Callable[[], None] = self._read
         self.loop.add_reader(sock.fileno(), self._reader)
         self.set_query_log(query_log)
@@ -70,6 +86,7 @@ class UDPListener:
         sbuf, slens, snames, name_at, naddr = io.sbuf, io.slens, io.snames, io.NAME_AT, io.name_addrs
         handler = self.handler
         fast, slot = handler.fast, self.slot
+        too_long = b""  # a marker: Handler.name_too_long answers it below
         zone = handler.zone
         lookup = zone.lookup if zone is not None else None
         forwarding = handler.forwarding
@@ -101,7 +118,9 @@ class UDPListener:
                 else:
                     end = 0
                 out = None
-                if end > 12 and not data[2] & 0xF8 and lookup is not None:
+                if end > LONGEST_END and not data[2] & 0xF8:
+                    out = too_long  # a question name past 255 bytes, told by the size alone
+                elif end > 12 and not data[2] & 0xF8 and lookup is not None:
                     p = lookup(data[12:end].lower(), data[end:end + 4])
                     if p is not None and type(p) is not bytes and p.classes is not None and p not in falls:
                         if p.qtype:
@@ -143,6 +162,11 @@ class UDPListener:
                     out = self._slow(data, i, perf_counter())
                     if out is None:
                         continue
+                elif out is too_long:
+                    if self.io.truncated(i):
+                        self.stats.drop(slot, False, "too_long")
+                        continue
+                    out = handler.name_too_long(data, False, slot)
                 size = len(out)
                 if size > SEND_SIZE:
                     self._send(out, io.name(i))
@@ -190,6 +214,18 @@ class UDPListener:
         reply = fut.result()
         if reply is None or self.closed:
             return
+        if self.rrl is not None:
+            self._done(data, reply, source, started, plugin)  # computed and counted, as the hot path's are
+            reply = self.rrl.allow(source, reply, self.slot)  # type: ignore[arg-type]
+            if reply is None:
+                return
+            if len(reply) > SEND_SIZE:
+                self._send(reply, self.io.address(source))
+            else:
+                if not self._outbox:
+                    self.loop.call_soon(self._flush)
+                self._outbox.append((reply, source))
+            return
         if len(reply) > SEND_SIZE:
             self._send(reply, self.io.address(source))
         else:
@@ -217,7 +253,7 @@ class UDPListener:
 
     # -- query log and draining ---------------------------------------------------------------
 
-    def _datagrams(self):  # noqa: ANN202 - yields (slot index, bytes)
+    def _datagrams(self):
         io = self.io
         for _ in range(ROUNDS):
             try:
@@ -233,11 +269,70 @@ class UDPListener:
 
     def set_query_log(self, query_log: QueryLog | None) -> None:
         self.query_log = query_log
+        self._pick()
+
+    def set_rrl(self, rrl: RRL | None) -> None:
+        """Turn response-rate limiting on (a limiter) or off (None)."""
+        self.rrl = rrl
+        self._pick()
+
+    def _pick(self) -> None:
         if self._reader != self._read_closed:
-            self._swap(self._read if query_log is None else self._read_logged)
+            if self.query_log is not None:
+                self._swap(self._read_logged)
+            else:
+                self._swap(self._read if self.rrl is None else self._read_limited)
+
+    def _read_limited(self) -> None:
+        """The hot path's answers (not inlined), each let through, slipped or dropped by
+        the limiter before it is copied into the send slots; still one send per batch."""
+        io, rrl = self.io, self.rrl
+        assert rrl is not None
+        rbuf, lens, len_at = io.rbuf, io.lens, io.LEN_AT
+        sbuf, slens, snames, name_at, naddr = io.sbuf, io.slens, io.snames, io.NAME_AT, io.name_addrs
+        handler, slot, check, prefix = self.handler, self.slot, rrl.check, rrl.prefix
+        for _ in range(ROUNDS):
+            try:
+                n = io.recv()
+            except OSError as exc:
+                log.debug("udp receive error: %s", exc)
+                return
+            if not n:
+                return
+            now = rrl.clock()
+            j = 0
+            for i in range(n):
+                off = i * RECV_SIZE
+                data = bytes(rbuf[off:off + lens[len_at[i]]])
+                out = handler.fast(data, 0, slot)
+                if out is None:
+                    out = handler.cached(data, 0, slot)
+                if out is None:
+                    out = self._slow(data, i, perf_counter())
+                    if out is None:
+                        continue  # nothing to send now; a forwarded answer is limited in `_ready`
+                verdict = check(prefix(io.source(i)), now, slot)
+                if verdict != ANSWER:
+                    if verdict != SLIP:
+                        continue
+                    out = truncated(out)
+                size = len(out)
+                if size > SEND_SIZE:
+                    self._send(out, io.name(i))
+                    continue
+                so = j * SEND_SIZE
+                sbuf[so:so + size] = out
+                slens[2 * j + 1] = size
+                snames[name_at[j]] = naddr[i]
+                j += 1
+            if j:
+                io.send(j)
+            if n < BATCH:
+                return
 
     def _read_logged(self) -> None:
         """The hot path plus a query-log line (sampled), one send per answer."""
+        rrl = self.rrl
         for i, data in self._datagrams():
             started = perf_counter()
             reply = self.handler.fast(data, 0, self.slot)
@@ -245,10 +340,17 @@ class UDPListener:
                 reply = self.handler.cached(data, 0, self.slot)
             if reply is None:
                 reply = self._slow(data, i, started)
+                if reply is not None and rrl is not None:
+                    reply = rrl.allow(self.io.source(i), reply, self.slot)
                 if reply is not None:
                     self._send(reply, self.io.name(i))
                 continue
             addr = self.io.name(i)
+            if rrl is not None:
+                limited = rrl.allow(self.io.source(i), reply, self.slot)
+                if limited is None:
+                    continue
+                reply = limited
             self._send(reply, addr)
             if self.query_log is not None and self.query_log.wanted():
                 self.query_log.write(data, reply, addr, "udp", perf_counter() - started)

@@ -323,9 +323,10 @@ async def test_cache_is_bounded_and_eviction_stays_cheap(clock) -> None:
 
 async def test_hits_and_evictions_are_split_into_success_and_denial(fake, clock) -> None:
     """coredns_cache_hits_total / _evictions_total carry type=success|denial: the cache
-    counts denial hits apart, also on the listeners' plain lane (`ResponseCache.hot`)."""
-    up = await fake(WWW)
-    z = zone_for(up.port, clock, max_entries=2)
+    counts denial hits apart, also on the listeners' plain lane (`ResponseCache.hot`), and
+    each part counts the evictions of its own capacity."""
+    up = await fake(WWW, "ftp.example.test. 300 IN A 192.0.2.2")
+    z = zone_for(up.port, clock, max_entries=1, max_denial_entries=1)
     try:
         www, _ = question("www.example.test")
         nx, _ = question("missing.example.test")
@@ -336,9 +337,13 @@ async def test_hits_and_evictions_are_split_into_success_and_denial(fake, clock)
         assert z.cache.hot(nx.key) is not None  # the plain lane's hit
         assert (z.cache.hits, z.cache.denial_hits) == (3, 2)
         other, _ = question("other.example.test")
-        await z.resolve(other, None)  # a third entry in a 2-entry cache evicts the oldest
-        assert sum(z.cache.evictions_by_type.values()) == 1
-        assert z.cache.evictions_by_type["success"] == 1  # www was least recently used
+        await z.resolve(other, None)  # a second denial in a 1-entry denial part
+        assert z.cache.evictions_by_type == {"success": 0, "denial": 1}
+        assert z.lookup(www, None) is not None and z.lookup(nx, None) is None
+        ftp, _ = question("ftp.example.test")
+        await z.resolve(ftp, None)  # a second positive in a 1-entry success part
+        assert z.cache.evictions_by_type == {"success": 1, "denial": 1}
+        assert z.cache.evictions == 2 and len(z.cache) == 2
     finally:
         z.close()
 

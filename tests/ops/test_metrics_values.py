@@ -115,7 +115,7 @@ def test_cache_metrics_from_a_response_cache() -> None:
     cache = ResponseCache(fetch, max_entries=10)
     cache.hits, cache.misses, cache.prefetches, cache.stale = 7, 3, 1, 2
     cache._entries["a"] = SimpleNamespace(kind=POSITIVE)
-    cache._entries["b"] = SimpleNamespace(kind=NXDOMAIN)
+    cache._denials["b"] = SimpleNamespace(kind=NXDOMAIN)  # the denial part
     cache._entries["c"] = SimpleNamespace(kind=POSITIVE)
     m = M.Metrics(M.Sources(forwarding=SimpleNamespace(
         table=SimpleNamespace(zones=[SimpleNamespace(zone=".", cache=cache)]), forwarders=[])), process=False)

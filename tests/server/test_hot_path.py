@@ -177,3 +177,40 @@ def test_nodes_have_no_per_instance_dict(cluster) -> None:  # noqa: ANN001
     assert all(isinstance(n, Node) and not hasattr(n, "__dict__") for n in nodes)
     empties = [n for n in nodes if not n.types()]
     assert len({id(n.answers) for n in empties}) == 1
+
+
+@pytest.mark.parametrize("io", ["mmsg", "plain"])
+@pytest.mark.parametrize("edns", [False, True])
+async def test_name_past_255_bytes_gets_formerr_without_a_walk_over_its_labels(
+        cluster, monkeypatch: pytest.MonkeyPatch, io: str, edns: bool) -> None:  # noqa: ANN001
+    """A junk flood of ~2,000 one-byte labels is told by its size: FORMERR with the
+    query's ID, no walk of the name and no parse (either would cost ~1 us per label)."""
+    from clusterdns.wire import question
+
+    _, handler = cluster
+    listener = udp_listener(handler, io=io)
+    client = UDPClient(listener.sockname())
+    walked: list[int] = []
+    real_walk = question.question_name_end
+
+    def counting_walk(data: bytes, i: int = 12) -> int:
+        walked.append(len(data))
+        return real_walk(data, i)
+
+    monkeypatch.setattr(question, "question_name_end", counting_walk)
+    monkeypatch.setattr("clusterdns.obs.counters.question_name_end", counting_walk, raising=False)
+    opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00" if edns else b""
+    junk = b"\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00" + (b"\x01" if edns else b"\x00") \
+        + b"\x01a" * 2000 + b"\x00\x00\x01\x00\x01" + opt
+    try:
+        reply = await client.ask(junk)
+        good = dns.message.make_query(NAME, "A")
+        answer = await client.ask(good.to_wire())
+    finally:
+        client.close()
+        listener.close()
+    assert reply is not None and reply[:2] == b"\xbe\xef"
+    assert reply[2] & 0x80 and reply[3] & 0x0F == 1, "QR set, FORMERR"
+    assert not [n for n in walked if n > 1000], "the junk's labels were walked"
+    assert answer is not None and dns.message.from_wire(answer).rcode() == 0
+    assert handler.stats.classes, "the FORMERR was counted"
