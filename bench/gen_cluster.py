@@ -17,6 +17,9 @@ Outputs (all from the same in-memory model, so they always agree):
   <out>/hit.txt             only A queries for existing ClusterIP services
                             (every line a cache hit once a forwarder is warm)
   <out>/nx.txt              only NXDOMAIN search-path junk (repeating set)
+  <out>/ext.test.zone       the same records under ext.test (the forwarders'
+                            upstream serves it: names outside the cluster domain)
+  <out>/hit_ext.txt         hit.txt with the names moved under ext.test
   <out>/meta.json           seed, sizes, counts, a probe name for start-up timing
 
 The zone rendering lives in gen_zone.py (zone_from_objects), which can also
@@ -27,8 +30,8 @@ Usage: gen_cluster.py [--seed 42] [--services 5000] [--out DIR]
 from __future__ import annotations
 
 import argparse
-import itertools
 import ipaddress
+import itertools
 import os
 import random
 import sys
@@ -36,9 +39,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from gen_zone import zone_from_objects  # noqa: E402
+from gen_zone import zone_from_objects
 
-WORDS = (
+WORDS = (  # noqa: SIM905 - a word list, wrapped
     "alpha api auth billing cache cart catalog checkout config core data db "
     "edge events feed front gateway graph identity images index ingest "
     "inventory jobs kafka ledger logs mail media metrics notify orders "
@@ -47,7 +50,7 @@ WORDS = (
     "worker zookeeper"
 ).split()
 
-NS_WORDS = (
+NS_WORDS = (  # noqa: SIM905 - a word list, wrapped
     "team prod stage dev shop infra data ml web mobile ops payments "
     "search ads media games iot sec"
 ).split()
@@ -295,6 +298,10 @@ def gen_queries(meta, rnd, n, domain="cluster.local"):
     return {"mix": mix, "hit": hit, "nx": nx}
 
 
+EXT_DOMAIN = "ext.test"
+"""The external zone: the cluster's records renamed, for the forwarding (serve --upstream) rows."""
+
+
 def scaled(n_services: int, per_5000: int, minimum: int) -> int:
     """A count that is per_5000 at 5,000 services and scales linearly."""
     return max(minimum, round(n_services * per_5000 / 5000))
@@ -315,11 +322,21 @@ def generate(out: str, seed: int = 42, services: int = 5000, namespaces: int | N
     zone_path = os.path.join(out, f"{domain}.zone")
     with open(zone_path, "w") as f:
         f.write(zone)
+    # the same records under an external zone, served by the forwarders' upstream: the
+    # names `clusterdns serve --upstream` forwards (outside the cluster domain)
+    ext_zone_path = os.path.join(out, f"{EXT_DOMAIN}.zone")
+    with open(ext_zone_path, "w") as f:
+        f.write(zone_from_objects(objects, EXT_DOMAIN))
     rnd = random.Random(seed + 1)
     qs = gen_queries(meta, rnd, n_queries, domain)
     for k, lines in qs.items():
         with open(os.path.join(out, f"{k}.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
+    # hit.txt with every name moved under the external zone (same popularity, same order)
+    suffix = "." + domain
+    with open(os.path.join(out, "hit_ext.txt"), "w") as f:
+        f.writelines(f"{n.removesuffix(suffix)}.{EXT_DOMAIN} {t}\n"
+                     for n, t in (ln.split() for ln in qs["hit"]))
     kinds: dict[str, int] = {}
     for s in meta["services"]:
         kinds[s["kind"]] = kinds.get(s["kind"], 0) + 1
@@ -334,6 +351,7 @@ def generate(out: str, seed: int = 42, services: int = 5000, namespaces: int | N
         "objects": len(objects),
         "zone_rrs": sum(1 for ln in zone.splitlines() if ln and not ln.startswith((";", "$"))),
         "domain": domain, "zone_file": zone_path,
+        "ext_domain": EXT_DOMAIN, "ext_zone_file": ext_zone_path,
         "probe": f"{probe['name']}.{probe['ns']}.svc.{domain}",
         "queries": {k: len(v) for k, v in qs.items()},
     }

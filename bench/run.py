@@ -12,8 +12,10 @@ What it does (details in bench/README.md):
 2. measures start-up of `clusterdns serve --manifests` (process start -> first correct answer);
 3. starts clusterdns and the installed peers, each pinned to the server CPU and listening on
    127.0.0.1 only: `clusterdns serve`, knotd, nsd (authoritative, the zone file);
-   `clusterdns node-cache`, dnsmasq, unbound (caching forwarders to an nsd upstream pinned to
-   the load CPU); checks a sample of answers against knotd's;
+   `clusterdns node-cache` (its default flags unless --node-cache-args), dnsmasq, unbound and
+   `clusterdns serve --upstream` (asked names of an external zone) as caching forwarders to an
+   nsd upstream pinned to the load CPU; checks a sample of answers against knotd's; the miss
+   case restarts the forwarders each round and ends with a cache-full run (see run_miss);
 4. runs dnsperf (pinned to the load CPU, `-l` plus a hard timeout), alternating the servers
    (A B C A B C ...): self-paced for max QPS, then at a fixed rate (-Q, default 10k) for
    average and p99 latency (p99 from dnsperf -v per-query latencies);
@@ -55,7 +57,8 @@ CLK = os.sysconf("SC_CLK_TCK")
 DOMAIN = "cluster.local"
 
 AUTH_PEERS = ("knotd", "nsd")
-FWD_PEERS = ("node-cache", "dnsmasq", "unbound")
+# serve-fwd: `clusterdns serve --upstream`, forwarding names outside the cluster domain
+FWD_PEERS = ("node-cache", "dnsmasq", "unbound", "serve-fwd")
 ALL_PEERS = AUTH_PEERS + FWD_PEERS
 ALL_CASES = ("startup", "udp", "tcp", "hit", "miss", "cold", "fresh", "churn", "memory")
 # the cases that start their own clusterdns and knotd (see run_cold, run_fresh, run_churn)
@@ -150,7 +153,7 @@ class Proc:
         self.name = name
         self.cmd = (["taskset", "-c", str(cpu)] if cpu is not None else []) + (prefix or []) + cmd
         self.log_path = os.path.join(logdir, f"{name}.log")
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - open for the process's life, closed in stop()
         self._buf = b""
         self.t0 = time.monotonic()
         # pipes: JSON lines in on stdin, out on stdout (bench/kubefeed.py); stderr to the log
@@ -339,9 +342,12 @@ def parse_dnsperf(text: str) -> dict:
     }
     m = re.search(r"Response codes:\s+(.*)", text)
     d["rcodes"] = m.group(1).strip() if m else ""
+    # e.g. "NOERROR 9000 (90.00%), NXDOMAIN 990 (9.90%), SERVFAIL 10 (0.10%)"
+    sf = re.search(r"\bSERVFAIL (\d+)", d["rcodes"])
+    d["servfail"] = int(sf.group(1)) if sf else 0
     d["loss_pct"] = 100.0 * d["lost"] / d["sent"] if d["sent"] else 0.0
     # -S 1: one "<unix time>: <qps>" line per second; the last partial second is dropped
-    stamps = [(float(t), float(x)) for t, x in re.findall(r"^\s*(\d+\.\d+): ([\d.]+)\s*$", text, re.M)]
+    stamps = [(float(t), float(x)) for t, x in re.findall(r"^\s*(\d+\.\d+): ([\d.]+)\s*$", text, re.MULTILINE)]
     per_s = [x for _, x in stamps]
     if stamps and 0 < stamps[0][1] < 1 and stamps[0][0] > 1e9:
         # dnsperf 2.10 sometimes divides the first interval's count by the whole Unix time
@@ -366,6 +372,8 @@ class Server:
     port: int
     proc: Proc
     ready_s: float | None = None  # process start -> first correct answer
+    flags: str = ""     # forwarders: the flags / config the row ran with (shown under the table)
+    metrics_port: int = 0  # node-cache: its Prometheus /metrics (cache entries)
 
 
 @dataclass
@@ -384,6 +392,7 @@ class Ctx:
     feed: Proc | None = None        # bench/kubefeed.py: the test API server with the cluster
     api_srv: Server | None = None   # clusterdns serve fed through that API's watch
     memory: dict = field(default_factory=dict)  # the memory case's figures
+    flags: dict = field(default_factory=dict)   # forwarder key -> the flags its rows ran with
 
 
 def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: str,
@@ -416,7 +425,7 @@ def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: st
     rc = 0
     with open(raw_path, "w+") as raw:
         try:
-            rc = subprocess.run(cmd, stdout=raw, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            rc = subprocess.run(cmd, check=False, stdout=raw, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 timeout=dur + 20).returncode
         except subprocess.TimeoutExpired:  # subprocess.run kills it (our own child) on timeout
             rc = 124
@@ -429,11 +438,11 @@ def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: st
     d = parse_dnsperf(text)
     lat = []
     if phase == "rate":
-        lat = sorted(float(m) for m in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", text, re.M))
+        lat = sorted(float(m) for m in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", text, re.MULTILINE))
         if not d["completed"] or len(lat) < 0.5 * d["completed"]:
             lat = []  # -v output not as expected: no p99 rather than a wrong one
         with open(raw_path, "w") as raw:  # keep the summary, not one line per query
-            raw.write(re.sub(r"^> .*\n", "", text, flags=re.M))
+            raw.write(re.sub(r"^> .*\n", "", text, flags=re.MULTILINE))
             if lat:
                 raw.write(f"\n(per-query lines dropped: {len(lat)} latencies, p50 "
                           f"{percentile(lat, 50) * 1000:.3f} ms, p99 {percentile(lat, 99) * 1000:.3f} ms)\n")
@@ -473,33 +482,83 @@ def dnsperf(ctx: Ctx, srv: Server, case: str, phase: str, rnd: int, datafile: st
     return r
 
 
-def warm(ctx: Ctx, srv: Server) -> None:
+def warm(ctx: Ctx, srv: Server, datafile: str | None = None) -> None:
     """One bounded pass over the distinct hit names, so every hit-run query is cached."""
-    cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(srv.port), "-d", ctx.files["hit_unique"],
+    cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(srv.port), "-d", datafile or ctx.files["hit_unique"],
            "-c", str(ctx.a.clients), "-n", "1", "-l", "30"]
     if ctx.a.load_cpu is not None:
         cmd = ["taskset", "-c", str(ctx.a.load_cpu)] + cmd
     try:
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        stdin=subprocess.DEVNULL, timeout=45)
     except subprocess.TimeoutExpired:
         log(f"  warm-up of {srv.key} timed out")
 
 
-def miss_file(ctx: Ctx, phase: str, rnd: int) -> str:
+# names of the pass that fills a cache before the cache-full miss run: more than
+# node-cache's default capacity (9,984 entries per zone cache)
+FILL_NAMES = 12_500
+NODE_CACHE_CAPACITY = 9984
+
+
+def miss_file(ctx: Ctx, phase: str, rnd: int, domain: str = DOMAIN) -> str:
     """Names never asked before in this benchmark (one file per round, shared by the
-    forwarders: each has its own cache; the upstream nsd caches nothing)."""
+    forwarders: each has its own cache; the upstream nsd caches nothing).
+
+    phase: max / rate (the miss runs), fill (the pass that fills the cache), full (the
+    run with the cache full); each has its own first letter, so no name repeats."""
     a = ctx.a
-    if phase == "max":
+    if phase in ("max", "full"):
         n = min(a.miss_lines, int(a.duration * a.miss_rate_cap))
+    elif phase == "fill":
+        n = FILL_NAMES
     else:
         n = int(a.lat_duration * a.lat_qps * 1.2) + 1000
-    path = os.path.join(ctx.rundir, f"miss-{phase}-{rnd}.txt")
+    path = os.path.join(ctx.rundir, f"miss-{phase}-{rnd}-{domain}.txt")
     if not os.path.exists(path):
         nns = max(1, ctx.meta["namespaces"])
         with open(path, "w") as f:
-            f.writelines(f"u{phase[0]}{rnd}-{i:07d}.ns-{i % nns}.svc.{DOMAIN} A\n" for i in range(n))
+            tag = {"max": "m", "rate": "r", "fill": "f", "full": "x"}[phase]
+            f.writelines(f"u{tag}{rnd}-{i:07d}.ns-{i % nns}.svc.{domain} A\n" for i in range(n))
     return path
+
+
+def fill_file(ctx: Ctx, rnd: int) -> str:
+    """The pass that fills a cache before the cache-full run: every existing name of the
+    zone once (positive answers, > 9,984 at 5,000 services) and FILL_NAMES never-asked
+    names (NXDOMAIN), so a cache with separate success and denial parts is full in both."""
+    path = os.path.join(ctx.rundir, f"fill-{rnd}.txt")
+    if not os.path.exists(path):
+        ex = existing_questions(ctx)
+        names = [f"{n}.{DOMAIN} {'CNAME' if t == ['CNAME'] else 'A'}" for n, t in ex["services"]]
+        names += [f"{n}.{DOMAIN} SRV" for n in ex["srv"]]
+        names += [f"{n}.{DOMAIN} A" for n, _ in ex["endpoints"]]
+        with open(miss_file(ctx, "fill", rnd)) as f, open(path, "w") as g:
+            g.write("\n".join(names) + "\n")
+            g.writelines(f)
+    return path
+
+
+def cache_entries(srv: Server, zone: str = DOMAIN) -> dict[str, int] | None:
+    """Entries in node-cache's cache for `zone` by type (coredns_cache_entries{type}:
+    success, denial) from its /metrics; None when it has no metrics endpoint or did not
+    answer."""
+    if not srv.metrics_port:
+        return None
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    labels = (f'zones="{zone}."', f'zones="{zone}"')
+    out: dict[str, int] = {}
+    for ln in text.splitlines():
+        if ln.startswith("coredns_cache_entries{") and any(x in ln for x in labels):
+            m = re.search(r'type="(\w+)"', ln)
+            kind = m.group(1) if m else "all"
+            out[kind] = out.get(kind, 0) + int(float(ln.rsplit(" ", 1)[1]))
+    return out or None
 
 
 # --------------------------------------------------------------------------- servers
@@ -510,7 +569,8 @@ def render(ctx: Ctx, template: str, d: str, port: int, upstream_port: int = 0) -
     zone = ctx.meta["zone_file"]
     for k, v in {"@RUNDIR@": d, "@PORT@": str(port), "@UPSTREAM_PORT@": str(upstream_port),
                  "@ZONEDIR@": os.path.dirname(zone), "@ZONEFILE@": zone, "@DOMAIN@": DOMAIN,
-                 "@MINTTL@": "0"}.items():
+                 "@EXTZONEFILE@": ctx.meta.get("ext_zone_file", ""),
+                 "@EXTDOMAIN@": ctx.meta.get("ext_domain", ""), "@MINTTL@": "0"}.items():
         text = text.replace(k, v)
     path = os.path.join(d, template.replace(".in", ""))
     with open(path, "w") as f:
@@ -538,6 +598,7 @@ def start(ctx: Ctx, key: str, cpu: int | None, upstream_port: int = 0,
     os.makedirs(d, exist_ok=True)
     ver = ctx.meta.get("versions", {}).get(key, "")
     role = "auth"
+    flags, metrics_port = "", 0
     if key == "clusterdns" and kubeconfig:
         # every endpoint on loopback: health, ready and metrics default to all interfaces
         cmd = clusterdns_cmd(ctx) + ["serve", "--kubeconfig", kubeconfig,
@@ -559,15 +620,33 @@ def start(ctx: Ctx, key: str, cpu: int | None, upstream_port: int = 0,
         cmd = ["knotd", "-c", render(ctx, "knot.conf", d, port)]
         label = f"knotd {ver}"
     elif key == "nsd":
-        cmd = ["nsd", "-d", "-c", render(ctx, "nsd.conf", d, port)]
+        # the forwarders' upstream also serves the external zone (the serve-fwd names)
+        conf = "nsd-upstream.conf" if name.startswith("upstream") and ctx.meta.get("ext_zone_file") else "nsd.conf"
+        cmd = ["nsd", "-d", "-c", render(ctx, conf, d, port)]
         label = f"nsd {ver}"
     elif key == "node-cache":
         role = "fwd"
+        metrics_port = free_port()
+        # --metrics: scraped only after the fill pass (cache entries), nothing per query
         cmd = clusterdns_cmd(ctx) + [
             "node-cache", "--listen", f"127.0.0.1:{port}", "--health", f"127.0.0.1:{free_port()}",
+            "--metrics", f"127.0.0.1:{metrics_port}",
             "--cluster-dns", f"127.0.0.1:{upstream_port}", "--upstream", f"127.0.0.1:{upstream_port}",
             "--no-loop-detect", "--log-level", "warning"] + ctx.a.node_cache_args.split()
         label = "clusterdns node-cache"
+        flags = (f"`{ctx.a.node_cache_args}`" if ctx.a.node_cache_args.strip() else
+                 "default flags (TCP to the cluster DNS, default cache capacity: 9,984 entries per zone cache part)") + \
+            "; plus --cluster-dns/--upstream = the upstream, --no-loop-detect, --metrics, loopback listen/health"
+    elif key == "serve-fwd":
+        role = "fwd"
+        cmd = clusterdns_cmd(ctx) + ["serve", "--manifests", os.path.join(ctx.gen, "cluster.yaml"),
+                                     "--listen", f"127.0.0.1:{port}", "--ttl", "30",
+                                     "--upstream", f"127.0.0.1:{upstream_port}", "--no-loop-detect",
+                                     "--log-level", "warning"]
+        label = f"clusterdns serve --upstream ({ctx.meta.get('ext_domain', '?')} names)"
+        flags = ("`serve --manifests cluster.yaml --upstream 127.0.0.1:<upstream> --no-loop-detect` (default "
+                 "forwarding and cache otherwise, UDP to the upstream); asked names under "
+                 f"{ctx.meta.get('ext_domain', '?')}, outside {DOMAIN}")
     elif key == "dnsmasq":
         role = "fwd"
         cmd = ["dnsmasq", "-k", "-C", "/dev/null", f"--port={port}", "--listen-address=127.0.0.1",
@@ -576,11 +655,14 @@ def start(ctx: Ctx, key: str, cpu: int | None, upstream_port: int = 0,
                f"--cache-size={ctx.a.dnsmasq_cache}", "--dns-forward-max=1000", "--pid-file=",
                "-u", "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")]
         label = f"dnsmasq {ver}"
+        flags = f"`--cache-size={ctx.a.dnsmasq_cache} --dns-forward-max=1000`, UDP to the upstream"
     elif key == "unbound":
         role = "fwd"
         render(ctx, "root.hints", d, 0)
         cmd = ["unbound", "-d", "-c", render(ctx, "unbound.conf", d, port, upstream_port)]
         label = f"unbound {ver}"
+        flags = ("bench/configs/unbound.conf.in: num-threads 1, msg-cache 64m, rrset-cache 128m, prefetch no, "
+                 "forward-zone to the upstream (UDP)")
     else:
         raise ValueError(key)
     proc = Proc(name, cmd, cpu, d)
@@ -595,7 +677,9 @@ def start(ctx: Ctx, key: str, cpu: int | None, upstream_port: int = 0,
         return None
     if announce:
         log(f"   {name} on 127.0.0.1:{port} pid {proc.pid}, threads pinned to cpus {affinity(proc.pid)}")
-    srv = Server(key, label, role, port, proc)
+    srv = Server(key, label, role, port, proc, flags=flags, metrics_port=metrics_port)
+    if flags:
+        ctx.flags[key] = (label, flags)
     srv.ready_s = ready
     return srv
 
@@ -630,9 +714,9 @@ def install_missing(ctx: Ctx, tools: list[str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         cmd = sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + missing
-        if subprocess.run(cmd, env=env, timeout=600, stdout=subprocess.DEVNULL).returncode != 0:
-            subprocess.run(sudo + ["apt-get", "update", "-qq"], env=env, timeout=300)
-            subprocess.run(cmd, env=env, timeout=600, stdout=subprocess.DEVNULL)
+        if subprocess.run(cmd, check=False, env=env, timeout=600, stdout=subprocess.DEVNULL).returncode != 0:
+            subprocess.run(sudo + ["apt-get", "update", "-qq"], check=False, env=env, timeout=300)
+            subprocess.run(cmd, check=False, env=env, timeout=600, stdout=subprocess.DEVNULL)
     except (subprocess.TimeoutExpired, OSError) as exc:
         log(f"apt-get failed: {exc}")
     finally:
@@ -643,7 +727,7 @@ def install_missing(ctx: Ctx, tools: list[str]) -> None:
 def versions() -> dict:
     def run(cmd, pat=r"(\d+\.\d+(?:\.\d+)?)"):
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=10)
             m = re.search(pat, out.stdout + out.stderr)
             return m.group(1) if m else "?"
         except (OSError, subprocess.TimeoutExpired):
@@ -676,7 +760,7 @@ def machine() -> dict:
 
 def node_cache_available(ctx: Ctx) -> bool:
     try:
-        r = subprocess.run(clusterdns_cmd(ctx) + ["node-cache", "--help"], capture_output=True,
+        r = subprocess.run(clusterdns_cmd(ctx) + ["node-cache", "--help"], check=False, capture_output=True,
                            text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -689,7 +773,7 @@ def check_loopback_only(ctx: Ctx, servers: list[Server]) -> None:
         return
     pids = {p for s in servers for p in tree(s.proc.pid)}
     try:
-        out = subprocess.run(["ss", "-H", "-l", "-n", "-u", "-t", "-p"], capture_output=True,
+        out = subprocess.run(["ss", "-H", "-l", "-n", "-u", "-t", "-p"], check=False, capture_output=True,
                              text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return
@@ -698,7 +782,7 @@ def check_loopback_only(ctx: Ctx, servers: list[Server]) -> None:
         owners = {int(x) for x in re.findall(r"pid=(\d+)", ln)}
         if owners & pids:
             local = ln.split()[4] if ln.split()[0] in ("udp", "tcp") else ln.split()[3]
-            if not (local.startswith("127.") or local.startswith("[::ffff:127.")):
+            if not local.startswith(("127.", "[::ffff:127.")):
                 bad.append(ln.strip())
     if bad:
         ctx.notes.append("WARNING: sockets not on 127.0.0.1: " + "; ".join(bad))
@@ -783,7 +867,12 @@ def measure_startup(ctx: Ctx, keys: list[str] | None = None) -> dict:
 
 
 def run_case(ctx: Ctx, case: str, servers: list[Server], upstream: Server | None) -> None:
+    """All rounds of one case over `servers`, alternated. The miss case restarts the
+    forwarders (see run_miss) and replaces them in `servers`."""
     a = ctx.a
+    if case == "miss":
+        run_miss(ctx, servers, upstream)
+        return
     if case in ("udp", "tcp"):
         # clusterdns renders an answer on the first query for it and replays it after that:
         # one pass over the distinct questions first, reported as the cold rate (a note)
@@ -802,10 +891,54 @@ def run_case(ctx: Ctx, case: str, servers: list[Server], upstream: Server | None
                     dnsperf(ctx, srv, case, phase, rnd, ctx.files["mix"],
                             ["-m", "tcp"] if case == "tcp" else [])
                 elif case == "hit":
-                    warm(ctx, srv)
-                    dnsperf(ctx, srv, case, phase, rnd, ctx.files["hit"], [])
-                elif case == "miss":
-                    dnsperf(ctx, srv, case, phase, rnd, miss_file(ctx, phase, rnd), ["-n", "1"])
+                    ext = srv.key == "serve-fwd"  # forwards names outside the cluster domain
+                    warm(ctx, srv, ctx.files["hit_ext_unique" if ext else "hit_unique"])
+                    dnsperf(ctx, srv, case, phase, rnd, ctx.files["hit_ext" if ext else "hit"], [])
+
+
+# the forwarders whose cache is filled before a second miss run (the cache-full row)
+FULL_PEERS = ("node-cache", "dnsmasq")
+
+
+def run_miss(ctx: Ctx, servers: list[Server], upstream: Server | None) -> None:
+    """Never-repeated names, each round: every forwarder restarted (an empty cache), one
+    self-paced pass over new names (the miss row), a fixed-rate run; then node-cache and
+    dnsmasq get a pass of FILL_NAMES new names (node-cache's cache full: its entry count
+    read from /metrics) and one more self-paced pass over new names (the missfull row)."""
+    a = ctx.a
+    up = upstream.port if upstream else 0
+
+    def names(srv: Server, phase: str, rnd: int) -> str:
+        dom = ctx.meta.get("ext_domain", DOMAIN) if srv.key == "serve-fwd" else DOMAIN
+        return miss_file(ctx, phase, rnd, dom)
+    for rnd in range(a.repeats):
+        for i, srv in enumerate(servers):
+            srv.proc.stop()
+            new = start(ctx, srv.key, a.server_cpu, upstream_port=up, name=f"{srv.key}-miss-r{rnd}",
+                        announce=False)
+            if new is None:
+                log(f"!! {srv.key} did not restart for miss round {rnd}")
+                continue
+            settle(new.proc, limit_s=5)
+            servers[i] = new
+        for phase in ("max", "rate"):
+            if phase == "rate" and a.lat_qps <= 0:
+                continue
+            for srv in servers:
+                if srv.proc.alive():
+                    dnsperf(ctx, srv, "miss", phase, rnd, names(srv, phase, rnd), ["-n", "1"])
+        for srv in servers:
+            if srv.key not in FULL_PEERS or not srv.proc.alive():
+                continue
+            fill = dnsperf(ctx, srv, "missfull", "aux", rnd, fill_file(ctx, rnd), ["-n", "1"], dur=60.0)
+            by_type = cache_entries(srv)
+            info = {"fill_answered": fill["completed"], "fill_rcodes": fill["rcodes"],
+                    "cache_entries": sum(by_type.values()) if by_type else None,
+                    "cache_entries_by_type": by_type, "rss_after_fill_mb": rss_mb(srv.proc.pid)}
+            if by_type is not None:
+                log(f"   {srv.key}: {info['cache_entries']:,} entries in its {DOMAIN} cache after the fill pass "
+                    f"{by_type}, RSS {info['rss_after_fill_mb']:.1f} MB")
+            dnsperf(ctx, srv, "missfull", "max", rnd, names(srv, "full", rnd), ["-n", "1"], info=info)
 
 
 # --------------------------------------------------------------------------- cold, fresh, churn, memory
@@ -966,7 +1099,7 @@ def rt_prefix() -> list[str]:
     if not shutil.which("chrt"):
         return []
     try:
-        ok = subprocess.run(["chrt", "-f", "1", "true"], capture_output=True, timeout=5).returncode == 0
+        ok = subprocess.run(["chrt", "-f", "1", "true"], check=False, capture_output=True, timeout=5).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     return ["chrt", "-f", "1"] if ok else []
@@ -1122,10 +1255,12 @@ def run_memory(ctx: Ctx, churned: bool) -> None:
 CASE_TITLES = {"udp": "cluster zone, UDP (mix)", "tcp": "cluster zone, TCP (mix)",
                "hit": "forwarder cache hit (hit.txt, warm)",
                "miss": "forwarder cache miss (unique names)",
+               "missfull": "forwarder cache miss, cache full (unique names)",
                "cold": "cold start: mix from the first answer on",
                "fresh": "never-repeated names (fresh file, -n 1)",
                "churn": "mix under API churn"}
 OURS = {"udp": "clusterdns", "tcp": "clusterdns", "hit": "node-cache", "miss": "node-cache",
+        "missfull": "node-cache",
         "cold": "clusterdns", "fresh": "clusterdns", "churn": "clusterdns"}
 
 
@@ -1166,6 +1301,14 @@ def summarize(ctx: Ctx) -> dict:
             if any(r.get("per_second") for r in mx) else None,
             "runtime_s": m(mx, "runtime_s"), "completed": m(mx, "completed"),
             "lost_max": max((r["lost"] for r in mx), default=None),
+            "servfail": sum(r.get("servfail") or 0 for r in rs),
+            "cache_entries": min((r["cache_entries"] for r in mx if r.get("cache_entries") is not None),
+                                 default=None),
+            "cache_by_type": next((r["cache_entries_by_type"] for r in mx if r.get("cache_entries_by_type")),
+                                  None),
+            "fill_rcodes": next((r["fill_rcodes"] for r in mx if r.get("fill_rcodes")), None),
+            "rss_after_fill": max((r["rss_after_fill_mb"] for r in mx if r.get("rss_after_fill_mb") is not None),
+                                  default=None),
         }
         lat = sorted(x for r in mx for x in (r.get("churn_lat_ms") or []))
         if any("churn_changes" in r for r in mx):
@@ -1191,13 +1334,14 @@ def fmt(v, spec, dash="–"):
 def table(ctx: Ctx, summ: dict, startup: dict) -> str:
     a = ctx.a
     lines = [
-        f"| workload | server | QPS, max (median of {a.repeats}; min–max) | worst 1 s | loss % max / @{a.lat_qps // 1000}k "
+        (f"| workload | server | QPS, max (median of {a.repeats}; min–max) | worst 1 s | loss % max / @{a.lat_qps // 1000}k "
         f"| avg ms @{a.lat_qps // 1000}k | p99 ms @{a.lat_qps // 1000}k | server CPU µs/q | RSS MB "
-        f"| clusterdns ÷ this (QPS · avg lat · CPU/q) |",
+        f"| clusterdns ÷ this (QPS · avg lat · CPU/q) |"),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    order = {"clusterdns": 0, "node-cache": 0, "knotd": 1, "nsd": 2, "dnsmasq": 3, "unbound": 4}
-    for case in ("udp", "tcp", "hit", "miss") + NEW_CASES:
+    order = {"clusterdns": 0, "node-cache": 0, "knotd": 1, "nsd": 2, "dnsmasq": 3, "unbound": 4,
+             "serve-fwd": 5}
+    for case in ("udp", "tcp", "hit", "miss", "missfull") + NEW_CASES:
         keys = sorted((k for k in summ if k[0] == case), key=lambda k: order.get(k[1], 9))
         ours = summ.get((case, OURS[case]))
         for k in keys:
@@ -1254,19 +1398,7 @@ def targets(ctx: Ctx, summ: dict, startup: dict) -> list[str]:
         out.append(f"cluster zone TCP: {q:.2f}x knotd's QPS (≥ 0.5x): {verdict(q >= 0.5)}")
     else:
         out.append("cluster zone TCP vs knotd: n/a")
-    c, d = get("hit", "node-cache"), get("hit", "dnsmasq")
-    if c and d and d["qps"]:
-        q = c["qps"] / d["qps"]
-        out.append(f"node-local cache hits: {q:.2f}x dnsmasq's QPS (≥ 1.0x): {verdict(q >= 1.0)}")
-    else:
-        out.append("node-local cache hits vs dnsmasq: n/a (node-cache or dnsmasq not measured)")
-    c, u = get("miss", "node-cache"), get("miss", "unbound")
-    if c and u and u["qps"]:
-        q = c["qps"] / u["qps"]
-        out.append(f"cache misses: {q:.2f}x unbound's rate (≥ 0.5x); worst second {fmt(c['worst_1s'], ',.0f')} "
-                   f"vs median {c['qps']:,.0f} QPS: {verdict(q >= 0.5)}")
-    else:
-        out.append("cache misses vs unbound: n/a (node-cache or unbound not measured)")
+    out += forwarder_targets(ctx, summ, verdict)
     s = [x["s"] for x in startup.get("clusterdns", []) if x["s"] is not None]
     if s and "startup" in ctx.a.cases:
         m = statistics.median(s)
@@ -1275,6 +1407,73 @@ def targets(ctx: Ctx, summ: dict, startup: dict) -> list[str]:
                    f"{statistics.median(cpu):.2f} s of it on the CPU): {verdict(m < 2.0)}")
     out += new_targets(ctx, summ, startup, verdict)
     return out
+
+
+def ratio(a: dict | None, b: dict | None, key: str = "qps") -> float | None:
+    """a[key] / b[key] when both are measured."""
+    return a[key] / b[key] if a and b and a.get(key) and b.get(key) else None
+
+
+def forwarder_targets(ctx: Ctx, summ: dict, verdict) -> list[str]:
+    """The verdicts of the hit and miss cases: node-cache with the flags it ran with
+    (default: TCP to the cluster DNS) against dnsmasq and unbound, and serve --upstream."""
+    out = []
+    flags = f"node-cache {ctx.a.node_cache_args.strip() or 'default flags'}"
+    nc, dm = summ.get(("hit", "node-cache")), summ.get(("hit", "dnsmasq"))
+    q, cpu = ratio(nc, dm), ratio(nc, dm, "us_per_q")
+    if q is not None:
+        out.append(f"node-local cache hits ({flags}): {q:.2f}x dnsmasq's QPS (≥ 1.0x), CPU per hit "
+                   f"{fmt(nc['us_per_q'], '.1f')} vs {fmt(dm['us_per_q'], '.1f')} µs ({fmt(cpu, '.2f')}x, ≤ 1.0x): "
+                   f"{verdict(q >= 1.0 and cpu is not None and cpu <= 1.0)}")
+    else:
+        out.append("node-local cache hits vs dnsmasq: n/a (node-cache or dnsmasq not measured)")
+    nc, dm, ub = (summ.get(("miss", k)) for k in ("node-cache", "dnsmasq", "unbound"))
+    qd, qu = ratio(nc, dm), ratio(nc, ub)
+    if nc and (qd is not None or qu is not None):
+        ok = qd is not None and qd >= 1.0 and qu is not None and qu >= 0.6 and nc["servfail"] == 0
+        out.append(f"cache misses, never-repeated names, empty cache at the start ({flags}): {fmt(qd, '.2f')}x "
+                   f"dnsmasq's rate (≥ 1.0x), {fmt(qu, '.2f')}x unbound's (≥ 0.6x), {nc['servfail']} SERVFAIL "
+                   f"(0); worst second {fmt(nc['worst_1s'], ',.0f')} vs median {nc['qps']:,.0f} QPS: {verdict(ok)}")
+    else:
+        out.append("cache misses vs dnsmasq and unbound: n/a (not measured)")
+    full, dmf = summ.get(("missfull", "node-cache")), summ.get(("missfull", "dnsmasq"))
+    qe, qf = ratio(full, nc), ratio(full, dmf)
+    if full and qe is not None:
+        n = full.get("cache_entries")
+        ok = qe >= 0.9 and qf is not None and qf >= 1.0 and full["servfail"] == 0 and \
+            n is not None and n >= NODE_CACHE_CAPACITY
+        kinds = ", ".join(f"{k} {v:,}" for k, v in (full.get("cache_by_type") or {}).items())
+        out.append(f"cache misses with the cache full ({fmt(n, ',')} entries in node-cache's {DOMAIN} cache "
+                   f"({kinds}) after a pass of every existing name and {FILL_NAMES:,} new names, ≥ "
+                   f"{NODE_CACHE_CAPACITY:,}): {qe:.2f}x its empty-cache miss "
+                   f"rate (≥ 0.9x: no collapse), {fmt(qf, '.2f')}x dnsmasq's after the same pass (dnsmasq "
+                   f"--cache-size={ctx.a.dnsmasq_cache}) (≥ 1.0x), {full['servfail']} SERVFAIL (0): {verdict(ok)}")
+        rss = max(x for x in (full.get("rss"), full.get("rss_after_fill")) if x is not None) \
+            if full.get("rss") is not None or full.get("rss_after_fill") is not None else None
+        if rss is not None:
+            out.append(f"node-cache RSS with its cache full: {rss:.1f} MB at most (after the fill pass and after the "
+                       f"cache-full run; ≤ 40 MB): {verdict(rss <= 40)}")
+    elif "miss" in ctx.a.cases:
+        out.append("cache misses with the cache full: n/a (not measured)")
+    for case, what in (("hit", "hits"), ("miss", "misses")):
+        sf, ncr = summ.get((case, "serve-fwd")), summ.get((case, "node-cache"))
+        q = ratio(sf, ncr)
+        if q is not None:
+            extra = f", {sf['servfail']} SERVFAIL (0)" if case == "miss" else ""
+            ok = q >= 0.9 and (case != "miss" or sf["servfail"] == 0)
+            out.append(f"serve --upstream, {what} on names outside {DOMAIN}: {sf['qps']:,.0f} QPS, {q:.2f}x "
+                       f"node-cache's {what} rate (same rate: ≥ 0.9x){extra}: {verdict(ok)}")
+        elif case in ctx.a.cases and "serve-fwd" in ctx.a.peers:
+            out.append(f"serve --upstream {what}: n/a (not measured)")
+    return out
+
+
+def forwarder_flags(ctx: Ctx) -> list[str]:
+    """One line per forwarder row: the flags or config it ran with."""
+    if not ctx.flags:
+        return []
+    return ["", "Forwarder rows ran with (upstream: " + (ctx.upstream_label or "?") + " on the load CPU):"] + \
+        [f"- {label}: {flags}" for label, flags in ctx.flags.values()]
 
 
 def new_targets(ctx: Ctx, summ: dict, startup: dict, verdict) -> list[str]:
@@ -1420,18 +1619,19 @@ def report(ctx: Ctx, startup: dict) -> str:
     head = [
         f"## clusterdns benchmark — {time.strftime('%Y-%m-%d %H:%M')}",
         "",
-        f"Machine: {mach['nproc']} CPUs ({mach['cpu_model']}), kernel {mach['kernel']}, {mach['memory']}, "
+        (f"Machine: {mach['nproc']} CPUs ({mach['cpu_model']}), kernel {mach['kernel']}, {mach['memory']}, "
         f"Python {mach['python']}. Server on CPU {a.server_cpu}, dnsperf {v.get('dnsperf', '?')} on CPU "
-        f"{a.load_cpu}{' (forwarders upstream: nsd on CPU ' + str(a.load_cpu) + ')' if ctx.upstream_label else ''}.",
-        f"Cluster: seed {meta['seed']}, {meta['services']:,} services ({meta['kinds'].get('clusterip', 0):,} ClusterIP, "
+        f"{a.load_cpu}{' (forwarders upstream: nsd on CPU ' + str(a.load_cpu) + ')' if ctx.upstream_label else ''}."),
+        (f"Cluster: seed {meta['seed']}, {meta['services']:,} services ({meta['kinds'].get('clusterip', 0):,} ClusterIP, "
         f"{meta['dual_stack']:,} dual-stack, {meta['kinds'].get('headless', 0)} headless, "
         f"{meta['kinds'].get('ExternalName', 0)} ExternalName, {meta['named_port_services']:,} with named ports), "
-        f"{meta['namespaces']} namespaces, {meta['endpoints']:,} endpoints; zone {meta['zone_rrs']:,} RRs.",
+        f"{meta['namespaces']} namespaces, {meta['endpoints']:,} endpoints; zone {meta['zone_rrs']:,} RRs."),
         f"Runs: {a.repeats} rounds, servers alternated in each; self-paced {a.duration:g} s (-c {a.clients}, "
         f"100 outstanding) for QPS, CPU and loss; fixed {a.lat_qps:,} QPS for {a.lat_duration:g} s for latency."
         + new_cases_line(ctx),
         "",
         table(ctx, summ, startup),
+    ] + forwarder_flags(ctx) + [
         "",
     ]
     head.append("¹ dnsperf's core was ≥ 90% busy: the load generator, not the server, set this QPS "
@@ -1509,10 +1709,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="generated cluster folder (default bench/gen/s<seed>-n<services>)")
     ap.add_argument("--clusterdns", default=env("BENCH_CLUSTERDNS"),
                     help="command that runs clusterdns (default: the venv's clusterdns)")
-    ap.add_argument("--node-cache-args", default=env("BENCH_NODE_CACHE_ARGS", "--cluster-udp"),
-                    help="extra node-cache flags (default --cluster-udp: UDP to the upstream, as "
-                         "dnsmasq and unbound do)")
-    ap.add_argument("--dnsmasq-cache", type=int, default=100000)
+    ap.add_argument("--node-cache-args", default=env("BENCH_NODE_CACHE_ARGS", ""),
+                    help="extra node-cache flags (default none: its defaults, TCP to the cluster DNS as "
+                         "node-local-dns's force_tcp; --cluster-udp asks it over UDP as dnsmasq and unbound do)")
+    ap.add_argument("--dnsmasq-cache", type=int, default=100000,
+                    help="dnsmasq --cache-size (default 100000)")
     ap.add_argument("--miss-lines", type=int, default=1_500_000, help="names per self-paced miss run, at most")
     ap.add_argument("--miss-rate-cap", type=int, default=150_000,
                     help="miss names per second of run time written to the miss files")
@@ -1622,7 +1823,8 @@ def _main(ctx: Ctx, servers: list[Server]) -> int:
     meta_path = os.path.join(ctx.gen, "meta.json")
     stale = not os.path.exists(meta_path) or any(
         os.path.getmtime(os.path.join(HERE, f)) > os.path.getmtime(meta_path)
-        for f in ("gen_cluster.py", "gen_zone.py"))
+        for f in ("gen_cluster.py", "gen_zone.py")) or \
+        not os.path.exists(os.path.join(ctx.gen, "hit_ext.txt"))
     if stale:
         log(f"generating the cluster: seed {a.seed}, {a.services} services -> {ctx.gen}")
         gen_cluster.generate(ctx.gen, a.seed, a.services)
@@ -1635,6 +1837,12 @@ def _main(ctx: Ctx, servers: list[Server]) -> int:
         with open(ctx.files["hit"]) as f, open(hu, "w") as g:
             g.writelines(dict.fromkeys(f))
     ctx.files["hit_unique"] = hu
+    ctx.files["hit_ext"] = os.path.join(ctx.gen, "hit_ext.txt")
+    he = os.path.join(ctx.gen, "hit_ext_unique.txt")
+    if stale or not os.path.exists(he):
+        with open(ctx.files["hit_ext"]) as f, open(he, "w") as g:
+            g.writelines(dict.fromkeys(f))
+    ctx.files["hit_ext_unique"] = he
     mu = os.path.join(ctx.gen, "mix_unique.txt")
     if stale or not os.path.exists(mu):
         with open(ctx.files["mix"]) as f, open(mu, "w") as g:
@@ -1679,6 +1887,9 @@ def _main(ctx: Ctx, servers: list[Server]) -> int:
             ctx.upstream_label = upstream.label
             if up_key == "knotd":
                 ctx.notes.append("upstream is knotd (nsd missing): knotd re-pins its UDP worker to CPU 0")
+            if up_key != "nsd" and "serve-fwd" in fwd:
+                ctx.skipped.append("serve --upstream rows: only the nsd upstream serves the external zone")
+                fwd = [k for k in fwd if k != "serve-fwd"]
         for key in fwd:
             s = start(ctx, key, a.server_cpu, upstream_port=upstream.port)
             if s:
@@ -1699,6 +1910,7 @@ def _main(ctx: Ctx, servers: list[Server]) -> int:
         if srvs:
             log(f"== {case}: {' / '.join(s.key for s in srvs)} alternated, {a.repeats} rounds")
             run_case(ctx, case, srvs, upstream)
+            by_key.update((s.key, s) for s in srvs)  # the miss case restarts them
     if "cold" in a.cases:
         run_cold(ctx)
     if "fresh" in a.cases:
