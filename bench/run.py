@@ -60,7 +60,9 @@ AUTH_PEERS = ("knotd", "nsd")
 # serve-fwd: `clusterdns serve --upstream`, forwarding names outside the cluster domain
 FWD_PEERS = ("node-cache", "dnsmasq", "unbound", "serve-fwd")
 ALL_PEERS = AUTH_PEERS + FWD_PEERS
-ALL_CASES = ("startup", "udp", "tcp", "hit", "miss", "cold", "fresh", "churn", "memory")
+ALL_CASES = ("startup", "udp", "tcp", "hit", "miss", "cold", "fresh", "churn", "memory", "flood", "soak")
+# the cases run by their own scripts, which start their own servers (see run_script_case)
+SCRIPT_CASES = {"flood": "flood.py", "soak": "soak.py"}
 # the cases that start their own clusterdns and knotd (see run_cold, run_fresh, run_churn)
 NEW_CASES = ("cold", "fresh", "churn")
 # Debian package for each tool
@@ -392,6 +394,7 @@ class Ctx:
     feed: Proc | None = None        # bench/kubefeed.py: the test API server with the cluster
     api_srv: Server | None = None   # clusterdns serve fed through that API's watch
     memory: dict = field(default_factory=dict)  # the memory case's figures
+    scripts: dict = field(default_factory=dict)  # case -> the JSON of bench/flood.py, bench/soak.py
     flags: dict = field(default_factory=dict)   # forwarder key -> the flags its rows ran with
 
 
@@ -834,6 +837,10 @@ def measure_startup(ctx: Ctx, keys: list[str] | None = None) -> dict:
     """Process start -> first correct answer for the probe name (the last service loaded)."""
     out = {}
     keys = keys or ["clusterdns"] + [k for k in AUTH_PEERS if k in ctx.a.peers and have(k)]
+    # an installed package has its bytecode (pip compiles it); an editable checkout under
+    # PYTHONDONTWRITEBYTECODE=1 would compile ~50 modules on every start instead
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "clusterdns")],
+                   stdout=subprocess.DEVNULL, check=False, timeout=120)
     for rnd in range(ctx.a.startup_repeats):
         for key in keys:
             port = free_port()
@@ -1250,6 +1257,52 @@ def run_memory(ctx: Ctx, churned: bool) -> None:
                             **{k: v for k, v in m.items() if k != "api_failed"}}) + "\n")
 
 
+def run_script_case(ctx: Ctx, case: str) -> None:
+    """bench/flood.py or bench/soak.py in its own process (each starts and pins its own
+    servers and load), its JSON kept for the report."""
+    a = ctx.a
+    jpath = os.path.join(ctx.out, f"{case}.json")
+    seconds = {"flood": (2 if a.quick else 10), "soak": (10 if a.quick else 60)}[case]
+    cmd = [sys.executable, os.path.join(HERE, SCRIPT_CASES[case]), "--seconds", str(seconds),
+           "--server-cpu", str(a.server_cpu), "--load-cpu", str(a.load_cpu), "--json", jpath]
+    if case == "flood":
+        cmd += ["--gen", ctx.gen]
+    log(f"== {case}: bench/{SCRIPT_CASES[case]} --seconds {seconds}")
+    proc = Proc(f"{case}-script", cmd, None, os.path.join(ctx.out, "raw"))
+    ctx.procs.append(proc)
+    try:
+        rc = proc.p.wait(900)
+    except subprocess.TimeoutExpired:
+        rc = 124
+    proc.stop()
+    if rc == 0 and os.path.exists(jpath):
+        with open(jpath) as f:
+            ctx.scripts[case] = json.load(f)
+    else:
+        ctx.notes.append(f"{case}: bench/{SCRIPT_CASES[case]} exited {rc} (output in {proc.log_path})")
+        log(f"!! {SCRIPT_CASES[case]} exited {rc}; see {proc.log_path}")
+
+
+def script_sections(ctx: Ctx) -> list[str]:
+    """The flood and soak results for the report: their tables and verdict lines."""
+    out: list[str] = []
+    d = ctx.scripts.get("flood")
+    if d:
+        out += ["", "Floods (bench/flood.py; a probe of real names at 200 QPS beside each flood):", "",
+                *(line for line in d["table"].splitlines() if line.startswith("|")), ""] + \
+            [f"- {v['text']}" for v in d["verdicts"]]
+    d = ctx.scripts.get("soak")
+    if d:
+        v, sf, fl = d["verdict"], d["servfail"], d["flood"]
+        out += ["", f"Soak (bench/soak.py, {d['seconds']:g} s: checked mix, flood, API stops, upstream stop):",
+                (f"- real-name answers lost: {v['lost_real']} of {d['real']['sent']:,} (target 0): "
+                 f"{'**met**' if v['met'] else '**not met**'}; wrong in zone {v['wrong_in_zone']}"),
+                (f"- SERVFAIL: {sf['in_zone']} in the zone, {sf['out_of_zone']} out of it (the upstream was stopped "
+                 f"for {d['upstream'].get('down_s', '?')} s); flood {fl.get('qps', 0):,.0f}/s answered "
+                 f"{fl.get('answered_rate', 0):.2%}; peak RSS {d['serve']['peak_rss_mb']:.1f} MB")]
+    return out
+
+
 # --------------------------------------------------------------------------- table
 
 CASE_TITLES = {"udp": "cluster zone, UDP (mix)", "tcp": "cluster zone, TCP (mix)",
@@ -1650,6 +1703,7 @@ def report(ctx: Ctx, startup: dict) -> str:
         head.append(f"Start-up, process start → first correct answer, {meta['services']:,} services "
                     f"({a.startup_repeats} runs each): " + "; ".join(st) + ".")
     head += ["", "Targets (issue 5):"] + [f"- {t}" for t in targets(ctx, summ, startup)]
+    head += script_sections(ctx)
     notes = list(ctx.notes)
     rc_ours, rc_ref = summ.get(("udp", "clusterdns")), summ.get(("udp", "knotd")) or summ.get(("udp", "nsd"))
     if rc_ours and rc_ref:
@@ -1919,6 +1973,9 @@ def _main(ctx: Ctx, servers: list[Server]) -> int:
         run_churn(ctx, by_key)
     if "memory" in a.cases:
         run_memory(ctx, churned="churn" in a.cases)
+    for case in SCRIPT_CASES:
+        if case in a.cases:
+            run_script_case(ctx, case)
     if ctx.api_srv is not None:
         by_key["clusterdns-api"] = ctx.api_srv
     for s in by_key.values():
