@@ -248,8 +248,8 @@ class ClusterZone:
                 return self.nodata[node.apex]  # NODATA: the name exists with other types
             return None
         n = len(name)
-        if n > 255 or tc[2:] != IN_BYTES:
-            return None
+        if n > 255 or tc[2:] != IN_BYTES or (tc[0] == 0 and tc[1] in NOT_DATA_TYPES):
+            return None  # OPT, AXFR, IXFR, ANY: the general path's FORMERR, REFUSED or ANY rule
         i = 0
         while True:
             ln = name[i]

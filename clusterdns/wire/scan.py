@@ -16,11 +16,12 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from clusterdns.wire.constants import EDNS_UDP, HEADER, RRType
+from clusterdns.wire.constants import EDNS_UDP, HEADER, RRClass, RRType
 from clusterdns.wire.names import Malformed, name_end, read
 from clusterdns.wire.question import Query
 
 T_SOA, T_OPT = int(RRType.SOA), int(RRType.OPT)
+C_CH = int(RRClass.CH)
 _HDR = struct.Struct("!HBBHHHH")
 _U16 = struct.Struct("!H")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
@@ -30,25 +31,29 @@ _NAME_AFTER = {2: 0, 5: 0, 12: 0, 39: 0, 15: 2, 33: 6}
 _STRINGS = {16: 0, 99: 0, 13: 2}  # TXT, SPF (one or more strings), HINFO (exactly two)
 
 
-def _name(data: bytes, i: int, good: dict[int, int]) -> int:
+def _name(data: bytes, i: int, good: dict[int, tuple[int, int]]) -> int:
     """Offset just past a (possibly compressed) name at `i`, checked as a client's
     parser does: every pointer goes back before the last (so no loops) and not into the
-    header; labels of at most 63 bytes; at most 255 bytes in all.
+    header, and what it points to ends before the part of the name that pointed (no
+    overlap, as dnspython checks); labels of at most 63 bytes; at most 255 bytes in all.
 
-    `good` maps offsets already known to start a valid name to that name's length: a
-    pointer to one ends the walk (most pointers aim at a name checked just before), and
-    every label walked here is added.
+    `good` maps offsets already known to start a valid name to that name's length and
+    where its first run of labels ends: a pointer to one ends the walk (most pointers aim
+    at a name checked just before), and every label walked here is added.
     """
     n = len(data)
+    lim = n  # where the rest of the name must end: after a pointer, where the pointing run began
     end = -1
-    bound = i
+    bound = i  # the start of the current run of labels; pointers go below it
     total = 1  # the root's byte
     walked: list[tuple[int, int]] = []  # (label offset, total before it)
+    runs: list[int] = []  # for each walked label, where its run (labels to a pointer or the root) ends
     for _ in range(128):
-        if i >= n:
-            raise Malformed("name runs past the message")
+        if i >= lim:
+            raise Malformed("name runs past the message" if lim == n else "name overlaps its pointer")
         ln = data[i]
         if ln == 0:
+            runs += [i + 1] * (len(walked) - len(runs))
             break
         if ln < 0x40:
             walked.append((i, total))
@@ -59,28 +64,48 @@ def _name(data: bytes, i: int, good: dict[int, int]) -> int:
             continue
         if ln < 0xC0:
             raise Malformed("unknown label type")
-        if i + 2 > n:
+        if i + 2 > lim:
             raise Malformed("truncated pointer")
         ptr = ((ln & 0x3F) << 8) | data[i + 1]
         if ptr < HEADER or ptr >= bound:
             raise Malformed("bad compression pointer")
         if end < 0:
             end = i + 2
+        runs += [i + 2] * (len(walked) - len(runs))
         known = good.get(ptr)
         if known is not None:
-            total += known - 1
+            if known[1] > bound:
+                raise Malformed("name overlaps its pointer")
+            total += known[0] - 1
             if total > 255:
                 raise Malformed("name longer than 255 bytes")
             break
-        bound = i = ptr
+        lim, bound, i = bound, ptr, ptr
     else:
         raise Malformed("too many labels")
-    for off, before in walked:
-        good[off] = total - before + 1
+    for (off, before), run in zip(walked, runs):
+        good[off] = (total - before + 1, run)
     return end if end >= 0 else i + 1
 
 
-def _check_rdata(data: bytes, rtype: int, rdata: int, end: int, good: dict[int, int]) -> None:
+def _plain_name(data: bytes, i: int, end: int) -> int:
+    """Offset past an uncompressed name at `i` that ends before `end`: the Chaosnet A's,
+    whose pointers clients refuse to follow."""
+    total = 1
+    while i < end:
+        ln = data[i]
+        if ln == 0:
+            return i + 1
+        if ln > 63:
+            raise Malformed("pointer or label type in an uncompressed name")
+        total += ln + 1
+        if total > 255:
+            raise Malformed("name longer than 255 bytes")
+        i += ln + 1
+    raise Malformed("name runs past its rdata")
+
+
+def _check_rdata(data: bytes, rtype: int, rdata: int, end: int, good: dict[int, tuple[int, int]]) -> None:
     """The rdata of a type whose layout we know fills its rdlength exactly (A and AAAA
     are checked inline by the caller)."""
     if rtype in _NAME_AFTER:
@@ -166,7 +191,7 @@ def scan_response(data: bytes) -> Scan:
     _id, b2, b3, qd, an, ns, ar = _HDR.unpack_from(data)
     if not b2 & 0x80 or b2 & 0x78 or qd != 1:
         raise Malformed("not a QUERY answer to one question")
-    good: dict[int, int] = {}
+    good: dict[int, tuple[int, int]] = {}
     i = _name(data, HEADER, good) + 4
     qend = i
     offsets: list[int] = []
@@ -181,13 +206,16 @@ def scan_response(data: bytes) -> Scan:
             i = _name(data, i, good)
         if i + 10 > n:
             raise Malformed("record header runs past the message")
-        rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, i)
+        rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, i)
         rdata = i + 10
         end = rdata + rdlen
         if end > n:
             raise Malformed("rdata runs past the message")
         if rtype == 1:
-            if rdlen != 4:
+            if rclass == C_CH:  # a Chaosnet A is a name then a 16-bit address, as clients read it
+                if _plain_name(data, rdata, end) + 2 != end:
+                    raise Malformed("CH A rdata is not a name and an address")
+            elif rdlen != 4:
                 raise Malformed("A rdata is not 4 bytes")
         elif rtype == 28:
             if rdlen != 16:

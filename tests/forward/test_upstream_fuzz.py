@@ -337,7 +337,8 @@ def test_scan_takes_well_formed_compressed_answers() -> None:
 @pytest.mark.parametrize("case", ["pointer into header", "forward pointer", "self pointer",
                                   "A of 3 bytes", "AAAA of 4 bytes", "CNAME of garbage",
                                   "MX without name", "TXT string past rdata", "opcode NOTIFY",
-                                  "OPT owner not root", "OPT option past rdata", "label type 0x40"])
+                                  "OPT owner not root", "OPT option past rdata", "label type 0x40",
+                                  "CH A of 4 bytes", "CH A name compressed", "pointer into its own name"])
 def test_scan_refuses_what_a_client_cannot_parse(case: str) -> None:
     """Each of these once reached clients (or the cache) through scan_response."""
     from clusterdns.wire import scan as W
@@ -363,10 +364,19 @@ def test_scan_refuses_what_a_client_cannot_parse(case: str) -> None:
         "OPT owner not root": rr(b"\xc0\x0c", 41, b""),
         "OPT option past rdata": rr(b"\x00", 41, b"\x00\x08\x00\x09\x00"),
         "label type 0x40": rr(b"\x41a\x00", 1, b"\x01\x02\x03\x04"),
+        # a client reads a Chaosnet A as a name and an address (bench/fuzz.py found it relayed)
+        "CH A of 4 bytes": b"\xc0\x0c" + struct.pack("!HHIH", 1, 3, 60, 4) + b"\x01\x02\x03\x04",
+        "CH A name compressed": b"\xc0\x0c" + struct.pack("!HHIH", 1, 3, 60, 4) + b"\xc0\x0c\x00\x7f",
+        # the second owner points one byte back, to a label running over the pointer itself
+        # and the record's class and TTL (bench/fuzz.py found it relayed)
+        "pointer into its own name": rr(b"\xc0\x0c", OPAQUE, b"\x05")
+        + rr(b"\xc0" + bytes([qend + 12]), 1, b"\x01\x02\x03\x04"),
     }[case]
     wire = bytearray(head + q[12:qend] + body)
     if case == "opcode NOTIFY":
         wire[2] |= 4 << 3
+    if case == "pointer into its own name":
+        struct.pack_into("!H", wire, 6, 2)
     if case.startswith("OPT"):
         struct.pack_into("!HHH", wire, 6, 0, 0, 1)  # the OPT record in the additional section
     if case in ("pointer into header", "opcode NOTIFY"):
@@ -378,6 +388,20 @@ def test_scan_refuses_what_a_client_cannot_parse(case: str) -> None:
             dns.message.from_wire(bytes(wire))
     with pytest.raises(Malformed):
         W.scan_response(bytes(wire))
+
+
+def test_scan_takes_a_chaos_a_record_as_a_name_and_an_address() -> None:
+    """Class CH type A has its own layout (a name, then a 16-bit Chaosnet address)."""
+    from clusterdns.wire import scan as W
+
+    q = dns.message.make_query(QNAME, "A").to_wire()
+    qend = name_end(q, 12) + 4
+    rdata = to_wire("ch.example.test") + b"\x00\x7f"
+    wire = (q[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, 1, 0, 0) + q[12:qend]
+            + b"\xc0\x0c" + struct.pack("!HHIH", 1, 3, 60, len(rdata)) + rdata)
+    assert dns.message.from_wire(wire).answer[0][0].address == 0o177
+    s = W.scan_response(wire)
+    assert s.ancount == 1 and len(s.ttl_offsets) == 1
 
 
 class _FixedUpstream(LoopbackUdp):

@@ -214,3 +214,17 @@ async def test_name_past_255_bytes_gets_formerr_without_a_walk_over_its_labels(
     assert not [n for n in walked if n > 1000], "the junk's labels were walked"
     assert answer is not None and dns.message.from_wire(answer).rcode() == 0
     assert handler.stats.classes, "the FORMERR was counted"
+
+
+@pytest.mark.parametrize("rdtype", ["AXFR", "IXFR", "OPT", "ANY"])
+def test_transfer_and_meta_types_for_a_missing_name_get_the_general_paths_answer(cluster, rdtype: str) -> None:  # noqa: ANN001
+    """The compiled negative template is for data types only: AXFR/IXFR (REFUSED), OPT
+    (FORMERR) and ANY under a name that does not exist go the general way, so the hot
+    path never answers them differently (found by bench/fuzz.py)."""
+    _, handler = cluster
+    q = dns.message.make_query("nope.default.svc.cluster.local.", rdtype).to_wire()
+    general = handler.answer(q, False)
+    assert general is not None and isinstance(general.reply, bytes)
+    assert handler.fast(q, 0, 0) in (None, general.reply)
+    expected = {"AXFR": 5, "IXFR": 5, "OPT": 1, "ANY": 3}[rdtype]
+    assert general.reply[3] & 0x0F == expected
