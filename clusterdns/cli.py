@@ -51,7 +51,7 @@ def _names(value: str) -> tuple[str, ...]:
 
 
 def _address(value: str) -> str:
-    from clusterdns.obs.health import parse_address  # with aiohttp: only when the flag is given
+    from clusterdns.obs.health import parse_address  # imported only when the flag is given
 
     try:
         parse_address(value, 0)

@@ -107,7 +107,7 @@ async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
                           limiter(rrl_opts(cfg.rrl)))
     health = None
     if cfg.health:
-        from clusterdns.obs.health import HealthServer  # aiohttp: not paid by `serve`, which imports this module for its flags
+        from clusterdns.obs.health import HealthServer  # only with --health
 
         address = lifecycle.bind_address(cfg.health, "/health and /ready", "--health (config `health:`)")
         health = HealthServer(address, address)

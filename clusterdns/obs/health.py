@@ -7,6 +7,8 @@
   (CoreDNS `monitor until-ready`, PR #3590: going unready on an API hiccup would take
   every DNS pod out at once). `draining` (set on SIGTERM) makes it 503 so the Service
   stops sending queries before the listeners close.
+
+Served by `clusterdns.obs.http`, not aiohttp: node-cache's memory budget (see there).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from aiohttp import web
+from clusterdns.obs.http import HttpResponder, Reply, Request
 
 log = logging.getLogger("clusterdns")
 
 #: what is not ready yet; empty when ready (e.g. KubeSource.missing)
 ReadyCheck = Callable[[], list[str]]
+
+_TEXT = "text/plain; charset=utf-8"  # what aiohttp's web.Response(text=...) sent
 
 
 def parse_address(addr: str, default_port: int) -> tuple[str, int]:
@@ -46,11 +50,11 @@ class HealthServer:
     def __init__(self, health: str = ":8080", ready: str = ":8181", check: ReadyCheck | None = None) -> None:
         self.health_addr = parse_address(health, 8080)
         self.ready_addr = parse_address(ready, 8181)
-        self.check: ReadyCheck = check or (lambda: [])
+        self.check: ReadyCheck = check or list
         self.draining = False
         """Set on SIGTERM: /ready answers 503 while /health stays 200 (lame duck)."""
         self._was_ready = False
-        self._runners: list[web.AppRunner] = []
+        self._servers: list[HttpResponder] = []
         self.health_port = 0
         self.ready_port = 0
 
@@ -66,35 +70,29 @@ class HealthServer:
             log.info("ready")
         return not missing, missing
 
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.Response(text="OK")
+    def _health(self, request: Request) -> Reply:
+        return Reply(200, _TEXT, b"OK")
 
-    async def _ready(self, request: web.Request) -> web.Response:
+    def _ready(self, request: Request) -> Reply:
         ok, missing = self.ready()
         if ok:
-            return web.Response(text="OK")
-        return web.Response(status=503, text="\n".join(missing) + "\n")
+            return Reply(200, _TEXT, b"OK")
+        return Reply(503, _TEXT, ("\n".join(missing) + "\n").encode())
 
     async def start(self) -> None:
         """Bind the listeners; ports 0 pick free ones (see health_port/ready_port)."""
         same = self.health_addr == self.ready_addr and self.health_addr[1] != 0
-        sites = [(self.health_addr, [("/health", self._health)] + ([("/ready", self._ready)] if same else []))]
+        sites = [(self.health_addr, {"/health": self._health, **({"/ready": self._ready} if same else {})})]
         if not same:
-            sites.append((self.ready_addr, [("/ready", self._ready)]))
+            sites.append((self.ready_addr, {"/ready": self._ready}))
         try:
             for (host, port), routes in sites:
-                app = web.Application()
-                for path, handler in routes:
-                    app.router.add_get(path, handler)
-                runner = web.AppRunner(app, access_log=None, handle_signals=False)
-                await runner.setup()
-                self._runners.append(runner)
-                site = web.TCPSite(runner, host or None, port, reuse_address=True)
-                await site.start()
-                bound = runner.addresses[0][1]
-                if any(p == "/health" for p, _ in routes):
+                server = HttpResponder(routes)
+                self._servers.append(server)
+                bound = await server.start(host, port)
+                if "/health" in routes:
                     self.health_port = bound
-                if any(p == "/ready" for p, _ in routes):
+                if "/ready" in routes:
                     self.ready_port = bound
         except BaseException:
             await self.stop()
@@ -103,6 +101,6 @@ class HealthServer:
                  self.ready_addr[0] or "*", self.ready_port)
 
     async def stop(self) -> None:
-        runners, self._runners = self._runners, []
-        for runner in runners:
-            await runner.cleanup()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            await server.stop()

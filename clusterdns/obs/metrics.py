@@ -632,30 +632,33 @@ class Metrics:
 
     async def start(self, address: str) -> None:
         """Serve GET /metrics on `address` (HOST:PORT, :PORT); port 0 picks one (see `port`)."""
-        from aiohttp import web
-        from prometheus_client.aiohttp import make_aiohttp_handler
+        import gzip
+
+        from prometheus_client.exposition import choose_encoder, gzip_accepted
 
         from clusterdns.obs.health import parse_address
+        from clusterdns.obs.http import HttpResponder, Reply, Request
+
+        def scrape(request: Request) -> Reply:
+            """As prometheus_client's handlers: Accept picks text 0.0.4 or OpenMetrics,
+            `name[]` goes to restricted_registry, gzip when accepted."""
+            encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+            names = request.query.get("name[]")
+            body = encoder(self.registry.restricted_registry(names) if names else self.registry)
+            if gzip_accepted(request.headers.get("accept-encoding", "")):
+                return Reply(200, content_type, gzip.compress(body), (("Content-Encoding", "gzip"),))
+            return Reply(200, content_type, body)
 
         host, port = parse_address(address, 9153)
-        app = web.Application()
-        app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host or None, port, reuse_address=True)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = runner.addresses[0][1]
+        server = HttpResponder({"/metrics": scrape})  # not aiohttp: node-cache's RSS budget (obs/http.py)
+        self.port = await server.start(host, port)
+        self._runner = server
         log.info("metrics on %s:%d/metrics", host or "*", self.port)
 
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._runner = self._runner, None
+        if server is not None:
+            await server.stop()
 
 
 def families(registry: CollectorRegistry) -> dict[str, Metric]:
