@@ -30,7 +30,7 @@ from clusterdns.kube.store import ClusterStore
 from clusterdns.lifecycle import StartupError
 from clusterdns.obs import logs
 from clusterdns.obs.logs import QueryLog
-from clusterdns.obs.metrics import Sources
+from clusterdns.obs.sources import Sources
 from clusterdns.reload import Reloader
 from clusterdns.cluster.compile import ZoneSettings
 from clusterdns.cluster.zone import ClusterZone

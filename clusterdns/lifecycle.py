@@ -21,11 +21,14 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clusterdns.obs import logs
 from clusterdns.obs.logs import QueryLog
-from clusterdns.obs.metrics import FamilyReader, Metrics, Sources, observe_programming
+from clusterdns.obs.sources import Sources, observe_programming
+
+if TYPE_CHECKING:
+    from clusterdns.obs.metrics import Metrics
 
 log = logging.getLogger("clusterdns")
 
@@ -57,6 +60,10 @@ async def start_metrics(address: str | None, sources: Sources) -> Metrics | None
     """Serve /metrics on `address` from the handler's counters; None when off."""
     if not address:
         return None
+    from clusterdns.obs.metrics import (
+        Metrics,  # prometheus_client only when /metrics is served
+    )
+
     address = bind_address(address, "/metrics", "--metrics (config `metrics:`)")
     metrics = Metrics(sources, stats=sources.handler.stats)
     metrics.calibrate()
@@ -70,6 +77,8 @@ async def start_metrics(address: str | None, sources: Sources) -> Metrics | None
 
 async def worker_families(fds: list[int]) -> Callable[[], list[list[Any]]]:
     """Read the workers' metric pipes; returns what the collector calls at scrape time."""
+    from clusterdns.obs.metrics import FamilyReader
+
     loop = asyncio.get_running_loop()
     readers = []
     for fd in fds:

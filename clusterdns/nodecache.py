@@ -34,7 +34,7 @@ from clusterdns.app import Listeners, StartupError, parse_listen, run
 from clusterdns.config import cache_opts, rrl_opts
 from clusterdns.nodecache_config import ConfigError, NodeCacheConfig, add_arguments, from_args
 from clusterdns.obs import logs
-from clusterdns.obs.metrics import Sources
+from clusterdns.obs.sources import Sources
 from clusterdns.reload import Reloader
 from clusterdns.server.handler import Handler
 from clusterdns.server.rrl import limiter

@@ -44,6 +44,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from clusterdns import __version__
+from clusterdns.obs.sources import ReloadStats, Sources, observe_programming  # noqa: F401 - re-exported
 from clusterdns.obs.counters import (  # noqa: F401 - re-exported: the metric side's vocabulary
     DROPPED,
     MAX_CLASSES,
@@ -138,42 +139,6 @@ DOCUMENTED: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------- other sources
-
-
-@dataclass
-class ReloadStats:
-    """Config reloads (SIGHUP or a changed file)."""
-
-    succeeded: int = 0
-    failed: int = 0
-    last_success: float = 0.0  # time.time()
-
-
-@dataclass
-class Sources:
-    """What the collector reads at scrape time; the app fills it and may swap parts on reload.
-
-    Every field is optional: a mode without a Kubernetes watch leaves `kube` None.
-    """
-
-    handler: Any = None  # server.handler.Handler: `errors` (internal errors caught = panics)
-    forwarding: Any = None  # forward.forwarding.Forwarding: `.table.zones`, `.errors`
-    kube: Any = None  # kube.watch.KubeSource: `.states`
-    store: Any = None  # kube.store.ClusterStore: object dicts, `synced`, `last_change`
-    tcp_limits: Any = None  # server.tcp.TCPLimits: `open`, optional `refused`
-    rrl: Any = None  # server.rrl.RRL: `dropped`, `slipped` per listener slot, `table`; None: RRL off
-    plugins: tuple[str, ...] = ()  # CoreDNS plugin names this process runs (coredns_plugin_enabled)
-    reloads: ReloadStats = field(default_factory=ReloadStats)
-    programming: dict[str, _Hist] = field(default_factory=dict)  # service_kind -> histogram
-    started: float = field(default_factory=time.time)
-
-
-def observe_programming(sources: Sources, service_kind: str, seconds: float) -> None:
-    """One DNS programming latency sample (slow path: a watch event)."""
-    hist = sources.programming.get(service_kind)
-    if hist is None:
-        hist = sources.programming[service_kind] = _Hist(len(PROGRAMMING_BUCKETS))
-    hist.observe(PROGRAMMING_BUCKETS, max(0.0, seconds))
 
 
 # --------------------------------------------------------------------------- the collector
