@@ -25,7 +25,8 @@ Follows CoreDNS's cache plugin (operators.md 1.5) and perf-anchors §6 item 6:
   record) is what the cache stores from; raw bytes (a coroutine `fetch`) are scanned here;
 * single flight: concurrent misses for one key share one upstream query; a miss is a
   plain Future resolved by callbacks (`miss`), so it costs no Task or coroutine when the
-  fetch is given as `start` (a callback-style fetch, ForwardZone's);
+  fetch is given as `start` (a callback-style fetch, ForwardZone's); a caller that gives
+  `notify` (the UDP listener) gets its reply through that callback instead, no Future;
 * prefetch: an entry asked `prefetch` times is refreshed in the background when less
   than `prefetch_percentage` of its TTL is left;
 * serve-stale (RFC 8767): when the upstreams fail (error, timeout, SERVFAIL, REFUSED), an
@@ -45,8 +46,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from cachetools import LRUCache
-
 from clusterdns.cache.entry import NODATA, NXDOMAIN, POSITIVE, SERVFAIL, UNCACHED, Entry
 from clusterdns.forward.forwarder import Overloaded
 from clusterdns.wire import scan as W
@@ -63,20 +62,36 @@ Fetch = Callable[[Query], Awaitable[Answer]]
 Done = Callable[[Answer | None, BaseException | None], None]
 #: a fetch without a coroutine: start it and call Done later (may raise at once)
 Start = Callable[[Query, Done], None]
+#: takes a miss's reply when it comes (`ResponseCache.miss` with `notify`)
+Notify = Callable[[bytes], None]
+
+
+class Later:
+    """The type of `LATER`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+#: what `miss` returns when the reply will go to its `notify` callback
+LATER = Later()
 
 
 class _Lru(OrderedDict):  # type: ignore[type-arg]
     """One part of the cache (success or denial): an LRU of entries on an OrderedDict
     (O(1) eviction of the least recently used, and `get` + `move_to_end` are C calls,
     cheap enough for the listeners' hit lane) that counts its evictions. `get` does not
-    refresh recency; a hit does (`ResponseCache.hot`, `lookup`)."""
+    refresh recency; a hit does (`ResponseCache.hot`, `lookup`). Also keeps when each
+    name last had a positive answer (`ResponseCache._positive`)."""
 
     def __init__(self, maxsize: int) -> None:
         super().__init__()
         self.maxsize = maxsize
         self.evictions = 0  # coredns_cache_evictions_total{type=<this part>}
 
-    def put(self, key: bytes, value: Entry) -> None:
+    def put(self, key: bytes, value: Entry | float) -> None:
         self[key] = value
         self.move_to_end(key)
         while len(self) > self.maxsize:
@@ -92,14 +107,30 @@ class Hit(NamedTuple):
 
 
 class _Waiter:
-    """A client waiting on a flight: its question, size limit, reply future and (with a
-    stale entry to fall back on) the RFC 8767 client response timer."""
+    """A client waiting on a flight: its question, size limit, where its reply goes (a
+    future, or a plain callback: the UDP listener's, which saves the Future, its
+    done-callback and the loop turn that runs it on every miss) and (with a stale entry
+    to fall back on) the RFC 8767 client response timer."""
 
-    __slots__ = ("q", "limit", "fut", "timer")
+    __slots__ = ("fut", "limit", "notify", "q", "reply", "timer")
 
-    def __init__(self, q: Query, limit: int | None, fut: asyncio.Future[bytes]) -> None:
+    def __init__(self, q: Query, limit: int | None, fut: asyncio.Future[bytes] | None) -> None:
         self.q, self.limit, self.fut = q, limit, fut
+        self.notify: Notify | None = None  # set once `miss` has returned
         self.timer: asyncio.TimerHandle | None = None
+        self.reply: bytes | None = None  # set once answered
+
+    def waiting(self) -> bool:
+        """Not answered yet, and (a future) the asker has not given up."""
+        return self.reply is None and (self.fut is None or not self.fut.done())
+
+    def settle(self, reply: bytes) -> None:
+        """Hand `reply` over (to the future, the callback, or kept for `miss` to return)."""
+        self.reply = reply
+        if self.fut is not None:
+            self.fut.set_result(reply)
+        elif self.notify is not None:
+            self.notify(reply)
 
 
 class _Flight:
@@ -150,7 +181,8 @@ class ResponseCache:
         self._denials: _Lru = _Lru(max_denial_entries)  # NXDOMAIN, NODATA, SERVFAIL
         # name -> when a positive answer for it was last stored (stale-NXDOMAIN rule; kept
         # only while serve-stale is on, the only reader)
-        self._positive: LRUCache[bytes, float] = LRUCache(max_entries)
+        # (an OrderedDict LRU: cachetools' LRUCache, in Python, cost ~3% of a miss flood)
+        self._positive: _Lru = _Lru(max_entries)
         self._flights: dict[bytes, _Flight] = {}
         self._background: set[asyncio.Task[Answer]] = set()
         self.hits = self.misses = self.prefetches = self.stale = 0
@@ -203,19 +235,33 @@ class ResponseCache:
         """The listeners' plain lane: the fresh entry for `key` (the parser's cache key,
         `Query.key`), counted, its `heads` and `tail` rendered for this second; None when
         the general path must decide (no fresh entry, or a prefetch is due: it needs the
-        query). The caller writes the reply: ID + head + its question + tail (+ OPT)."""
+        query). The caller writes the reply: ID + head + its question + tail (+ OPT).
+
+        A positive entry whose pieces are right until `Entry.until` costs one dict get
+        and one clock read; recency is refreshed when they are rendered again (once a
+        second per entry, so the LRU order is kept to the second)."""
+        e = self._entries.get(key)
+        if e is not None and self.timer() < e.until:
+            self.hits += 1
+            e.hits += 1
+            return e
+        return self._hot_render(key, e)
+
+    def _hot_render(self, key: bytes, e: Entry | None) -> Entry | None:
+        """`hot` for a denial, an entry whose TTL second has turned, or one due for prefetch."""
         entries = self._entries
-        e = entries.get(key)
         if e is None:  # only a positive miss pays for the denial part
             entries = self._denials
             e = entries.get(key)
             if e is None:
                 return None
-        left = e.ttl - int(self.timer() - e.stored)
+        now = self.timer()
+        elapsed = int(now - e.stored)
+        left = e.ttl - elapsed
         if left <= 0:
             return None
-        if self.prefetch and e.hits + 1 >= self.prefetch and \
-                left <= max(1, e.ttl * self.prefetch_percentage // 100):
+        due = self.prefetch and left <= max(1, e.ttl * self.prefetch_percentage // 100)
+        if due and e.hits + 1 >= self.prefetch:
             return None  # `lookup` starts the refresh
         entries.move_to_end(key)
         self.hits += 1
@@ -224,6 +270,9 @@ class ResponseCache:
             self.denial_hits += 1
         if e.tail_ttl != left:
             e.patch(left)
+        # the same pieces serve until the TTL's second turns; an entry near its prefetch
+        # point is checked on every hit
+        e.until = 0.0 if due or e.kind != POSITIVE else e.stored + elapsed + 1
         return e
 
     @property
@@ -240,19 +289,22 @@ class ResponseCache:
         reply = self.miss(q, limit)
         return reply if isinstance(reply, bytes) else await reply
 
-    def miss(self, q: Query, limit: int | None) -> bytes | asyncio.Future[bytes]:
+    def miss(self, q: Query, limit: int | None, notify: Notify | None = None
+             ) -> bytes | asyncio.Future[bytes] | Later:
         """After `lookup` found nothing fresh: the reply now (stale, during a recheck
-        pause) or a Future of it. The Future always gets a reply, never an exception:
-        the answer, REFUSED on overload, a stale answer, or SERVFAIL."""
+        pause, or a fetch that failed at once) or a Future of it; with `notify`, LATER
+        instead of a Future, and `notify(reply)` is called once, never before this
+        returns. The Future or `notify` always gets a reply, never an exception: the
+        answer, REFUSED on overload, a stale answer, or SERVFAIL."""
         self.misses += 1
         key = q.key
         stale = self._stale_candidate(key) if self.serve_stale else None
         if stale is not None and self.timer() < stale.retry_after:
             return self._serve_stale(stale, q, limit)  # upstream failed just now: don't hammer
-        loop = asyncio.get_running_loop()
-        w = _Waiter(q, limit, loop.create_future())
+        w = _Waiter(q, limit, None if notify is not None else asyncio.get_running_loop().create_future())
         if stale is not None:  # a slow upstream gets stale_answer_timeout (RFC 8767 5)
-            w.timer = loop.call_later(self.stale_answer_timeout, self._stale_timeout, w, stale)
+            w.timer = asyncio.get_running_loop().call_later(self.stale_answer_timeout, self._stale_timeout,
+                                                            w, stale)
         f = self._flights.get(key)
         if f is not None:
             self.coalesced += 1
@@ -261,12 +313,17 @@ class ResponseCache:
             f = _Flight(self, q)
             f.waiters.append(w)
             self._launch(f)
-        return w.fut
+        if w.fut is not None:
+            return w.fut
+        if w.reply is not None:
+            return w.reply  # the fetch failed at once (overload, loop probe): no callback
+        w.notify = notify
+        return LATER
 
     def _stale_timeout(self, w: _Waiter, stale: Entry) -> None:
         w.timer = None
-        if not w.fut.done():
-            w.fut.set_result(self._serve_stale(stale, w.q, w.limit))
+        if w.waiting():
+            w.settle(self._serve_stale(stale, w.q, w.limit))
 
     def _launch(self, f: _Flight) -> None:
         """Register the flight, then start its fetch (which may even report at once)."""
@@ -301,14 +358,17 @@ class ResponseCache:
             if w.timer is not None:
                 w.timer.cancel()
                 w.timer = None
-            if w.fut.done():
+            if not w.waiting():
                 continue  # served stale already, or the asker gave up
             try:
                 reply = self._reply(w.q, w.limit, entry, exc)
             except Exception:  # a bug must cost one answer, never the others
                 log.exception("internal error answering %s", w.q.text)
                 reply = W.error_reply(w.q, Rcode.SERVFAIL)
-            w.fut.set_result(reply)
+            try:
+                w.settle(reply)
+            except Exception:  # the asker's callback failed: its answer only
+                log.exception("internal error delivering the answer for %s", w.q.text)
 
     def _reply(self, q: Query, limit: int | None, entry: Entry | None,
                exc: BaseException | None) -> bytes:
@@ -353,7 +413,7 @@ class ResponseCache:
         part.put(key, entry)
         self.inserts += 1
         if entry.kind == POSITIVE and self.serve_stale:
-            self._positive[entry.name] = entry.stored
+            self._positive.put(entry.name, entry.stored)
         return entry
 
     def _failed(self, key: bytes) -> None:

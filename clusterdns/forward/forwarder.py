@@ -106,6 +106,9 @@ class Forwarder:
         self.in_flight = 0
         self._rr = itertools.count()
         self._sweeper: asyncio.Task[None] | None = None
+        # the loop of the first `start` (the pools keep theirs alike): asyncio.get_running_loop
+        # checks the process ID, a system call, and it was ~10% of a miss flood's profile
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"Forwarder({self.name}, {[str(u.spec) for u in self.upstreams]}, {self.policy})"
@@ -164,8 +167,11 @@ class Forwarder:
                 break
         else:
             self.stats.all_down += 1  # CoreDNS coredns_forward_healthcheck_broken_total
+        loop = self._loop
+        if loop is None or loop.is_closed():  # (a forwarder outliving its loop: tests)
+            loop = self._loop = asyncio.get_running_loop()
         self.in_flight += 1
-        _Query(self, name, qtype, qclass, do, cd, done, scanned).step()
+        _Query(self, loop, name, qtype, qclass, do, cd, done, scanned).step()
 
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None and not self.closed:
@@ -197,16 +203,18 @@ class _Query:
     """
 
     __slots__ = ("cd", "deadline", "do", "done", "fallback", "fallback_scan", "finished", "fwd", "i",
-                 "name", "order", "qclass", "qtype", "scanned", "started", "until", "up")
+                 "loop", "name", "order", "qclass", "qtype", "scanned", "started", "until", "up")
 
-    def __init__(self, fwd: Forwarder, name: bytes, qtype: int, qclass: int, do: bool, cd: bool,
-                 done: Done | ScanDone, scanned: bool = False) -> None:
+    def __init__(self, fwd: Forwarder, loop: asyncio.AbstractEventLoop, name: bytes, qtype: int, qclass: int,
+                 do: bool, cd: bool, done: Done | ScanDone, scanned: bool = False) -> None:
         self.fwd, self.name, self.qtype, self.qclass, self.do, self.cd = fwd, name, qtype, qclass, do, cd
         self.done = done
         self.scanned = scanned  # `done` takes the answer's Scan, not its bytes
-        self.order = fwd._order()
+        ups = fwd.upstreams
+        self.order = ups if len(ups) == 1 else fwd._order()
         self.i = 0
-        self.deadline = asyncio.get_running_loop().time() + fwd.timeout
+        self.loop = loop
+        self.deadline = loop.time() + fwd.timeout
         self.until = 0.0  # end of the current step (loop time)
         self.fallback: bytes | None = None
         self.fallback_scan: W.Scan | None = None
@@ -221,7 +229,7 @@ class _Query:
             while self.i < len(self.order) and not fwd.closed:
                 up = self.order[self.i]
                 self.i += 1
-                now = asyncio.get_running_loop().time()
+                now = self.loop.time()
                 left = self.deadline - now
                 if left <= 0:
                     break
@@ -231,7 +239,7 @@ class _Query:
                 self.started = time.perf_counter()
                 fwd.stats.requests += 1
                 if up.spec.force_tcp:
-                    self._tcp()
+                    self._tcp(timeout)
                 else:
                     up.pool.send(W.build_query(0, self.name, self.qtype, self.qclass,
                                                do=self.do, cd=self.cd), timeout, self._udp_done)
@@ -249,7 +257,7 @@ class _Query:
                 self._failed(exc)
             elif answer[2] & 0x02:  # type: ignore[index]  # TC: the full answer needs TCP (RFC 7766 5)
                 self.fwd.stats.tc_retries += 1
-                self._tcp()
+                self._tcp(self.until - self.loop.time())
             else:
                 self._answered(answer)  # type: ignore[arg-type]
         except Exception as exc2:
@@ -279,10 +287,10 @@ class _Query:
         up.failed()
         self.step()
 
-    def _tcp(self) -> None:
+    def _tcp(self, left: float) -> None:
+        """Ask the step's upstream over TCP within `left` seconds (what is left of the step)."""
         up = self.up
         assert up is not None
-        left = self.until - asyncio.get_running_loop().time()
         up.tcp.send(self.name, self.qtype, self.qclass, self.do, self.cd, max(left, 0.0),
                     self._tcp_done)
 

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from clusterdns.cache.cache import Hit, ResponseCache
+from clusterdns.cache.cache import Hit, Later, Notify, ResponseCache
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.loop import LoopDetector, check_self_forwarding
 from clusterdns.forward.sources import (
@@ -35,8 +35,8 @@ class Forwarding:
 
     `handle()` takes a query for a name outside the authoritative zones (`local_zones`)
     straight to its forward zone, without dnslib: a cache hit is answered synchronously,
-    a miss returns an asyncio.Future of the reply (resolved by callbacks: no Task), an
-    uncached zone a coroutine. `follow()` runs after the cluster zone answered: a
+    a miss returns an asyncio.Future of the reply (resolved by callbacks: no Task), or
+    with `notify` hands the reply to that callback, an uncached zone a coroutine. `follow()` runs after the cluster zone answered: a
     reverse name it does not know falls through to the upstreams (kubeadm's
     `fallthrough in-addr.arpa ip6.arpa`), and an ExternalName target outside the zone
     is resolved upstream and appended after the CNAME.
@@ -80,10 +80,13 @@ class Forwarding:
             self.caches.clear()  # costs a route (~1 us) per name on its next hit
         self.caches[name] = cache
 
-    def handle(self, q: Query, data: bytes, tcp: bool) -> Hit | bytes | Awaitable[bytes] | None:
+    def handle(self, q: Query, data: bytes, tcp: bool, notify: Notify | None = None
+               ) -> Hit | bytes | Awaitable[bytes] | Later | None:
         """A cache `Hit` (reply + entry, counted), else the reply (bytes, a Future or a
-        coroutine) for a forwarded name; None: not ours to forward. A Future or coroutine
-        never fails: errors become SERVFAIL replies."""
+        coroutine) for a forwarded name; None: not ours to forward. With `notify`, a
+        cache miss gives `cache.LATER` and its reply to `notify` (no Future: see
+        `ResponseCache.miss`). A Future, coroutine or `notify` never fails: errors
+        become SERVFAIL replies."""
         if q.qclass != RRClass.IN or q.qtype in (RRType.OPT, RRType.IXFR, RRType.AXFR) or self._is_local(q.name):
             return None
         zone = self.table.route(q.name)
@@ -95,15 +98,15 @@ class Forwarding:
             hit = cache.lookup(q, limit)
             if hit is not None:
                 return hit
-        return self._miss(zone, q, limit)
+        return self._miss(zone, q, limit, notify)
 
-    def _miss(self, zone: ForwardZone, q: Query, limit: int | None
-              ) -> bytes | Awaitable[bytes]:
-        """A cached zone's miss as a Future (the fast path); else the coroutine."""
+    def _miss(self, zone: ForwardZone, q: Query, limit: int | None, notify: Notify | None = None
+              ) -> bytes | Awaitable[bytes] | Later:
+        """A cached zone's miss as a Future or LATER (the fast path); else the coroutine."""
         if zone.cache is None:
             return self._safe(zone.resolve(q, limit), q)
         try:
-            return zone.cache.miss(q, limit)
+            return zone.cache.miss(q, limit, notify)
         except Exception:  # a bug must cost one answer, never the server
             self.errors += 1
             log.exception("internal error forwarding %s", q.text)

@@ -25,6 +25,14 @@ queries waiting on it; after two in a row new connects back off (doubling, up to
 `_BACKOFF_MAX`), failing queries at once meanwhile. A connection where a query timed
 out with nothing read since it was sent takes no new queries and closes once empty;
 an idle one closes after `expire` seconds.
+
+Some servers close a connection after a fixed number of queries (dnsmasq after 100,
+its TCP_MAX_QUERIES), cutting off whatever is pipelined past it: measured with dnsmasq
+upstream and a miss flood, 60% of the queries were sent twice, and a query cut off a
+second time fails. When two connections in a row are closed by the server, with queries
+still in flight, after answering the same number of queries, the pool takes that number
+as the server's limit (`per_conn_limit`): a connection takes no new query once it has
+been sent that many, and the next ones go to another connection.
 """
 
 from __future__ import annotations
@@ -110,19 +118,25 @@ class _Conn(asyncio.Protocol):
         self.last_used = loop.time()
         self.last_read = 0.0
         self.connecting: asyncio.Task[None] | None = None
+        self.sent = 0  # queries put in flight here (resent ones included)
+        self.answered = 0
 
     def usable(self) -> bool:
         return not (self.closed or self.draining or self.paused) \
             and len(self.in_flight) < self.pool.max_in_flight
 
-    def send(self, q: TcpQuery) -> None:
+    def send(self, q: TcpQuery, now: float) -> None:
+        """Put `q` in flight here (`now`: the loop's time); written with this turn's others."""
         in_flight, expired, ids = self.in_flight, self.expired, self.pool._ids
         qid = ids.next()
         while qid in in_flight or qid in expired:
             qid = ids.next()
         q.qid, q.conn = qid, self
         in_flight[qid] = q
-        self.last_used = q.sent_at = self.loop.time()
+        self.sent += 1
+        if self.sent >= self.pool.per_conn_limit > 0:
+            self.draining = True  # the server would cut the next one off: no more here
+        self.last_used = q.sent_at = now
         wire = q.wire
         if not self.out and self.transport is not None:
             self.loop.call_soon(self._flush)
@@ -192,6 +206,7 @@ class _Conn(asyncio.Protocol):
         if q.timer is not None:
             q.timer.cancel()
         self.last_used = self.last_read
+        self.answered += 1
         pool._deadlines.trim()
         try:
             q.callback(msg, None)
@@ -242,6 +257,9 @@ class TcpPool:
         self._deadlines: Deadlines[TcpQuery] = Deadlines(self._expire)
         self._connect_failures = 0  # in a row
         self._no_connect_until = 0.0
+        # the server's evident queries-per-connection limit (0: none seen); see the module doc
+        self.per_conn_limit = 0
+        self._cut_after = -1  # answers on the last connection the server closed mid-flight
 
     def __repr__(self) -> str:
         return f"TcpPool({self._peer}, conns={len(self._conns)}, opened={self.opened})"
@@ -287,8 +305,9 @@ class TcpPool:
         if self.closed:
             self._fail(q, ConnectionError("forwarder closed"))
             return q
-        self._deadlines.add(loop, q, loop.time() + timeout)
-        self._dispatch(q)
+        now = loop.time()
+        self._deadlines.add(loop, q, now + timeout)
+        self._dispatch(q, now)
         return q
 
     def cancel(self, q: TcpQuery) -> None:
@@ -301,11 +320,13 @@ class TcpPool:
         if q.conn is not None:
             q.conn.forget(q)
 
-    def _dispatch(self, q: TcpQuery) -> None:
-        """Put `q` on a connection (opening one if there is room), or make it wait."""
+    def _dispatch(self, q: TcpQuery, now: float | None = None) -> None:
+        """Put `q` on a connection (opening one if there is room), or make it wait.
+        `now`: the loop's time, when the caller has it."""
         loop = self._loop
         assert loop is not None
-        now = loop.time()
+        if now is None:
+            now = loop.time()
         conn = self._pick(now)
         if conn is not None:
             self._fwd.stats.conns_reused += 1
@@ -322,7 +343,7 @@ class TcpPool:
         else:
             self._waiting.append(q)
             return
-        conn.send(q)
+        conn.send(q, now)
 
     def _pick(self, now: float) -> _Conn | None:
         """The oldest connection with room; idle ones past `expire` are closed on the way."""
@@ -381,6 +402,8 @@ class TcpPool:
         conn.closed = True
         self._remove(conn)
         in_flight, conn.in_flight = conn.in_flight, {}
+        if resend and conn.answered and any(q.live for q in in_flight.values()):
+            self._learn_limit(conn.answered)
         conn.out = []
         err = exc if exc is not None and not resend else ConnectionError(
             f"TCP connection to {self._peer[0]}:{self._peer[1]} closed"
@@ -395,6 +418,17 @@ class TcpPool:
             else:
                 self._fail(q, err)
         self._pump()
+
+    def _learn_limit(self, answered: int) -> None:
+        """The server closed a connection mid-flight after `answered` answers: the same
+        count twice in a row is its limit per connection (a restart or an idle timeout
+        closes at a count of chance, and is not taken)."""
+        if answered == self._cut_after:
+            if self.per_conn_limit != answered:
+                log.info("TCP to %s:%s: the server closes connections after %d queries; "
+                         "sending no more than that on each", self._peer[0], self._peer[1], answered)
+            self.per_conn_limit = answered
+        self._cut_after = answered
 
     def _remove(self, conn: _Conn) -> None:
         try:

@@ -11,12 +11,13 @@ import ipaddress
 import logging
 import socket
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from clusterdns.forward.tcppool import TcpPool
 from clusterdns.forward.udppool import UdpPool
-from clusterdns.obs.counters import TIME_BUCKETS, _Hist, rcode_label
+from clusterdns.obs.counters import RCODES, TIME_BUCKETS, _Hist, rcode_label
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import RRClass, RRType
 from clusterdns.wire.names import Malformed
@@ -80,11 +81,13 @@ class UpstreamStats:
     conn_misses: int = 0  # TCP connection opened
 
     def observe(self, rcode: int, seconds: float) -> None:
-        name = rcode_label(rcode)
+        """One exchange's time, by rcode (once per forwarded miss: kept to a few lookups)."""
+        name = RCODES.get(rcode) or rcode_label(rcode)
         hist = self.durations.get(name)
         if hist is None:
             hist = self.durations[name] = _Hist(len(TIME_BUCKETS))
-        hist.observe(TIME_BUCKETS, seconds)
+        hist.counts[bisect_left(TIME_BUCKETS, seconds)] += 1  # `_Hist.observe` inlined
+        hist.sum += seconds
 
 
 class Upstream:

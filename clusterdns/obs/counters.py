@@ -197,7 +197,9 @@ class QueryStats:
         hist = self.durations.get(dkey)
         if hist is None:
             hist = self.durations[dkey] = _Hist(len(TIME_BUCKETS))
-        hist.observe(TIME_BUCKETS, seconds)
+        # `_Hist.observe` inlined: once per forwarded answer, two calls fewer
+        hist.counts[bisect.bisect_left(TIME_BUCKETS, seconds)] += 1
+        hist.sum += seconds
 
     def drop(self, slot: int, tcp: bool, reason: str) -> None:
         """A packet answered with nothing: too short, a response, over a limit..."""

@@ -29,7 +29,7 @@ from clusterdns.wire.encode import OPTS
 from clusterdns.wire import question as Q
 from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, MAX_TCP, RRClass, RRType, Rcode
 from clusterdns.forward.forwarding import Forwarding
-from clusterdns.cache.cache import Hit
+from clusterdns.cache.cache import LATER, Hit, Later, Notify
 from clusterdns.wire.scan import _opt
 
 log = logging.getLogger("clusterdns")
@@ -50,11 +50,12 @@ TC_COUNTS = (b"\x00\x01\x00\x00\x00\x00\x00\x00", b"\x00\x01\x00\x00\x00\x00\x00
 
 
 class Answer(NamedTuple):
-    """What `Handler.answer` gives the listener: the reply (bytes, or an awaitable of the
-    bytes: forwarded), who wrote it (CoreDNS's `plugin` label: kubernetes, cache, forward,
-    chaos; "" for protocol errors) and the cache entry of a hit."""
+    """What `Handler.answer` gives the listener: the reply (bytes, an awaitable of the
+    bytes: forwarded, or `LATER`: forwarded, to the `notify` given), who wrote it
+    (CoreDNS's `plugin` label: kubernetes, cache, forward, chaos; "" for protocol
+    errors) and the cache entry of a hit."""
 
-    reply: bytes | Awaitable[bytes | None]
+    reply: bytes | Awaitable[bytes | None] | Later
     plugin: str = ""
     entry: Entry | None = None
 
@@ -240,10 +241,12 @@ class Handler:
         return reply
 
     # ------------------------------------------------------------------ everything else
-    def answer(self, data: bytes, tcp: bool) -> Answer | None:
-        """Answer one query's bytes; None means drop (no header, or not a query)."""
+    def answer(self, data: bytes, tcp: bool, notify: Notify | None = None) -> Answer | None:
+        """Answer one query's bytes; None means drop (no header, or not a query). With
+        `notify`, a forward-cache miss's reply goes to it, once, and the Answer's reply
+        is `LATER` (what `ResponseCache.miss` says)."""
         try:
-            return self._answer(data, tcp)
+            return self._answer(data, tcp, notify)
         except Exception:  # a bug must cost one answer, never the server
             self.errors += 1
             log.exception("internal error answering a query")
@@ -255,7 +258,7 @@ class Handler:
         a = self.answer(data, tcp)
         return None if a is None else a.reply
 
-    def _answer(self, data: bytes, tcp: bool) -> Answer | None:
+    def _answer(self, data: bytes, tcp: bool, notify: Notify | None) -> Answer | None:
         try:
             q = Q.parse(data)
         except (Q.ShortHeader, Q.NotQuery):
@@ -279,7 +282,10 @@ class Handler:
         forwarding = self.forwarding
         if apex is None:
             if forwarding is not None:
-                forwarded = forwarding.handle(q, data, tcp)  # a cache Hit, else bytes, a Future or a coroutine
+                # a cache Hit, else bytes, LATER, a Future or a coroutine
+                forwarded = forwarding.handle(q, data, tcp, notify)
+                if forwarded is LATER:
+                    return Answer(LATER, "forward")
                 if type(forwarded) is Hit:
                     return Answer(forwarded.reply, "cache", forwarded.entry)
                 if forwarded is not None:  # bytes: served stale by the cache, or its error

@@ -22,6 +22,7 @@ from time import perf_counter
 
 from clusterdns import batchio
 from clusterdns.batchio import BATCH, RECV_SIZE, SEND_SIZE
+from clusterdns.cache.cache import LATER
 from clusterdns.obs.logs import QueryLog
 from clusterdns.server.handler import (
     CACHE_OPTS,
@@ -117,11 +118,11 @@ class UDPListener:
                     end, x = size - 15, 2 | (data[size - 4] >> 7)
                 else:
                     end = 0
-                out = None
+                out = p = None
                 if end > LONGEST_END and not data[2] & 0xF8:
                     out = too_long  # a question name past 255 bytes, told by the size alone
                 elif end > 12 and not data[2] & 0xF8 and lookup is not None:
-                    p = lookup(data[12:end].lower(), data[end:end + 4])
+                    p = lookup(name := data[12:end].lower(), data[end:end + 4])
                     if p is not None and type(p) is not bytes and p.classes is not None and p not in falls:
                         if p.qtype:
                             cls = p.classes[x << 1]
@@ -136,11 +137,12 @@ class UDPListener:
                                 out = None  # to be cut to the client's size: fast does it
                             else:
                                 cls[slot] += 1
-                if out is None and lookup is not None:
-                    out = fast(data, 0, slot)
+                if out is None and p is not None and p not in falls:
+                    out = fast(data, 0, slot)  # lone records, a class's first answer, answers to cut
                 if out is None and caches is not None and end > 12 and not data[2] & 0xF8:
                     # the common case inlined from Handler.cached: a forward-cache hit
-                    name = data[12:end].lower()
+                    if lookup is None:
+                        name = data[12:end].lower()
                     cache = caches.get(name)
                     known = cache is not None
                     if not known:
@@ -182,36 +184,46 @@ class UDPListener:
                 return
 
     def _slow(self, data: bytes, i: int, started: float) -> bytes | None:
-        """The handler's answer to datagram `i`, if it has one now (else it is sent later)."""
+        """The handler's answer to datagram `i`, if it has one now (else it is sent later:
+        a forward-cache miss's reply is handed to `_ready` by the cache, without a Future;
+        any other awaitable's goes through `_settled`)."""
         handler = self.handler
         if self.io.truncated(i):
             self.stats.drop(self.slot, False, "too_long")
             return None
-        answer = handler.answer(data, False)
+        source = self.io.source(i)
+        # "forward": the label `Handler` gives a forwarded answer
+        answer = handler.answer(data, False, partial(self._ready, data, source, started, "forward"))
         if answer is None:
             self.stats.drop(self.slot, False, "short" if len(data) < 12 else "response")
             return None
-        source = self.io.source(i)
         reply = answer.reply
         if isinstance(reply, bytes):
             self._done(data, reply, source, started, answer.plugin)
             return reply
         self.pending += 1
+        if reply is LATER:
+            return None  # the cache calls `_ready`
         fut = asyncio.ensure_future(reply)  # a Future stays itself; a coroutine becomes a Task
-        fut.add_done_callback(partial(self._ready, data, source, started, answer.plugin))
+        fut.add_done_callback(partial(self._settled, data, source, started, answer.plugin))
         return None
 
-    def _ready(self, data: bytes, source: object, started: float, plugin: str, fut: asyncio.Future) -> None:
-        """A forwarded answer is ready: queued, and sent with the others ready in this turn
-        of the loop (answers from one upstream batch land together)."""
-        self.pending -= 1
+    def _settled(self, data: bytes, source: object, started: float, plugin: str, fut: asyncio.Future) -> None:
+        """An awaited answer is done: its reply to `_ready` (a failure is dropped)."""
         if fut.cancelled():
+            self.pending -= 1
             return
         exc = fut.exception()
         if exc is not None:
+            self.pending -= 1
             log.debug("udp answer failed: %r", exc)
             return
-        reply = fut.result()
+        self._ready(data, source, started, plugin, fut.result())
+
+    def _ready(self, data: bytes, source: object, started: float, plugin: str, reply: bytes | None) -> None:
+        """A forwarded answer is ready: queued, and sent with the others ready in this turn
+        of the loop (answers from one upstream batch land together)."""
+        self.pending -= 1
         if reply is None or self.closed:
             return
         if self.rrl is not None:

@@ -182,6 +182,31 @@ async def test_concurrent_identical_misses_make_one_upstream_query(fake, clock) 
         z.close()
 
 
+async def test_plain_lane_steps_aside_when_a_popular_entry_enters_its_prefetch_window(fake, clock) -> None:
+    """The plain lane reuses an entry's rendered pieces within a TTL second, yet hands the
+    query to the general path (which starts the refresh) once the entry is popular and in
+    its last 10%."""
+    up = await fake("pop.example.test. 100 IN A 192.0.2.5")
+    z = zone_for(up.port, clock, prefetch=3)
+    try:
+        q, _ = question("pop.example.test")
+        await z.resolve(q, None)
+        first = z.cache.hot(q.key)
+        assert first is not None and z.cache.hot(q.key) is first and first.tail_ttl == 100
+        clock.advance(89.5)  # 10.5 s left: not yet inside the last 10%
+        assert z.cache.hot(q.key) is not None and first.tail_ttl == 11
+        clock.advance(0.6)  # 9.9 s left, popular (3 hits): the general path must see it
+        assert z.cache.hot(q.key) is None
+        assert z.lookup(q, None) is not None
+        for _ in range(40):
+            if up.count() == 2:
+                break
+            await asyncio.sleep(0.025)
+        assert up.count() == 2 and z.cache.prefetches == 1
+    finally:
+        z.close()
+
+
 async def test_popular_entry_is_prefetched_before_it_expires(fake, clock) -> None:
     """Asked `prefetch` times, an entry is refreshed in the background in its last 10%,
     so clients never see the miss."""

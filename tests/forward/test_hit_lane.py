@@ -143,7 +143,7 @@ async def test_hit_lane_counts_its_ttl_down_without_the_general_path(fake, monke
     c = UDPClient(listener.sockname())
     slow: list[bytes] = []
     real = handler_mod.Handler.answer
-    monkeypatch.setattr(handler_mod.Handler, "answer", lambda self, data, tcp: slow.append(data) or real(self, data, tcp))
+    monkeypatch.setattr(handler_mod.Handler, "answer", lambda self, data, tcp, notify=None: slow.append(data) or real(self, data, tcp, notify))
     q = dns.message.make_query("www.example.test.", "A").to_wire()
     try:
         first = ttl_of(await c.ask(q))  # miss: fetched

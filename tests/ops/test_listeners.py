@@ -129,7 +129,7 @@ async def test_udp_drain_drops_new_queries_but_sends_answers_in_flight(handler) 
         return await gate
 
     try:
-        handler.answer = lambda data, tcp: Answer(slow_answer(), "forward")  # a forwarded question in flight
+        handler.answer = lambda data, tcp, notify=None: Answer(slow_answer(), "forward")  # a forwarded question in flight
         c.send(wire("x.example."))
         for _ in range(100):
             await asyncio.sleep(0.01)
@@ -159,7 +159,7 @@ async def test_tcp_drain_closes_after_the_last_pending_answer(handler) -> None: 
     async def slow_answer() -> bytes:
         return await gate
 
-    handler.answer = lambda data, tcp: Answer(slow_answer(), "forward")
+    handler.answer = lambda data, tcp, notify=None: Answer(slow_answer(), "forward")
     q = wire("x.example.")
     p.data_received(len(q).to_bytes(2, "big") + q)
     p.stop_reading()

@@ -125,7 +125,7 @@ async def test_answers_ready_later_go_out_together_each_to_its_client(handler, i
     loop = asyncio.get_running_loop()
     futures: list[tuple[bytes, asyncio.Future]] = []
 
-    def later(data: bytes, tcp: bool) -> Answer:
+    def later(data: bytes, tcp: bool, notify: object = None) -> Answer:
         fut = loop.create_future()
         futures.append((data, fut))
         return Answer(fut, "forward")
