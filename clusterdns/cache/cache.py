@@ -54,6 +54,8 @@ from clusterdns.wire.names import Malformed
 from clusterdns.wire.question import Query
 
 log = logging.getLogger("clusterdns.cache")
+# plain ints for the per-answer classification (an IntEnum member costs ~0.2 us a read)
+_NOERROR, _NXDOMAIN, _SERVFAIL = int(Rcode.NOERROR), int(Rcode.NXDOMAIN), int(Rcode.SERVFAIL)
 
 #: an upstream answer: its bytes, or the forwarder's scan of them (then not scanned again)
 Answer = bytes | W.Scan
@@ -434,15 +436,15 @@ class ResponseCache:
         kind, ttl = UNCACHED, 0
         if s.tc:
             pass  # RFC 2181 9: a truncated answer is not cached
-        elif s.rcode == Rcode.NOERROR and s.ancount:
+        elif s.rcode == _NOERROR and s.ancount:
             kind = POSITIVE
             ttl = min(max(s.min_ttl or 0, self.min_ttl), self.max_ttl)
-        elif s.rcode in (Rcode.NOERROR, Rcode.NXDOMAIN) and s.negative_ttl is not None:
-            kind = NXDOMAIN if s.rcode == Rcode.NXDOMAIN else NODATA
+        elif s.rcode in (_NOERROR, _NXDOMAIN) and s.negative_ttl is not None:
+            kind = NXDOMAIN if s.rcode == _NXDOMAIN else NODATA
             neg = s.negative_ttl if s.answer_min_ttl is None else \
                 min(s.negative_ttl, s.answer_min_ttl)
             ttl = min(max(neg, self.min_negative_ttl), self.max_negative_ttl)
-        elif s.rcode == Rcode.SERVFAIL and self.servfail_ttl > 0:
+        elif s.rcode == _SERVFAIL and self.servfail_ttl > 0:
             kind, ttl = SERVFAIL, self.servfail_ttl
         return Entry(s.wire, s.qend, s.ttl_offsets, kind, q.name, now, ttl)
 

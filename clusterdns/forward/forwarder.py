@@ -37,6 +37,7 @@ Done = Callable[[bytes | None, BaseException | None], None]
 ScanDone = Callable[[W.Scan | None, BaseException | None], None]
 
 log = logging.getLogger("clusterdns.forward")
+_TRY_NEXT = frozenset((int(Rcode.SERVFAIL), int(Rcode.REFUSED)))  # rcodes that send a query on
 
 POLICIES = ("random", "round_robin", "sequential")
 
@@ -273,7 +274,7 @@ class _Query:
             return
         up.stats.observe(answer[3] & 0x0F, time.perf_counter() - self.started)
         up.fails = 0
-        if answer[3] & 0x0F in (Rcode.SERVFAIL, Rcode.REFUSED):
+        if answer[3] & 0x0F in _TRY_NEXT:
             self.fallback, self.fallback_scan = answer, scan
             self.step()
         else:

@@ -27,6 +27,9 @@ from clusterdns.wire.names import Malformed, in_zone, to_text, to_wire
 from clusterdns.wire.question import Query
 
 log = logging.getLogger("clusterdns.forward")
+#: what is never forwarded, as plain ints (an IntEnum member costs ~0.2 us a read, per miss)
+_NOT_FORWARDED = frozenset((int(RRType.OPT), int(RRType.IXFR), int(RRType.AXFR)))
+_C_IN = int(RRClass.IN)
 ROUTE_MEMO = 65536  # names with hits remembered by `Forwarding.caches` before it starts over
 
 
@@ -87,7 +90,7 @@ class Forwarding:
         cache miss gives `cache.LATER` and its reply to `notify` (no Future: see
         `ResponseCache.miss`). A Future, coroutine or `notify` never fails: errors
         become SERVFAIL replies."""
-        if q.qclass != RRClass.IN or q.qtype in (RRType.OPT, RRType.IXFR, RRType.AXFR) or self._is_local(q.name):
+        if q.qclass != _C_IN or q.qtype in _NOT_FORWARDED or self._is_local(q.name):
             return None
         zone = self.table.route(q.name)
         if zone is None:

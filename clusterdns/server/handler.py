@@ -35,6 +35,10 @@ from clusterdns.wire.scan import _opt
 log = logging.getLogger("clusterdns")
 ONE = E.heads(Rcode.NOERROR, True, 1, 0, 0)  # the headers of a one-record answer
 IDENTITY_NAMES = (b"\x02id\x06server\x00", b"\x08hostname\x04bind\x00")
+# plain ints for the general path's per-query tests: an IntEnum member costs ~0.2 us a read
+_T_OPT, _C_IN, _C_CH = int(RRType.OPT), int(RRClass.IN), int(RRClass.CH)
+_IDENTITY_TYPES = frozenset((int(RRType.TXT), int(RRType.ANY)))
+_TRANSFERS = frozenset((int(RRType.AXFR), int(RRType.IXFR)))
 
 Reply = bytes | None | Awaitable[bytes | None]
 
@@ -270,12 +274,12 @@ class Handler:
         if q.edns and q.version > 0:  # RFC 6891 6.1.3: BADVERS, with an OPT of version 0
             return Answer(self._reply(data, q, E.make(rcode=Rcode.BADVERS, aa=False), None))
         limit = MAX_TCP if tcp else q.udp_limit(self.max_udp)
-        if q.qtype == RRType.OPT:  # not a question (RFC 6891)
+        if q.qtype == _T_OPT:  # not a question (RFC 6891)
             return Answer(self._reply(data, q, E.make(rcode=Rcode.FORMERR, aa=False), limit))
-        if q.qclass == RRClass.CH and q.name in IDENTITY_NAMES and q.qtype in (RRType.TXT, RRType.ANY):
+        if q.qclass == _C_CH and q.name in IDENTITY_NAMES and q.qtype in _IDENTITY_TYPES:
             rec = E.rr(E.OWNER, RRType.TXT, 0, E.txt(self.identity), RRClass.CH)
             return Answer(self._reply(data, q, E.make(answer=[rec]), limit), "chaos")
-        if q.qclass != RRClass.IN or q.qtype in (RRType.AXFR, RRType.IXFR):  # no zone transfers
+        if q.qclass != _C_IN or q.qtype in _TRANSFERS:  # no zone transfers
             return Answer(self._reply(data, q, E.make(rcode=Rcode.REFUSED, aa=False), limit))
         zone = self.zone
         apex = zone.apex_of(q.name) if zone is not None else None
