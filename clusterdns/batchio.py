@@ -270,3 +270,17 @@ class PlainIO:
 
 def for_socket(sock: socket.socket) -> BatchIO | PlainIO:
     return BatchIO(sock) if available() else PlainIO(sock)
+
+
+def grow_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a receive buffer of `size` bytes, room for a burst: the default (~208 KB)
+    holds about 50 datagrams of 4 KB. Past net.core.rmem_max only with CAP_NET_ADMIN
+    (SO_RCVBUFFORCE); else the kernel caps SO_RCVBUF there."""
+    for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if opt is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            return
+        except OSError:
+            continue

@@ -88,20 +88,6 @@ class _Ids:
         return qid
 
 
-def _grow_receive_buffer(sock: socket.socket) -> None:
-    """Room for a burst of answers (a whole batch of misses answered at once): the
-    default buffer holds about 170 datagrams. Past net.core.rmem_max only with
-    CAP_NET_ADMIN (SO_RCVBUFFORCE); else the kernel caps SO_RCVBUF there."""
-    for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
-        if opt is None:
-            continue
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, _RCVBUF)
-            return
-        except OSError:
-            continue
-
-
 class Pending:
     """One query waiting for its answer: the token `UdpPool.cancel` takes."""
 
@@ -124,7 +110,7 @@ class _Socket:
         sock = socket.socket(pool.family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            _grow_receive_buffer(sock)
+            batchio.grow_receive_buffer(sock, _RCVBUF)
             sock.bind(("::" if pool.family == socket.AF_INET6 else "0.0.0.0", 0))
             sock.connect(pool.peer)  # the kernel now drops datagrams from anyone else
             loop.add_reader(sock.fileno(), self._readable)

@@ -154,3 +154,22 @@ async def test_answers_ready_later_go_out_together_each_to_its_client(handler, i
     finally:
         for x in (*clients, listener):
             x.close()
+
+
+def test_listening_socket_has_room_for_a_burst() -> None:
+    """The listener asks for a 1 MB receive buffer (the kernel reports twice what it
+    grants, capped by net.core.rmem_max unless the process may force it): a burst of
+    4 KB junk waits there instead of pushing real queries out."""
+    import socket as _socket
+
+    from clusterdns.server import udp as udp_mod
+
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    sock = udp_mod.bind("127.0.0.1", 0)
+    try:
+        got = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF)
+    finally:
+        sock.close()
+    assert got >= 2 * min(udp_mod.LISTEN_RCVBUF, rmem_max)
+    assert got > 2 * 212992 or rmem_max <= 212992  # more than the kernel's default when allowed
