@@ -174,7 +174,9 @@ def test_the_metrics_count_limited_answers_by_server(limited: ServerProcess) -> 
     assert actions[(server, "dropped")] > 0 and actions[(server, "slipped")] > 0
     assert exceeded[server] == actions[(server, "dropped")] + actions[(server, "slipped")]
     table = fam["clusterdns_rrl_table_entries"][0].value
-    assert 1 <= table <= 100000
+    # one account per client /24 this module's tests used (127.0.{2,3,4,8,9}.x, 127.0.0.x):
+    # more would mean accounts per address or per answer
+    assert 1 <= table <= 6
     assert "rrl" in {s.labels["name"] for s in fam["coredns_plugin_enabled"]}
 
 
