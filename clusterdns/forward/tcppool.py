@@ -39,13 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-from array import array
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from clusterdns.forward.deadlines import Deadlines
+from clusterdns.forward.ids import QueryIds
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import HEADER
 
@@ -62,24 +61,6 @@ _HIGH_WATER = 64 * 1024  # bytes queued in a connection's transport before it ta
 _EXPIRED_MAX = 4096  # timed-out IDs remembered per connection, to tell late answers from spoofs
 _BACKOFF_BASE = 0.05  # seconds without connects after the second failed connect in a row
 _BACKOFF_MAX = 2.0
-
-
-class _Ids:
-    """Query IDs from the OS's CSPRNG (`secrets`), drawn 1024 at a time."""
-
-    __slots__ = ("_buf", "_i")
-
-    def __init__(self) -> None:
-        self._buf = array("H")
-        self._i = 0
-
-    def next(self) -> int:
-        if self._i >= len(self._buf):
-            self._buf = array("H", secrets.token_bytes(2048))
-            self._i = 0
-        qid = self._buf[self._i]
-        self._i += 1
-        return qid
 
 
 class TcpQuery:
@@ -250,7 +231,7 @@ class TcpPool:
         self.max_in_flight: int = getattr(fwd, "tcp_max_in_flight", 1000)
         self.opened = 0  # connections opened so far
         self.closed = False
-        self._ids = _Ids()
+        self._ids = QueryIds()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conns: list[_Conn] = []  # oldest first
         self._waiting: deque[TcpQuery] = deque()  # every connection full: wait for room

@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-from array import array
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from clusterdns import batchio
 from clusterdns.forward.deadlines import Deadlines
+from clusterdns.forward.ids import QueryIds
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import HEADER
 
@@ -68,24 +67,6 @@ class Counters(Protocol):
 
     spoofed: int
     late: int
-
-
-class _Ids:
-    """Query IDs from the OS's CSPRNG, drawn in batches (one syscall per 1024 IDs)."""
-
-    __slots__ = ("_buf", "_i")
-
-    def __init__(self) -> None:
-        self._buf = array("H")
-        self._i = 0
-
-    def next(self) -> int:
-        if self._i >= len(self._buf):
-            self._buf = array("H", os.urandom(2048))
-            self._i = 0
-        qid = self._buf[self._i]
-        self._i += 1
-        return qid
 
 
 class Pending:
@@ -277,7 +258,7 @@ class UdpPool:
         self.rotate_seconds = rotate_seconds
         self.opened = 0  # sockets opened so far
         self.closed = False
-        self._ids = _Ids()
+        self._ids = QueryIds()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: _Socket | None = None
         self._retired: set[_Socket] = set()
