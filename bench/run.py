@@ -1234,19 +1234,9 @@ def run_memory(ctx: Ctx, churned: bool) -> None:
     jpath = os.path.join(ctx.out, "scale.json")
     cmd = [sys.executable, os.path.join(HERE, "scale.py"), "--services", str(n), "--endpoints-per-service",
            str(per), "--events", str(a.scale_events), "--json", jpath]
-    # a Proc: stopped by PID, with the clusterdns child it starts, should it hang
-    proc = Proc("memory-scale", cmd, None, os.path.join(ctx.out, "raw"))
-    ctx.procs.append(proc)
-    raw = proc.log_path
-    try:
-        rc = proc.p.wait(900)
-    except subprocess.TimeoutExpired:
-        rc = 124
-    proc.stop()
-    if rc == 0 and os.path.exists(jpath):
-        with open(jpath) as f:
-            m["scale"] = json.load(f)
-        sc = m["scale"]
+    rc, raw, result = run_tool(ctx, "memory-scale", cmd, jpath)
+    if result is not None:
+        sc = m["scale"] = result
         log(f"   {sc['services']:,} services / {sc['endpoints']:,} endpoints: initial sync {sc['sync_s']:.2f} s, "
             f"RSS after sync {sc['rss_after_sync_mb']:.1f} MB, after {sc['events']} events {sc['rss_after_events_mb']:.1f} MB")
     else:
@@ -1268,19 +1258,28 @@ def run_script_case(ctx: Ctx, case: str) -> None:
     if case == "flood":
         cmd += ["--gen", ctx.gen]
     log(f"== {case}: bench/{SCRIPT_CASES[case]} --seconds {seconds}")
-    proc = Proc(f"{case}-script", cmd, None, os.path.join(ctx.out, "raw"))
+    rc, raw, result = run_tool(ctx, f"{case}-script", cmd, jpath)
+    if result is not None:
+        ctx.scripts[case] = result
+    else:
+        ctx.notes.append(f"{case}: bench/{SCRIPT_CASES[case]} exited {rc} (output in {raw})")
+        log(f"!! {SCRIPT_CASES[case]} exited {rc}; see {raw}")
+
+
+def run_tool(ctx: Ctx, name: str, cmd: list[str], jpath: str, timeout: float = 900) -> tuple[int, str, dict | None]:
+    """One of bench/'s own scripts as a Proc (stopped by PID, with what it started, should it
+    hang): (exit code, its log, the JSON it wrote or None)."""
+    proc = Proc(name, cmd, None, os.path.join(ctx.out, "raw"))
     ctx.procs.append(proc)
     try:
-        rc = proc.p.wait(900)
+        rc = proc.p.wait(timeout)
     except subprocess.TimeoutExpired:
         rc = 124
     proc.stop()
-    if rc == 0 and os.path.exists(jpath):
-        with open(jpath) as f:
-            ctx.scripts[case] = json.load(f)
-    else:
-        ctx.notes.append(f"{case}: bench/{SCRIPT_CASES[case]} exited {rc} (output in {proc.log_path})")
-        log(f"!! {SCRIPT_CASES[case]} exited {rc}; see {proc.log_path}")
+    if rc != 0 or not os.path.exists(jpath):
+        return rc, proc.log_path, None
+    with open(jpath) as f:
+        return rc, proc.log_path, json.load(f)
 
 
 def script_sections(ctx: Ctx) -> list[str]:
