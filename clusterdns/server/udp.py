@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable
 from functools import partial
 from time import perf_counter
+from typing import Any
 
 from clusterdns import batchio
 from clusterdns.batchio import BATCH, RECV_SIZE, SEND_SIZE
@@ -41,6 +42,9 @@ log = logging.getLogger("clusterdns")
 
 #: past this, a one-question query's name is longer than 255 bytes (header 12 + name)
 LONGEST_END = 12 + MAX_NAME
+#: the lane's marker for such a query (answered by Handler.name_too_long): an object of its
+#: own, so no reply bytes can ever be taken for it
+TOO_LONG: Any = object()
 #: the listening socket's receive buffer: a burst of queries waits here instead of being
 #: dropped by the kernel (the default ~208 KB holds ~50 junk datagrams of 4 KB; this, at
 #: ~9 us a query, is at most ~15 ms of queue)
@@ -91,7 +95,7 @@ class UDPListener:
         sbuf, slens, snames, name_at, naddr = io.sbuf, io.slens, io.snames, io.NAME_AT, io.name_addrs
         handler = self.handler
         fast, slot = handler.fast, self.slot
-        too_long = b""  # a marker: Handler.name_too_long answers it below
+        too_long = TOO_LONG
         zone = handler.zone
         lookup = zone.lookup if zone is not None else None
         forwarding = handler.forwarding
