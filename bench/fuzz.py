@@ -48,7 +48,7 @@ import dns.rrset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clusterdns.app import ServeOptions, build_cluster
+from clusterdns.app.cluster import ServeOptions, build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.server.handler import Handler
 from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, HEADER, MAX_LABEL, MAX_NAME

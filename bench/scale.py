@@ -33,13 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from clusterdns.app import ServeOptions, build_cluster  # noqa: E402
+from clusterdns.app.cluster import ServeOptions, build_cluster  # noqa: E402
 from clusterdns.kube.client import load_connection  # noqa: E402
 from clusterdns.kube.watch import KubeSource, WatchSettings  # noqa: E402
 from helpers import ServerProcess  # noqa: E402
 from kubeapi import KubeAPIServer, endpoint_slice, namespace, service, write_kubeconfig  # noqa: E402
 
-BARE = ("import clusterdns.app, clusterdns.cli, clusterdns.kube.watch, clusterdns.kube.client, uvloop, aiohttp;"
+BARE = ("import clusterdns.app.cluster, clusterdns.cli, clusterdns.kube.watch, clusterdns.kube.client, uvloop, aiohttp;"
         "import os;print([l for l in open(f'/proc/{os.getpid()}/status') if l.startswith('VmRSS')][0].split()[1])")
 
 

@@ -35,7 +35,7 @@ def serve(mode: str, port: int) -> None:
     import uvloop
 
     sys.path.insert(0, ROOT)
-    from clusterdns import batchio
+    from clusterdns.net import batchio
 
     table: dict[bytes, bytes] = {}
 

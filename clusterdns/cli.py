@@ -13,12 +13,16 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 
-from clusterdns import __version__, config, nodecache
-from clusterdns.app import ServeOptions, StartupError, parse_listen, run, serve
+from clusterdns import __version__
+from clusterdns.app import nodecache
+from clusterdns.settings import config
+from clusterdns.app.cluster import ServeOptions, run, serve, serve_worker
+from clusterdns.app.lifecycle import StartupError
+from clusterdns.server.listeners import parse_listen
 from clusterdns.kube.manifests import ManifestError
-from clusterdns.nodecache_config import add_rrl_arguments, with_env
+from clusterdns.settings.nodecache import add_rrl_arguments, with_env
 from clusterdns.obs import logs
-from clusterdns.workers import Journal, fork_workers, resolve_ports, serve_worker
+from clusterdns.app.workers import Journal, fork_workers, resolve_ports
 from clusterdns.cluster.compile import PODS_MODES
 
 log = logging.getLogger("clusterdns")

@@ -144,7 +144,7 @@ class UDPClient:
 def udp_listener(handler, slot: int = 0, io: str = "mmsg", host: str = "127.0.0.1"):  # noqa: ANN001, ANN201
     """A `UDPListener` on `host`, port 0, with batched (`mmsg`) or one-by-one (`plain`) I/O.
     Call inside a running event loop."""
-    from clusterdns import batchio
+    from clusterdns.net import batchio
     from clusterdns.server import udp
 
     listener = udp.UDPListener(handler, udp.bind(host, 0), slot)

@@ -110,7 +110,7 @@ def test_endpoints_bind_only_to_variables_the_pod_sets() -> None:
 def test_node_cache_endpoints_are_not_on_every_address() -> None:
     """The DaemonSet runs in the node's network: /health and /ready stay on the link-local
     address the kubelet probes, /metrics is on the node's IP (POD_IP) where Prometheus scrapes."""
-    from clusterdns import config as C
+    from clusterdns.settings import config as C
 
     ds = _one("DaemonSet", "node-local-dns")
     pod = ds["spec"]["template"]["spec"]

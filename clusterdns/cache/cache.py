@@ -47,7 +47,6 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from clusterdns.cache.entry import NODATA, NXDOMAIN, POSITIVE, SERVFAIL, UNCACHED, Entry
-from clusterdns.forward.forwarder import Overloaded
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import HEADER, Rcode
 from clusterdns.wire.names import Malformed
@@ -67,6 +66,12 @@ Start = Callable[[Query, Done], None]
 #: takes a miss's reply when it comes (`ResponseCache.miss` with `notify`)
 Notify = Callable[[bytes], None]
 
+
+
+class Declined(Exception):
+    """The fetch turned the question down without asking anyone (the forwarder's
+    `max_concurrent` cap): the client gets REFUSED, not a stale answer, and nothing is logged.
+    Defined here so the cache needs nothing of the forwarding code above it."""
 
 class Later:
     """The type of `LATER`."""
@@ -354,7 +359,7 @@ class ResponseCache:
                 exc = err
         else:
             self._failed(key)
-            if not isinstance(exc, Overloaded):
+            if not isinstance(exc, Declined):
                 log.debug("fetch %s failed: %r", f.q.text, exc)
         for w in f.waiters:
             if w.timer is not None:
@@ -375,7 +380,7 @@ class ResponseCache:
     def _reply(self, q: Query, limit: int | None, entry: Entry | None,
                exc: BaseException | None) -> bytes:
         """A waiting client's reply from its flight's outcome."""
-        if isinstance(exc, Overloaded):
+        if isinstance(exc, Declined):
             return W.error_reply(q, Rcode.REFUSED)
         if entry is None or entry.kind == SERVFAIL or entry.wire[3] & 0x0F == Rcode.REFUSED:
             stale = self._stale_candidate(q.key)

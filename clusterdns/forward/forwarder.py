@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from clusterdns.cache.cache import Declined
 from clusterdns.forward import udppool
 from clusterdns.forward.upstream import Upstream, UpstreamSpec, _settle
 from clusterdns.wire import scan as W
@@ -46,7 +47,7 @@ class ForwardError(Exception):
     """No usable answer came back from any upstream."""
 
 
-class Overloaded(ForwardError):
+class Overloaded(ForwardError, Declined):
     """More than `max_concurrent` questions in flight: the caller answers REFUSED."""
 
 

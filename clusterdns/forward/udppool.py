@@ -39,7 +39,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from clusterdns import batchio
+from clusterdns.net import batchio
 from clusterdns.forward.deadlines import Deadlines
 from clusterdns.forward.ids import QueryIds
 from clusterdns.wire import scan as W

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from clusterdns.forward.tcppool import TcpPool
 from clusterdns.forward.udppool import UdpPool
+from clusterdns.net.addr import host_port
 from clusterdns.obs.counters import RCODES, TIME_BUCKETS, _Hist, rcode_label
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import RRClass, RRType
@@ -60,14 +61,7 @@ def parse_hostport(text: str, default_port: int = 53, force_tcp: bool = False) -
         s, force_tcp = s[6:], True
     elif s.startswith(("dns://", "udp://")):
         s = s[6:]
-    if s.startswith("["):
-        host, _, rest = s[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-    elif s.count(":") == 1:
-        host, p = s.split(":")
-        port = int(p)
-    else:
-        host, port = s, default_port
+    host, port = host_port(s, default_port)
     return UpstreamSpec(host, port, force_tcp)
 
 

@@ -16,23 +16,14 @@ import os
 import re
 from collections.abc import Mapping
 
+from clusterdns.net.addr import split
+
 #: `${NAME}`, the whole host
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
 class BindError(ValueError):
     """A bind address that cannot be used; the message names the option and the variable."""
-
-
-def split(addr: str) -> tuple[str, str | None]:
-    """'host:port', ':port', '[v6]:port', '[v6]' or 'host' -> (host, port text or None)."""
-    if addr.startswith("["):
-        host, _, rest = addr[1:].partition("]")
-        return host, rest[1:] if rest.startswith(":") else None
-    if addr.count(":") == 1:
-        host, port = addr.split(":")
-        return host, port
-    return addr, None
 
 
 def env_reference(addr: str) -> str | None:

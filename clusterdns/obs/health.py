@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 
 from clusterdns.obs.http import HttpResponder, Reply, Request
+from clusterdns.net.addr import host_port
 
 log = logging.getLogger("clusterdns")
 
@@ -27,21 +28,8 @@ _TEXT = "text/plain; charset=utf-8"  # what aiohttp's web.Response(text=...) sen
 
 
 def parse_address(addr: str, default_port: int) -> tuple[str, int]:
-    """'host:port', ':port', '[v6]:port' or 'host' -> (host, port); '' host = all."""
-    host, port = addr, str(default_port)
-    if addr.startswith("["):
-        host, _, rest = addr[1:].partition("]")
-        if rest.startswith(":"):
-            port = rest[1:]
-    elif addr.count(":") == 1:
-        host, port = addr.split(":")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"bad address {addr!r}: port {port!r} is not a number") from None
-    if not 0 <= number < 65536:
-        raise ValueError(f"bad address {addr!r}: port out of range")
-    return host, number
+    """'host:port', ':port', '[v6]:port' or 'host' -> (host, port); '' host = all (net/addr.py)."""
+    return host_port(addr, default_port)
 
 
 class HealthServer:

@@ -2,7 +2,7 @@
 
 The listener registers its socket with the event loop as a reader; each wake-up takes
 up to `batchio.BATCH` datagrams per system call, answers what the compiled zone knows
-and forward-cache hits (`Handler.fast`, `Handler.cached`, inlined) in a tight loop, and sends all those answers with one more call (`clusterdns/batchio.py`
+and forward-cache hits (`Handler.fast`, `Handler.cached`, inlined) in a tight loop, and sends all those answers with one more call (`clusterdns/net/batchio.py`
 says why). Anything else goes through the handler (`server/handler.py`); an answer that
 has to wait (forwarding) is sent on its own when it is ready.
 
@@ -21,8 +21,8 @@ from functools import partial
 from time import perf_counter
 from typing import Any
 
-from clusterdns import batchio
-from clusterdns.batchio import BATCH, RECV_SIZE, SEND_SIZE
+from clusterdns.net import batchio
+from clusterdns.net.batchio import BATCH, RECV_SIZE, SEND_SIZE
 from clusterdns.cache.cache import LATER
 from clusterdns.obs.logs import QueryLog
 from clusterdns.server.handler import (

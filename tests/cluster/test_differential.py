@@ -17,7 +17,7 @@ import dns.rdatatype
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from clusterdns.app import ServeOptions, build_cluster
+from clusterdns.app.cluster import ServeOptions, build_cluster
 from clusters import Question, apply_change, big_answers, changes, clusters, objects_of, questions
 from oracle import CLASSIC_UDP, oracle_answer
 

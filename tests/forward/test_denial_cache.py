@@ -15,11 +15,12 @@ import pytest
 from fakedns import addresses, ask, decode, question
 from helpers import DEMO, ServerProcess
 
-from clusterdns import config as C
+from clusterdns.settings import config as C
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.table import ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
-from clusterdns.nodecache_config import add_arguments, from_args
+from clusterdns.settings.config import from_args
+from clusterdns.settings.nodecache import add_arguments
 from clusterdns.obs import metrics as M
 from clusterdns.wire import scan as W
 

@@ -16,7 +16,7 @@ import pytest
 from fakedns import Dnsmasq, addresses, ask, decode, free_port
 from helpers import DEMO, ServerProcess
 
-from clusterdns.app import ServeOptions, build_cluster
+from clusterdns.app.cluster import ServeOptions, build_cluster
 from clusterdns.kube.manifests import load_manifests
 
 RECORDS = ("--host-record=web.example.test,192.0.2.7",

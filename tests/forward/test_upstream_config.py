@@ -12,8 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from clusterdns.nodecache import build
-from clusterdns.nodecache_config import ConfigError, add_arguments, from_args, load_config
+from clusterdns.app.nodecache import build
+from clusterdns.settings.config import from_args, load_config
+from clusterdns.settings.nodecache import ConfigError, add_arguments
 from clusterdns.forward.sources import load_kube_dns_configmap, parse_stub, resolv_conf_upstreams
 from clusterdns.forward.upstream import UpstreamSpec
 

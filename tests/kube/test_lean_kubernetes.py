@@ -21,7 +21,7 @@ def _run(code: str) -> dict:
 def test_server_import_loads_no_generated_models() -> None:
     got = _run(
         "import json, sys\n"
-        "import clusterdns.kube.client, clusterdns.app\n"
+        "import clusterdns.kube.client, clusterdns.app.cluster\n"
         "mods = [m for m in sys.modules if m.startswith('kubernetes')]\n"
         "print(json.dumps({'models': [m for m in mods if '.models' in m],\n"
         "                  'apis': [m for m in mods if m.startswith('kubernetes.client.api.')],\n"

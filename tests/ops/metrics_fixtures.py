@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dns.message
 
-from clusterdns.app import ServeOptions, build_cluster
+from clusterdns.app.cluster import ServeOptions, build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.kube.watch import KubeSource
 from clusterdns.obs import metrics as M

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clusterdns import config as C
-from clusterdns.app import ServeOptions
+from clusterdns.settings import config as C
+from clusterdns.app.cluster import ServeOptions
 from clusterdns.cli import build_parser
 from helpers import ROOT
 

@@ -343,7 +343,7 @@ runpy.run_module("clusterdns", run_name="__main__")
 
 
 def test_imports_alone_do_not_load_aiohttp() -> None:
-    code = ("import sys, clusterdns.nodecache, clusterdns.obs.health, clusterdns.obs.metrics, clusterdns.obs.http; "
+    code = ("import sys, clusterdns.app.nodecache, clusterdns.obs.health, clusterdns.obs.metrics, clusterdns.obs.http; "
             "assert not [m for m in sys.modules if m.split('.')[0] == 'aiohttp'], 'aiohttp imported'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
     assert r.returncode == 0, r.stderr

@@ -12,7 +12,7 @@ import dns.edns
 import dns.message
 import pytest
 
-from clusterdns.app import ServeOptions, build_cluster
+from clusterdns.app.cluster import ServeOptions, build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.obs import logs
 from clusterdns.obs.logs import QueryLog, parse_common

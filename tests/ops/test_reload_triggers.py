@@ -8,8 +8,8 @@ import os
 import signal
 from pathlib import Path
 
-from clusterdns import config as C
-from clusterdns.reload import FileWatch, Reloader
+from clusterdns.settings import config as C
+from clusterdns.app.reload import FileWatch, Reloader
 
 
 def configmap_dir(root: Path, text: str, version: int) -> Path:

@@ -13,7 +13,7 @@ import dns.message
 import dns.rrset
 import pytest
 
-from clusterdns.app import ServeOptions, build_cluster
+from clusterdns.app.cluster import ServeOptions, build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.kube.objects import parse_object
 from clusterdns.server import handler as handler_mod

@@ -13,8 +13,8 @@ import dns.rrset
 import pytest
 from helpers import TEST_CLUSTER, UDPClient, udp_listener
 
-from clusterdns import lifecycle
-from clusterdns.app import ServeOptions, build_cluster
+from clusterdns.app import lifecycle
+from clusterdns.app.cluster import ServeOptions, build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.server.handler import Handler
 from clusterdns.server.rrl import ANSWER, DROP, RRL, SLIP, limiter, truncated

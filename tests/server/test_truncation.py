@@ -10,7 +10,7 @@ import dns.flags
 import dns.message
 import pytest
 
-from clusterdns.app import ServeOptions, build_cluster
+from clusterdns.app.cluster import ServeOptions, build_cluster
 from clusterdns.kube.objects import parse_object
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
 

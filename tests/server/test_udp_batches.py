@@ -10,9 +10,9 @@ import dns.edns
 import dns.message
 import pytest
 
-from clusterdns.app import ServeOptions, build_cluster
+from clusterdns.app.cluster import ServeOptions, build_cluster
 from clusterdns.kube.objects import parse_object
-from clusterdns.batchio import BATCH, RECV_SIZE, SEND_SIZE
+from clusterdns.net.batchio import BATCH, RECV_SIZE, SEND_SIZE
 from clusterdns.server.handler import Answer
 from helpers import UDPClient, udp_listener
 

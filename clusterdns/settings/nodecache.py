@@ -1,4 +1,4 @@
-"""Settings of `clusterdns node-cache`: dataclasses and the flags (files: clusterdns.config).
+"""Settings of `clusterdns node-cache`: dataclasses and the flags (files: clusterdns.settings.config).
 
 Defaults follow node-local-dns (operators.md 1.7) unless a field says otherwise.
 Precedence: built-in defaults < the YAML file (--config) < command-line flags.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 @dataclass
@@ -126,25 +125,6 @@ class ConfigError(ValueError):
     """A config file or flag that cannot be used, with a message that says why."""
 
 
-def load_config(path: str | Path | None) -> NodeCacheConfig:
-    """Defaults overlaid with the YAML file, if any.
-
-    A file is read by the loader shared with `serve` (clusterdns.config), which knows
-    these settings plus the common ones (metrics, logs, lifecycle) and reports every
-    problem with its line; its result is a NodeCacheConfig subclass.
-    """
-    if path is not None:
-        from clusterdns import config as shared  # imports this module: import here
-
-        return shared.load(path, "node-cache")
-    cfg = NodeCacheConfig()
-    if isinstance(cfg.listen, str):
-        cfg.listen = [cfg.listen]
-    if isinstance(cfg.upstreams, str):
-        cfg.upstreams = [cfg.upstreams]
-    return cfg
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The node-cache flags (all optional: the config file and defaults fill the rest)."""
     p.add_argument("--config", metavar="FILE", help="YAML settings (config/node-cache.yaml)")
@@ -187,47 +167,6 @@ def add_rrl_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rrl-ipv6-prefix-length", type=int, metavar="BITS", help="IPv6 prefix of one budget (default 56)")
     g.add_argument("--rrl-max-table-size", type=int, metavar="N",
                    help="client prefixes tracked at most, LRU beyond (default 100000)")
-
-
-def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> NodeCacheConfig:
-    """The config file overlaid with the flags that were given."""
-    env = os.environ if environ is None else environ
-    cfg = load_config(args.config)
-    if args.listen:
-        cfg.listen = args.listen
-    for flag, name in (("health", "health"), ("cluster_domain", "cluster_domain"),
-                       ("cluster_dns", "cluster_dns"), ("resolv_conf", "resolv_conf"),
-                       ("kube_dns_configmap", "kube_dns_configmap"), ("log_level", "log_level")):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(cfg, name, value)
-    if args.cluster_udp:
-        cfg.cluster_force_tcp = False
-    if args.upstream:
-        cfg.upstreams = args.upstream
-    for stub in args.stub or ():
-        zone, sep, servers = stub.partition("=")
-        if not sep:
-            raise ConfigError(f"--stub must look like ZONE=IP[:PORT][,IP...], not {stub!r}")
-        cfg.stub_domains[zone] = [s for s in servers.split(",") if s]
-    if args.serve_stale is not None:
-        cfg.cache.serve_stale = args.serve_stale
-    if args.prefetch is not None:
-        cfg.cache.prefetch = args.prefetch
-    if args.cache_denial_entries is not None:
-        cfg.cache.max_denial_entries = args.cache_denial_entries
-    if args.max_concurrent is not None:
-        cfg.forward.max_concurrent = args.max_concurrent
-    if args.policy is not None:
-        cfg.forward.policy = args.policy
-    if args.no_loop_detect:
-        cfg.loop_detect = False
-    for name in ("responses_per_second", "window", "slip", "ipv4_prefix_length", "ipv6_prefix_length",
-                 "max_table_size"):
-        value = getattr(args, "rrl_" + name, None)
-        if value is not None:
-            setattr(cfg.rrl, name, value)
-    return with_env(cfg, env)
 
 
 def with_env(cfg: NodeCacheConfig, environ: dict[str, str] | os._Environ[str] | None = None) -> NodeCacheConfig:

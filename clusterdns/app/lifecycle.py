@@ -45,6 +45,16 @@ class Draining(Protocol):
     def close(self) -> None: ...
 
 
+async def listen(listeners: Any, addresses: list[str], reuse_port: bool = False) -> None:
+    """Bind every listen address (server/listeners.py); a failure is a StartupError."""
+    from clusterdns.server.listeners import BindFailed, parse_listen
+
+    try:
+        await listeners.start([parse_listen(s) for s in addresses], reuse_port=reuse_port)
+    except BindFailed as exc:
+        raise StartupError(str(exc)) from None
+
+
 def bind_address(address: str, endpoint: str, option: str) -> str:
     """`address` with a `${VAR}` host read from the environment (obs/bind.py); a StartupError
     naming the endpoint, the option and the variable when it is unset or not an IP."""

@@ -29,13 +29,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from clusterdns import lifecycle
-from clusterdns.app import Listeners, StartupError, parse_listen, run
-from clusterdns.config import cache_opts, rrl_opts
-from clusterdns.nodecache_config import ConfigError, NodeCacheConfig, add_arguments, from_args
+from clusterdns.app import lifecycle
+from clusterdns.app.cluster import run
+from clusterdns.app.lifecycle import StartupError
+from clusterdns.server.listeners import Listeners
+from clusterdns.settings.config import cache_opts, rrl_opts
+from clusterdns.settings.config import from_args
+from clusterdns.settings.nodecache import ConfigError, NodeCacheConfig, add_arguments
 from clusterdns.obs import logs
 from clusterdns.obs.sources import Sources
-from clusterdns.reload import Reloader
+from clusterdns.app.reload import Reloader
 from clusterdns.server.handler import Handler
 from clusterdns.server.rrl import limiter
 from clusterdns.server.tcp import TCPLimits
@@ -120,7 +123,7 @@ async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
     metrics = None
     reloader: Reloader | None = None
     try:
-        await listeners.start([parse_listen(s) for s in cfg.listen])
+        await lifecycle.listen(listeners, cfg.listen)
         if health is not None:
             try:
                 await health.start()
@@ -176,7 +179,7 @@ class _Running:
     async def reload(self, why: str) -> None:
         if self.load is None:
             return
-        from clusterdns import config  # imports nodecache_config, which this module's importers need first
+        from clusterdns.settings import config  # imports nodecache_config, which this module's importers need first
 
         old = self.cfg
         try:

@@ -23,23 +23,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from clusterdns import lifecycle
-from clusterdns.config import RESTART_ONLY
+from clusterdns.app import lifecycle
+from clusterdns.settings.config import RESTART_ONLY
 from clusterdns.kube.manifests import bulk_load, load_manifests
 from clusterdns.kube.store import ClusterStore
-from clusterdns.lifecycle import StartupError
+from clusterdns.app.lifecycle import StartupError
 from clusterdns.obs import logs
-from clusterdns.obs.logs import QueryLog
 from clusterdns.obs.sources import Sources
-from clusterdns.reload import Reloader
+from clusterdns.app.reload import Reloader
 from clusterdns.cluster.compile import ZoneSettings
 from clusterdns.cluster.zone import ClusterZone
 from clusterdns.server.handler import Handler
-from clusterdns.server.tcp import TCPLimits, TCPProtocol
-from clusterdns.server import udp as udp_listener
-from clusterdns.server.rrl import RRL, limiter
-from clusterdns.server.udp import UDPListener
-from clusterdns.workers import Journal, Worker
+from clusterdns.server.listeners import Listeners, parse_listen
+from clusterdns.server.rrl import limiter
+from clusterdns.server.tcp import TCPLimits
+from clusterdns.app.workers import Journal, Worker
 from clusterdns.forward.forwarding import Forwarding, cluster_forwarding
 
 if TYPE_CHECKING:  # imported where used: kubernetes and aiohttp cost ~0.4 s of start-up from manifests
@@ -97,112 +95,6 @@ class ServeOptions:
     watch_config: bool = False
     reload: Callable[[], ServeOptions] | None = field(default=None, repr=False, compare=False)
     """Re-reads the config file and the flags given; raises config.ConfigError."""
-
-
-def parse_listen(spec: str, default_port: int = 53) -> tuple[str, int]:
-    """`HOST:PORT`, `[v6]:PORT`, `:PORT` (all IPv4 addresses) or `HOST`."""
-    host, port = spec, default_port
-    if spec.startswith("["):
-        close = spec.find("]")
-        if close < 0:
-            raise ValueError(f"bad listen address {spec!r}: missing ']'")
-        host, rest = spec[1:close], spec[close + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"bad listen address {spec!r}")
-            port = int(rest[1:])
-    elif spec.count(":") == 1:
-        host, p = spec.split(":")
-        port = int(p)
-    if not 0 <= port < 65536:
-        raise ValueError(f"bad port in listen address {spec!r}")
-    return host or "0.0.0.0", port
-
-
-class Listeners:
-    """UDP and TCP sockets for every listen address, sharing one handler."""
-
-    def __init__(self, handler: Handler, limits: TCPLimits, query_log: QueryLog | None = None,
-                 rrl: RRL | None = None) -> None:
-        self.handler = handler
-        self.limits = limits
-        self.query_log = query_log
-        self.rrl = rrl  # one limiter for every UDP socket of this process (TCP is never limited)
-        self.udp: list[UDPListener] = []
-        self.tcp: list[asyncio.AbstractServer] = []
-        self.bound: list[tuple[str, int]] = []
-
-    async def start(self, addresses: list[tuple[str, int]], reuse_port: bool = False) -> None:
-        for host, port in addresses:
-            try:
-                bound_port = await self._bind(host, port, reuse_port)
-            except PermissionError:
-                raise StartupError(f"cannot listen on {host}:{port}: permission denied "
-                                   "(ports below 1024 need root or CAP_NET_BIND_SERVICE; try --listen 127.0.0.1:5353)") from None
-            except OSError as exc:
-                raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                                   "(is another DNS server using it? pick another with --listen)") from None
-            self.bound.append((host, bound_port))
-
-    async def _bind(self, host: str, port: int, reuse_port: bool) -> int:
-        """UDP and TCP on one port. For port 0 the kernel picks the UDP port, which a TCP
-        socket may already hold: then try another (bounded)."""
-        loop = asyncio.get_running_loop()
-        stats = self.handler.stats
-        slot = len(stats.listeners)  # this address's counters; registered once bound
-        for attempt in range(20):
-            sock = udp_listener.bind(host, port, reuse_port)
-            bound_port = sock.getsockname()[1]
-            try:
-                server = await loop.create_server(
-                    lambda: TCPProtocol(self.handler, self.limits, slot, self.query_log), host, bound_port,
-                    reuse_address=True, reuse_port=reuse_port or None)
-            except OSError:
-                sock.close()
-                if port != 0 or attempt == 19:
-                    raise
-                continue
-            stats.add_listener(host, bound_port)
-            self.udp.append(UDPListener(self.handler, sock, slot, self.query_log, self.rrl))
-            self.tcp.append(server)
-            return bound_port
-        raise AssertionError("unreachable")
-
-    def set_query_log(self, query_log: QueryLog | None) -> None:
-        """Turn the query log on or off for every socket and open connection."""
-        self.query_log = query_log
-        for p in self.udp:
-            p.set_query_log(query_log)
-        for c in list(self.limits.open):
-            c.set_query_log(query_log)
-
-    def set_rrl(self, rrl: RRL | None) -> None:
-        """Turn response-rate limiting on (a limiter) or off (None) for every UDP socket."""
-        self.rrl = rrl
-        for p in self.udp:
-            p.set_rrl(rrl)
-
-    def stop_reading(self) -> None:
-        """Take no new queries (draining); answers in flight still go out."""
-        for s in self.tcp:
-            s.close()
-        for p in self.udp:
-            p.stop_reading()
-        for c in list(self.limits.open):
-            c.stop_reading()
-
-    def pending(self) -> int:
-        """Answers still being worked on (forwarded or pipelined)."""
-        return sum(p.pending for p in self.udp) + sum(c.pending for c in self.limits.open)
-
-    def close(self) -> None:
-        for t in self.udp:
-            t.close()
-        for s in self.tcp:
-            s.close()
-        for c in list(self.limits.open):
-            if c.transport is not None:
-                c.transport.close()
 
 
 def build_cluster(opts: ServeOptions) -> tuple[ClusterStore, Handler]:
@@ -293,7 +185,7 @@ async def serve(opts: ServeOptions, journal: Journal | None = None, workers: lis
             source_task = asyncio.create_task(source.run(), name="kube-source")
             source_task.add_done_callback(_log_source_end)
             await source.wait_synced(opts.sync_timeout)
-        await listeners.start([parse_listen(s) for s in opts.listen], reuse_port=opts.workers > 1)
+        await lifecycle.listen(listeners, opts.listen, reuse_port=opts.workers > 1)
     except BaseException:
         await _shutdown(listeners, source_task, health, metrics)
         raise
@@ -474,3 +366,40 @@ def run(coro) -> int:  # noqa: ANN001 - a coroutine returning an exit code
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+async def serve_worker(opts: ServeOptions, index: int, read_fd: int, metrics_fd: int) -> int:
+    """A worker: its own store and listeners, fed by the leader's journal; its counters go
+    to the leader's /metrics; it reloads on SIGHUP (the leader forwards it) or a changed
+    file, and drains like the leader when the journal ends."""
+    from clusterdns.app.workers import JournalReader
+    from clusterdns.obs.metrics import DNSCollector, FamilyFeed
+
+    opts = replace(opts, manifests=[])
+    store, handler = build_cluster(opts)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: JournalReader(store.apply_journal, done), os.fdopen(read_fd, "rb", buffering=0))
+    listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
+                          lifecycle.query_log(opts.query_log, opts.query_log_sample), limiter(opts.rrl_opts))
+    await lifecycle.listen(listeners, opts.listen, reuse_port=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    sources = Sources(handler=handler, forwarding=handler.forwarding,
+                      tcp_limits=listeners.limits, rrl=listeners.rrl)  # each worker limits on its own
+    feed = FamilyFeed(DNSCollector(handler.stats, sources), metrics_fd)
+    tasks = [loop.create_task(feed.run())]
+    running = Running(opts, store, handler, listeners, sources, done)
+    reloader = Reloader(running.reload, opts.config, opts.watch_config)
+    reloader.start()
+    log.info("worker %d (pid %d) serving on %s", index, os.getpid(),
+             ", ".join(f"{h}:{p}" for h, p in listeners.bound))
+    await done.wait()
+    await reloader.stop()
+    await lifecycle.drain(listeners, running.opts.shutdown_timeout)
+    feed.send()
+    for t in tasks:
+        t.cancel()
+    if handler.forwarding is not None:
+        handler.forwarding.close()
+    return 0

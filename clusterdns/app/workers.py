@@ -16,11 +16,10 @@ import asyncio
 import logging
 import os
 import pickle
-import signal
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 log = logging.getLogger("clusterdns")
 _LEN = struct.Struct("!I")
@@ -131,44 +130,3 @@ def fork_workers(count: int, run_worker: Callable[[int, int, int], int]) -> list
         os.close(mw)
         workers.append(Worker(index, pid, w, mr))
     return workers
-
-
-async def serve_worker(opts, index: int, read_fd: int, metrics_fd: int) -> int:  # noqa: ANN001 - ServeOptions
-    """A worker: its own store and listeners, fed by the leader's journal; its counters go
-    to the leader's /metrics; it reloads on SIGHUP (the leader forwards it) or a changed
-    file, and drains like the leader when the journal ends."""
-    from clusterdns import lifecycle
-    from clusterdns.app import Listeners, Running, build_cluster, parse_listen
-    from clusterdns.obs.metrics import DNSCollector, FamilyFeed, Sources
-    from clusterdns.reload import Reloader
-    from clusterdns.server.rrl import limiter
-    from clusterdns.server.tcp import TCPLimits
-
-    opts = replace(opts, manifests=[])
-    store, handler = build_cluster(opts)
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: JournalReader(store.apply_journal, done), os.fdopen(read_fd, "rb", buffering=0))
-    listeners = Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
-                          lifecycle.query_log(opts.query_log, opts.query_log_sample), limiter(opts.rrl_opts))
-    await listeners.start([parse_listen(s) for s in opts.listen], reuse_port=True)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, done.set)
-    sources = Sources(handler=handler, forwarding=handler.forwarding,
-                      tcp_limits=listeners.limits, rrl=listeners.rrl)  # each worker limits on its own
-    feed = FamilyFeed(DNSCollector(handler.stats, sources), metrics_fd)
-    tasks = [loop.create_task(feed.run())]
-    running = Running(opts, store, handler, listeners, sources, done)
-    reloader = Reloader(running.reload, opts.config, opts.watch_config)
-    reloader.start()
-    log.info("worker %d (pid %d) serving on %s", index, os.getpid(),
-             ", ".join(f"{h}:{p}" for h, p in listeners.bound))
-    await done.wait()
-    await reloader.stop()
-    await lifecycle.drain(listeners, running.opts.shutdown_timeout)
-    feed.send()
-    for t in tasks:
-        t.cancel()
-    if handler.forwarding is not None:
-        handler.forwarding.close()
-    return 0

@@ -25,7 +25,7 @@ import argparse
 import ast
 import copy
 import inspect
-import ipaddress
+import os
 import re
 import textwrap
 from collections.abc import Callable, Iterable
@@ -35,9 +35,10 @@ from typing import Any
 
 import yaml
 
-from clusterdns import nodecache_config, typedyaml
-from clusterdns.nodecache_config import ForwardSettings, RRLSettings
-from clusterdns.typedyaml import Check, Problems, Rules
+from clusterdns.net import addr
+from clusterdns.settings import nodecache as nodecache_config, typedyaml
+from clusterdns.settings.nodecache import ForwardSettings, RRLSettings
+from clusterdns.settings.typedyaml import Check, Problems, Rules
 
 MODES = ("serve", "node-cache")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -301,24 +302,18 @@ def _namespace(v: str) -> str | None:
 
 
 def _host_port(v: str, what: str = "an address") -> tuple[str, int] | str:
-    """(host, port) or an expectation; accepts HOST:PORT, :PORT, [v6]:PORT, HOST, [v6]."""
-    host, port = v, None
-    if v.startswith("["):
-        host, close, rest = v[1:].partition("]")
-        if not close or (rest and not rest.startswith(":")):
-            return f"{what} like [::1]:53"
-        port = rest[1:] if rest else None
-    elif v.count(":") == 1:
-        host, port = v.split(":")
-    if port is not None:
-        if not port.isdigit() or not 0 <= int(port) < 65536:
-            return f"{what} with a port 0..65535"
-    if host:
-        try:
-            ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return f"{what} whose host is an IP address literal (names are never resolved)"
-    return host, int(port) if port is not None else -1
+    """(host, port, -1 when none is written) or an expectation (the grammar: net/addr.py)."""
+    try:
+        host, port = addr.split(v)
+    except addr.AddressError:
+        return f"{what} like [::1]:53"
+    try:
+        number = -1 if port is None else addr.port_number(v, port)
+    except addr.AddressError:
+        return f"{what} with a port 0..65535"
+    if host and not addr.is_ip(host):
+        return f"{what} whose host is an IP address literal (names are never resolved)"
+    return host, number
 
 
 def _listen(v: str) -> str | None:
@@ -328,11 +323,14 @@ def _listen(v: str) -> str | None:
 
 def _http_address(v: str) -> str | None:
     """HOST:PORT, :PORT, [v6]:PORT, or ${VAR}:PORT: the host read from $VAR at start-up."""
-    from clusterdns.obs.bind import ENV_REF, split  # no aiohttp there
+    from clusterdns.obs.bind import ENV_REF  # no HTTP server there
 
     if v == "":
         return None  # off (node-cache's `--health ""`)
-    host, _ = split(v)
+    try:
+        host, _ = addr.split(v)
+    except addr.AddressError:
+        return "an address HOST:PORT, :PORT or ${VAR}:PORT"
     m = ENV_REF.match(host)
     if m:  # checked when it is read (obs/bind.py); here only the shape around it
         v = v.replace(m.group(0), "::" if v.startswith("[") else "0.0.0.0", 1)
@@ -741,3 +739,66 @@ def main_check(path: str, mode: str | None = None) -> tuple[int, list[str]]:
     if refs:
         return 1, [f"{path}: {r}" for r in refs]
     return 0, [f"{path}: OK ({mode})"]
+
+
+# --------------------------------------------------------------------------- node-cache flags
+
+
+def load_config(path: str | Path | None) -> nodecache_config.NodeCacheConfig:
+    """Defaults overlaid with the YAML file, if any.
+
+    A file is read by the loader shared with `serve` (clusterdns.settings.config), which knows
+    these settings plus the common ones (metrics, logs, lifecycle) and reports every
+    problem with its line; its result is a NodeCacheConfig subclass.
+    """
+    if path is not None:
+        return load(path, "node-cache")  # type: ignore[return-value]
+    cfg = nodecache_config.NodeCacheConfig()
+    if isinstance(cfg.listen, str):
+        cfg.listen = [cfg.listen]
+    if isinstance(cfg.upstreams, str):
+        cfg.upstreams = [cfg.upstreams]
+    return cfg
+
+
+def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> nodecache_config.NodeCacheConfig:
+    """The config file overlaid with the flags that were given."""
+    env = os.environ if environ is None else environ
+    cfg = load_config(args.config)
+    if args.listen:
+        cfg.listen = args.listen
+    for flag, name in (("health", "health"), ("cluster_domain", "cluster_domain"),
+                       ("cluster_dns", "cluster_dns"), ("resolv_conf", "resolv_conf"),
+                       ("kube_dns_configmap", "kube_dns_configmap"), ("log_level", "log_level")):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(cfg, name, value)
+    if args.cluster_udp:
+        cfg.cluster_force_tcp = False
+    if args.upstream:
+        cfg.upstreams = args.upstream
+    for stub in args.stub or ():
+        zone, sep, servers = stub.partition("=")
+        if not sep:
+            raise nodecache_config.ConfigError(f"--stub must look like ZONE=IP[:PORT][,IP...], not {stub!r}")
+        cfg.stub_domains[zone] = [s for s in servers.split(",") if s]
+    if args.serve_stale is not None:
+        cfg.cache.serve_stale = args.serve_stale
+    if args.prefetch is not None:
+        cfg.cache.prefetch = args.prefetch
+    if args.cache_denial_entries is not None:
+        cfg.cache.max_denial_entries = args.cache_denial_entries
+    if args.max_concurrent is not None:
+        cfg.forward.max_concurrent = args.max_concurrent
+    if args.policy is not None:
+        cfg.forward.policy = args.policy
+    if args.no_loop_detect:
+        cfg.loop_detect = False
+    for name in ("responses_per_second", "window", "slip", "ipv4_prefix_length", "ipv6_prefix_length",
+                 "max_table_size"):
+        value = getattr(args, "rrl_" + name, None)
+        if value is not None:
+            setattr(cfg.rrl, name, value)
+    return nodecache_config.with_env(cfg, env)
+
+

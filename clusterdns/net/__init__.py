@@ -1,0 +1,1 @@
+"""Sockets and addresses below the DNS layer: the one HOST:PORT grammar, batched UDP I/O."""

@@ -1,0 +1,1 @@
+"""Settings of both modes: the schema, the YAML loader with line numbers, flags, the option reference."""
