@@ -9,7 +9,7 @@ NETNS   := $(shell [ "$$(id -u)" = 0 ] && echo "unshare -n" || echo "unshare -rn
 # Debian tools the tests drive: dig/nslookup, dnsmasq (a real upstream), dnsperf, ip, unshare
 TOOLS   := dig:bind9-dnsutils nslookup:bind9-dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf ip:iproute2 unshare:util-linux openssl:openssl knotd:knot musl-gcc:musl-tools
 
-.PHONY: install tools run test bench clean
+.PHONY: install tools run test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: install
 
 test: install tools
 	$(NETNS) sh -c 'ip link set lo up && $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)'
+
+# ruff (lint, format) and mypy, as configured in pyproject.toml
+lint: install
+	$(BIN)/ruff check clusterdns tests bench && $(BIN)/ruff format --check clusterdns && $(BIN)/mypy
 
 # side-by-side benchmark (~10 min; BENCH_ARGS=--quick for ~1 min); see bench/README.md
 bench: install tools

@@ -48,9 +48,10 @@ import dns.rrset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clusterdns.app.cluster import ServeOptions, build_cluster
+from clusterdns.app.cluster import build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.server.handler import Handler
+from clusterdns.settings.schema import ServeConfig
 from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, HEADER, MAX_LABEL, MAX_NAME
 from clusterdns.wire.names import Malformed, read
 from clusterdns.wire.question import Query, parse
@@ -228,7 +229,7 @@ def handler() -> Handler:
     global _HANDLER
     if _HANDLER is None:
         paths = [str(p) for p in MANIFESTS]
-        store, _HANDLER = build_cluster(ServeOptions(manifests=paths))
+        store, _HANDLER = build_cluster(ServeConfig(manifests=paths))
         store.load(load_manifests(paths)[0])
     return _HANDLER
 

@@ -44,6 +44,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import yaml
+
 from kubeapi import KubeAPIServer, namespace, write_kubeconfig
 from watch_latency import Ahead, Change, measure
 

@@ -1045,7 +1045,7 @@ def fresh_file(ctx: Ctx, rnd: int, tag: str = "fresh") -> tuple[str, dict]:
     dom = DOMAIN
     probe = ctx.meta["probe"]  # asked while waiting for the server: not a first question
     lines = []
-    for name, types in ex["services"]:  # A or AAAA (NODATA for v4-only), CNAME for ExternalName
+    for name, _types in ex["services"]:  # A or AAAA (NODATA for v4-only), CNAME for ExternalName
         fq = f"{name}.{dom}"
         if fq != probe:
             lines.append(f"{fq} {'AAAA' if rng.random() < 0.25 else 'A'}")

@@ -33,11 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from clusterdns.app.cluster import ServeOptions, build_cluster  # noqa: E402
-from clusterdns.kube.client import load_connection  # noqa: E402
-from clusterdns.kube.watch import KubeSource, WatchSettings  # noqa: E402
-from helpers import ServerProcess  # noqa: E402
-from kubeapi import KubeAPIServer, endpoint_slice, namespace, service, write_kubeconfig  # noqa: E402
+from clusterdns.app.cluster import build_cluster
+from clusterdns.kube.client import load_connection
+from clusterdns.kube.watch import KubeSource, WatchSettings
+from clusterdns.settings.schema import ServeConfig
+from helpers import ServerProcess
+from kubeapi import KubeAPIServer, endpoint_slice, namespace, service, write_kubeconfig
 
 BARE = ("import clusterdns.app.cluster, clusterdns.cli, clusterdns.kube.watch, clusterdns.kube.client, uvloop, aiohttp;"
         "import os;print([l for l in open(f'/proc/{os.getpid()}/status') if l.startswith('VmRSS')][0].split()[1])")
@@ -130,7 +131,7 @@ async def main_async(a: argparse.Namespace) -> None:
             rss_after = rss_mb(proc.proc.pid)
             # the same source in this process, to read its per-event timings (decode, store
             # update, zone recompile), while the child takes the same events
-            store, _handler = build_cluster(ServeOptions(loop_detect=False))
+            store, _handler = build_cluster(ServeConfig(loop_detect=False))
             source = KubeSource(store, load_connection(str(kubeconfig)), WatchSettings())
             applied: list[float] = []
             source.observers.append(lambda t: applied.append(t.latency * 1000))

@@ -63,6 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSError, DNSRecord
+
 from kubeapi import KubeAPIServer, endpoint_slice, namespace, service, write_kubeconfig
 
 DOMAIN = "cluster.local"

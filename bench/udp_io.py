@@ -45,10 +45,10 @@ def serve(mode: str, port: int) -> None:
         return hit if hit is not None else data[:2] + b"\x85\x05" + data[4:]
 
     class Proto(asyncio.DatagramProtocol):
-        def connection_made(self, transport):  # noqa: ANN001, ANN201
+        def connection_made(self, transport):
             self.t = transport
 
-        def datagram_received(self, data, addr):  # noqa: ANN001, ANN201
+        def datagram_received(self, data, addr):
             self.t.sendto(answer(data), addr)
 
     loop = uvloop.new_event_loop()

@@ -32,8 +32,8 @@ import dns.rcode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import ServerProcess  # noqa: E402
-from kubeapi import KubeAPIServer, endpoint_slice, namespace, service, write_kubeconfig  # noqa: E402
+from helpers import ServerProcess
+from kubeapi import KubeAPIServer, endpoint_slice, namespace, service, write_kubeconfig
 
 DEADLINE = 3.0  # a change not visible by then counts as missed
 
@@ -48,7 +48,7 @@ class Result:
 
     def pct(self, p: float) -> float:
         xs = sorted(self.latencies)
-        return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
+        return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))] if xs else float("nan")
 
     def summary(self) -> str:
         ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731

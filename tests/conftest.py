@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import DEMO, TEST_CLUSTER, ServerProcess  # noqa: E402
+from helpers import DEMO, TEST_CLUSTER, ServerProcess
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._read, daemon=True).start()
@@ -82,7 +82,7 @@ class ServerProcess:
             self.proc.kill()
             return self.proc.wait(5)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -141,7 +141,7 @@ class UDPClient:
         self.sock.close()
 
 
-def udp_listener(handler, slot: int = 0, io: str = "mmsg", host: str = "127.0.0.1"):  # noqa: ANN001, ANN201
+def udp_listener(handler, slot: int = 0, io: str = "mmsg", host: str = "127.0.0.1"):
     """A `UDPListener` on `host`, port 0, with batched (`mmsg`) or one-by-one (`plain`) I/O.
     Call inside a running event loop."""
     from clusterdns.net import batchio

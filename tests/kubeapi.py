@@ -373,7 +373,7 @@ class KubeAPIServer:
         return None
 
     def _list(self, resource: str, q: dict[str, str]) -> web.Response:
-        path, kind, api, _ = RESOURCES[resource]
+        _path, kind, api, _ = RESOURCES[resource]
         limit = int(q.get("limit") or 0)
         if q.get("continue"):
             token = q["continue"]

@@ -35,7 +35,7 @@ class Fallback:
         self.docs.append(text)
         try:
             return yaml.load(text, Loader=yaml.CSafeLoader)
-        except Exception:  # as manifests.py: PyYAML also raises ValueError (a bad date)
+        except Exception:  # noqa: BLE001 - as manifests.py: PyYAML also raises ValueError (a bad date)
             raise kubeyaml.NotPlain from None
 
 
@@ -155,7 +155,7 @@ def test_everything_else_is_left_to_pyyaml(text: str) -> None:
 
 @pytest.mark.parametrize("text", BROKEN.values(), ids=BROKEN.keys())
 def test_what_pyyaml_rejects_is_never_read_here(text: str) -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - YAMLError or ValueError: any rejection counts
         pyyaml(text)
     with pytest.raises(kubeyaml.NotPlain):
         kubeyaml.load_all(text, Fallback())
@@ -214,7 +214,7 @@ def test_damaged_kubectl_yaml_reads_the_same_or_goes_to_pyyaml(seed: int) -> Non
         text = "\n".join(lines) + "\n"
         try:
             want: Any = pyyaml(text)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any rejection: kubeyaml must reject it too
             want = None
         try:
             got = kubeyaml.load_all(text, Fallback())
@@ -274,7 +274,7 @@ def test_addresses_come_out_canonical(ip: str, want: str) -> None:
     assert parse_object(obj).cluster_ips == (want,)  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("ip", ["010.0.0.1", "1.2.3", "256.0.0.1", " 10.0.0.1", "10.0.0.1\x00", "１.2.3.4"])
+@pytest.mark.parametrize("ip", ["010.0.0.1", "1.2.3", "256.0.0.1", " 10.0.0.1", "10.0.0.1\x00", "１.2.3.4"])  # noqa: RUF001 - fullwidth on purpose
 def test_non_canonical_ipv4_is_still_a_named_field_error(ip: str) -> None:
     obj = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "n"},
            "spec": {"clusterIP": ip}}

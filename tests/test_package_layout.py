@@ -26,7 +26,7 @@ LAYERS: dict[str, set[str]] = {
     "obs": {"wire", "net"},
     "forward": {"wire", "net", "cache", "obs"},
     "server": {"wire", "net", "cache", "cluster", "forward", "obs"},
-    "settings": {"net", "kube", "forward", "obs"},  # value checks reuse the readers below
+    "settings": {"net", "kube", "cluster", "forward", "obs"},  # checks reuse the readers and choices below
     "app": {"wire", "net", "kube", "cache", "cluster", "obs", "forward", "server", "settings"},
 }
 ROOT_MODULES = {"__init__", "__main__", "cli"}

@@ -1,48 +1,23 @@
-"""What happens around answering, the same in both modes: the /metrics endpoint, the
-query log, periodic log flushing, and the ordered stop on SIGTERM.
-
-Stop order (CoreDNS `health { lameduck }`, uvicorn's shutdown):
-
-1. /ready fails (when it is served) and the lame duck keeps answering for `lameduck`
-   seconds, so Service endpoints drain before anything closes; a second SIGTERM or
-   SIGINT ends the lame duck at once;
-2. the listeners stop taking queries: UDP sockets drop new datagrams (uvloop cannot
-   pause a UDP socket, and closing it would lose the answers still to be sent), TCP
-   servers stop accepting, connections stop reading;
-3. answers already in the works (forwarded questions, pipelined TCP queries) are sent,
-   for at most `shutdown_timeout` seconds;
-4. the sockets close; the caller then stops the watch, the probes and /metrics.
+"""The start-up helpers every mode's stack uses: binding the listen addresses and the
+/metrics endpoint with one-line errors (StartupError), the query log, the workers' metric
+pipes, and the CoreDNS plugin names. When the parts serve and stop is server.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from clusterdns.obs import logs
 from clusterdns.obs.logs import QueryLog
 from clusterdns.obs.sources import Sources, observe_programming
 
 if TYPE_CHECKING:
     from clusterdns.obs.metrics import Metrics
 
-log = logging.getLogger("clusterdns")
-
-
 class StartupError(Exception):
     """A start-up failure with one line that says what to do."""
-
-
-class Draining(Protocol):
-    """What `drain` needs from the listeners (app.Listeners)."""
-
-    def stop_reading(self) -> None: ...
-    def pending(self) -> int: ...
-    def close(self) -> None: ...
 
 
 async def listen(listeners: Any, addresses: list[str], reuse_port: bool = False) -> None:
@@ -99,40 +74,6 @@ async def worker_families(fds: list[int]) -> Callable[[], list[list[Any]]]:
 
 def query_log(enabled: bool, sample: int) -> QueryLog | None:
     return QueryLog(sample) if enabled else None
-
-
-async def lame_duck(stop: asyncio.Event, seconds: float, health: Any) -> None:
-    """Fail /ready and keep answering for `seconds`, or until `stop` is set again."""
-    if health is None or seconds <= 0:
-        return
-    health.draining = True
-    stop.clear()
-    log.info("lame duck: /ready fails, still answering for %g s (signal again to stop now)", seconds)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-
-
-async def drain(listeners: Draining, timeout: float) -> None:
-    """Stop taking queries, let the answers in flight go out (bounded), close."""
-    listeners.stop_reading()
-    pending = listeners.pending()
-    log.info("listeners closed to new queries; %d answers in flight (waiting at most %g s)", pending, timeout)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while listeners.pending() and loop.time() < deadline:
-        await asyncio.sleep(0.01)
-    left = listeners.pending()
-    if left:
-        log.warning("%d answers still in flight after %g s; closing anyway", left, timeout)
-    listeners.close()
-
-
-async def flush_logs(interval: float = 5.0) -> None:
-    """Write the counts of collapsed error bursts as their windows end (runs until cancelled)."""
-    while True:
-        await asyncio.sleep(interval)
-        logs.flush()
 
 
 def programming_observer(store: Any, sources: Sources) -> Callable[[Any], None]:

@@ -12,42 +12,35 @@ Zones (node-local-dns's Corefile, operators.md 1.7):
 
 Serve-stale is on (node-local-dns has none: a short cluster DNS outage fails every pod).
 Metrics, the query log, reloads and the stop on SIGTERM are the same as `serve`'s
-(lifecycle.py); a reload rebuilds the forward table and its caches.
+(server.py runs both); a reload rebuilds the forward table and its caches.
 It does not watch the API (kubernetes/dns#594). The dummy interface and the NOTRACK
 iptables rules of node-local-dns are left to the operator (README).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
-import signal
-import sys
-import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from clusterdns.app import lifecycle
-from clusterdns.app.cluster import run
 from clusterdns.app.lifecycle import StartupError
-from clusterdns.server.listeners import Listeners
-from clusterdns.settings.config import cache_opts, rrl_opts
-from clusterdns.settings.config import from_args
-from clusterdns.settings.nodecache import ConfigError, NodeCacheConfig, add_arguments
-from clusterdns.obs import logs
-from clusterdns.obs.sources import Sources
-from clusterdns.app.reload import Reloader
-from clusterdns.server.handler import Handler
-from clusterdns.server.rrl import limiter
-from clusterdns.server.tcp import TCPLimits
+from clusterdns.app.server import Rebuilt, Server, Stack, Tuning, run
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.forwarding import Forwarding
 from clusterdns.forward.loop import LoopDetector
 from clusterdns.forward.sources import choose_upstreams, load_kube_dns_configmap
 from clusterdns.forward.table import ForwardTable, ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec, parse_hostport
+from clusterdns.obs.sources import Sources
+from clusterdns.server.handler import Handler
+from clusterdns.server.listeners import Listeners
+from clusterdns.server.rrl import limiter
+from clusterdns.server.tcp import TCPLimits
+from clusterdns.settings.config import RESTART_ONLY
+from clusterdns.settings.option import ConfigError
+from clusterdns.settings.schema import NodeCacheConfig, cache_kwargs as cache_opts, rrl_kwargs
 
 log = logging.getLogger("clusterdns")
 
@@ -96,132 +89,70 @@ def build(cfg: NodeCacheConfig, loop: LoopDetector | None = None) -> Forwarding:
     return Forwarding(table, local_zones=(), fallthrough=(), max_udp=cfg.max_udp, loop=loop)
 
 
+class NodeCacheStack(Stack):
+    """`clusterdns node-cache`: the forward table with its caches, the listeners, /health
+    (and /ready, the same address) when set, /metrics when set; no zone, no source."""
+
+    def __init__(self, cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None = None,
+                 path: str | None = None) -> None:
+        forwarding = build(cfg, LoopDetector() if cfg.loop_detect else None)
+        handler = Handler(None, cfg.max_udp, forwarding=forwarding)  # hits: `Handler.cached`
+        query_log = lifecycle.query_log(cfg.query_log, cfg.query_log_sample)
+        listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log,
+                              limiter(rrl_kwargs(cfg.rrl)))
+        plugins = lifecycle.plugins(forward=True, cache=True, errors=True, loop=cfg.loop_detect,
+                                    health=bool(cfg.health), log=query_log is not None,
+                                    prometheus=bool(cfg.metrics), reload=path is not None,
+                                    rrl=listeners.rrl is not None)
+        sources = Sources(handler=handler, forwarding=forwarding, tcp_limits=listeners.limits, plugins=plugins,
+                          rrl=listeners.rrl)
+        super().__init__(cfg, handler, listeners, sources, load=load, config=path, watch_config=cfg.watch_config)
+        # the sockets (DNS, /health, /metrics) and the file watch: the keys the schema marks restart-only
+        self.restart_only = RESTART_ONLY & {f.name for f in fields(cfg)}
+        if cfg.health:
+            from clusterdns.obs.health import HealthServer  # only with --health
+
+            address = lifecycle.bind_address(cfg.health, "/health and /ready", "--health (config `health:`)")
+            self.health = HealthServer(address, address)
+
+    async def open(self, stop: Callable[[], None]) -> None:
+        cfg = self.opts
+        await lifecycle.listen(self.listeners, cfg.listen)
+        if self.health is not None:
+            try:
+                await self.health.start()
+            except OSError as exc:
+                raise StartupError(f"cannot serve /health on {cfg.health}: {exc.strerror or exc}") from None
+        self.metrics = await lifecycle.start_metrics(cfg.metrics, self.sources)
+
+    def ready_line(self, seconds: float) -> tuple[Any, ...]:
+        forwarding = self.handler.forwarding
+        zones = "; ".join(f"{z.zone} -> {', '.join(str(u.spec) for u in z.forwarder.upstreams)}"
+                          for z in (forwarding.table.zones if forwarding is not None else ()))
+        return ("serving node-cache on %s (udp+tcp): %s; health on port %s; ready in %.2fs",
+                ", ".join(f"{h}:{p}" for h, p in self.listeners.bound), zones,
+                self.health.health_port if self.health else "-", seconds)
+
+    def tuning(self, cfg: NodeCacheConfig) -> Tuning:
+        return Tuning(max_udp=cfg.max_udp, tcp_idle_timeout=cfg.tcp_idle_timeout,
+                      max_tcp_connections=cfg.max_tcp_connections, query_log=cfg.query_log,
+                      query_log_sample=cfg.query_log_sample, rrl_opts=rrl_kwargs(cfg.rrl), log_level=cfg.log_level,
+                      log_format=cfg.log_format, error_consolidate=cfg.error_consolidate,
+                      forward_timeout=cfg.forward.timeout, lameduck=cfg.lameduck,
+                      shutdown_timeout=cfg.shutdown_timeout)
+
+    def rebuild(self, cfg: NodeCacheConfig) -> Rebuilt:
+        """The forward table anew: new upstreams and stubs, caches of the new sizes."""
+        return Rebuilt(build(cfg, LoopDetector() if cfg.loop_detect else None))
+
+
 async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None = None,
                 path: str | None = None) -> int:
     """Run the node cache until SIGTERM/SIGINT; 1 when a forwarding loop is found.
 
     `load` re-reads the config file and the flags for a reload (SIGHUP, `watch_config`).
     """
-    started = time.monotonic()
-    forwarding = build(cfg, LoopDetector() if cfg.loop_detect else None)
-    handler = Handler(None, cfg.max_udp, forwarding=forwarding)  # hits: `Handler.cached`
-    query_log = lifecycle.query_log(getattr(cfg, "query_log", False), getattr(cfg, "query_log_sample", 1))
-    listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log,
-                          limiter(rrl_opts(cfg.rrl)))
-    health = None
-    if cfg.health:
-        from clusterdns.obs.health import HealthServer  # only with --health
-
-        address = lifecycle.bind_address(cfg.health, "/health and /ready", "--health (config `health:`)")
-        health = HealthServer(address, address)
-    sources = Sources(handler=handler, forwarding=forwarding, tcp_limits=listeners.limits,
-                      plugins=lifecycle.plugins(forward=True, cache=True, errors=True, loop=cfg.loop_detect,
-                                                health=bool(cfg.health), log=query_log is not None,
-                                                prometheus=bool(getattr(cfg, "metrics", None)),
-                                                reload=path is not None, rrl=listeners.rrl is not None),
-                      rrl=listeners.rrl)
-    metrics = None
-    reloader: Reloader | None = None
-    try:
-        await lifecycle.listen(listeners, cfg.listen)
-        if health is not None:
-            try:
-                await health.start()
-            except OSError as exc:
-                raise StartupError(f"cannot serve /health on {cfg.health}: {exc.strerror or exc}") from None
-        metrics = await lifecycle.start_metrics(getattr(cfg, "metrics", None), sources)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        running = _Running(cfg, load, path, handler, listeners, sources, stop)
-        reloader = Reloader(running.reload, path, getattr(cfg, "watch_config", False))
-        reloader.start()  # signal handlers before "serving": a supervisor may signal at once
-        log.info("serving node-cache on %s (udp+tcp): %s; health on port %s; ready in %.2fs",
-                 ", ".join(f"{h}:{p}" for h, p in listeners.bound),
-                 "; ".join(f"{z.zone} -> {', '.join(str(u.spec) for u in z.forwarder.upstreams)}"
-                           for z in forwarding.table.zones),
-                 health.health_port if health else "-", time.monotonic() - started)
-        forwarding.start(stop.set, listeners.bound)
-        flusher = asyncio.create_task(lifecycle.flush_logs(), name="log-flush")
-        try:
-            await stop.wait()
-            await reloader.stop()
-            if handler.forwarding is not None and handler.forwarding.looped:
-                return 1  # the cause was logged plainly
-            await lifecycle.lame_duck(stop, getattr(running.cfg, "lameduck", 0.0), health)
-            await lifecycle.drain(listeners, getattr(running.cfg, "shutdown_timeout", 5.0))
-        finally:
-            flusher.cancel()
-        log.info("stopped")
-        return 0
-    finally:
-        listeners.close()
-        if reloader is not None:
-            await reloader.stop()
-        if health is not None:
-            await health.stop()
-        if metrics is not None:
-            await metrics.stop()
-        if handler.forwarding is not None:
-            handler.forwarding.close()
-        logs.flush(final=True)
-
-
-class _Running:
-    """What a reload replaces: the forward table (with its caches), limits, logging."""
-
-    def __init__(self, cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None, path: str | None,
-                 handler: Handler, listeners: Listeners, sources: Sources, stop: asyncio.Event) -> None:
-        self.cfg, self.load, self.path = cfg, load, path
-        self.handler, self.listeners, self.sources, self.stop = handler, listeners, sources, stop
-
-    async def reload(self, why: str) -> None:
-        if self.load is None:
-            return
-        from clusterdns.settings import config  # imports nodecache_config, which this module's importers need first
-
-        old = self.cfg
-        try:
-            fresh = self.load()
-            new = config.with_restart_keys(old, fresh)  # type: ignore[arg-type]
-            forwarding = build(new, LoopDetector() if new.loop_detect else None)
-        except (ConfigError, ValueError) as exc:
-            self.sources.reloads.failed += 1
-            for problem in getattr(exc, "problems", None) or [str(exc)]:
-                log.error("%s", problem)
-            log.error("config %s rejected (%s); keeping the running config", self.path, why)
-            return
-        applied, _ = config.split_reload(old, new)  # type: ignore[arg-type]
-        _, waiting = config.split_reload(old, fresh)  # type: ignore[arg-type]
-        self.cfg = new
-        h = self.handler
-        old_forwarding, h.forwarding = h.forwarding, forwarding
-        h.max_udp = new.max_udp
-        self.sources.forwarding = forwarding
-        self.listeners.limits.idle_timeout = new.tcp_idle_timeout
-        self.listeners.limits.max_connections = new.max_tcp_connections
-        self.listeners.set_rrl(limiter(rrl_opts(new.rrl), self.listeners.rrl))
-        self.sources.rrl = self.listeners.rrl
-        if (old.query_log, old.query_log_sample) != (new.query_log, new.query_log_sample):  # type: ignore[attr-defined]
-            self.listeners.set_query_log(lifecycle.query_log(new.query_log, new.query_log_sample))  # type: ignore[attr-defined]
-        logs.setup(new.log_level, new.log_format, new.error_consolidate)  # type: ignore[attr-defined]
-        forwarding.start(self.stop.set, self.listeners.bound)
-        if old_forwarding is not None:  # once its questions in flight had time to finish
-            asyncio.get_running_loop().call_later(old.forward.timeout + 1.0, old_forwarding.close)
-        self.sources.reloads.succeeded += 1
-        self.sources.reloads.last_success = time.time()
-        log.info("config reloaded from %s (%s): %s", self.path, why, ", ".join(applied) or "no changes")
-        if waiting:
-            log.warning("config %s changes %s: takes effect on restart", self.path, ", ".join(waiting))
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register `node-cache` on the CLI's subcommands."""
-    p = sub.add_parser("node-cache", help="run as the node-local DNS cache (NodeLocal DNSCache role)",
-                       description=__doc__.split("\n")[0])
-    add_arguments(p)
-    return p
+    return await Server(lambda: NodeCacheStack(cfg, load, path)).run()
 
 
 def main_config(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None, path: str | None) -> int:
@@ -233,32 +164,3 @@ def main_config(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None
         return 1 if isinstance(exc, StartupError) else 2
     except KeyboardInterrupt:
         return 0
-
-
-def main_args(args: argparse.Namespace) -> int:
-    """Run `clusterdns node-cache` with parsed flags; the exit code."""
-    try:
-        cfg = from_args(args)
-    except ConfigError as exc:
-        logging.basicConfig(level="INFO", stream=sys.stderr)
-        log.error("%s", exc)
-        return 2
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(serve(cfg))
-    except (ConfigError, StartupError) as exc:
-        log.error("%s", exc)
-        return 1 if isinstance(exc, StartupError) else 2
-    except KeyboardInterrupt:
-        return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clusterdns node-cache")
-    add_arguments(parser)
-    return main_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

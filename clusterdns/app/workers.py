@@ -77,9 +77,9 @@ class Journal:
 class JournalReader(asyncio.Protocol):
     """Worker side: replays the leader's journal; the pipe closing means the leader is gone."""
 
-    def __init__(self, apply: Callable[[list], None], done: asyncio.Event) -> None:
+    def __init__(self, apply: Callable[[list], None], ended: Callable[[], None]) -> None:
         self.apply = apply
-        self.done = done
+        self.ended = ended  # the worker's stop: it drains and exits
         self.buf = bytearray()
 
     def data_received(self, data: bytes) -> None:
@@ -93,7 +93,7 @@ class JournalReader(asyncio.Protocol):
             self.apply(ops)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.done.set()
+        self.ended()
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from collections.abc import Callable, Coroutine
+from typing import Any, NamedTuple
 
 from clusterdns.cache.entry import NODATA, NXDOMAIN, POSITIVE, SERVFAIL, UNCACHED, Entry
 from clusterdns.wire import scan as W
@@ -58,7 +58,7 @@ _NOERROR, _NXDOMAIN, _SERVFAIL = int(Rcode.NOERROR), int(Rcode.NXDOMAIN), int(Rc
 
 #: an upstream answer: its bytes, or the forwarder's scan of them (then not scanned again)
 Answer = bytes | W.Scan
-Fetch = Callable[[Query], Awaitable[Answer]]
+Fetch = Callable[[Query], Coroutine[Any, Any, Answer]]
 #: reports a fetch's end: (answer, None) or (None, exception)
 Done = Callable[[Answer | None, BaseException | None], None]
 #: a fetch without a coroutine: start it and call Done later (may raise at once)
@@ -67,11 +67,11 @@ Start = Callable[[Query, Done], None]
 Notify = Callable[[bytes], None]
 
 
-
 class Declined(Exception):
     """The fetch turned the question down without asking anyone (the forwarder's
     `max_concurrent` cap): the client gets REFUSED, not a stale answer, and nothing is logged.
     Defined here so the cache needs nothing of the forwarding code above it."""
+
 
 class Later:
     """The type of `LATER`."""
@@ -86,7 +86,7 @@ class Later:
 LATER = Later()
 
 
-class _Lru(OrderedDict):  # type: ignore[type-arg]
+class _Lru(OrderedDict):
     """One part of the cache (success or denial): an LRU of entries on an OrderedDict
     (O(1) eviction of the least recently used, and `get` + `move_to_end` are C calls,
     cheap enough for the listeners' hit lane) that counts its evictions. `get` does not
@@ -166,13 +166,25 @@ class ResponseCache:
     """Cache + single flight + prefetch + serve-stale in front of a fetch: the coroutine
     function `fetch`, or the callback-style `start` when set (no Task per miss)."""
 
-    def __init__(self, fetch: Fetch, *, max_entries: int = 9984, max_denial_entries: int = 9984,
-                 max_ttl: int = 3600,
-                 min_ttl: int = 5, max_negative_ttl: int = 1800, min_negative_ttl: int = 5,
-                 servfail_ttl: int = 5, prefetch: int = 0, prefetch_percentage: int = 10,
-                 serve_stale: float = 0.0, stale_ttl: int = 30,
-                 stale_answer_timeout: float = 1.8, stale_recheck: float = 5.0,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        max_entries: int = 9984,
+        max_denial_entries: int = 9984,
+        max_ttl: int = 3600,
+        min_ttl: int = 5,
+        max_negative_ttl: int = 1800,
+        min_negative_ttl: int = 5,
+        servfail_ttl: int = 5,
+        prefetch: int = 0,
+        prefetch_percentage: int = 10,
+        serve_stale: float = 0.0,
+        stale_ttl: int = 30,
+        stale_answer_timeout: float = 1.8,
+        stale_recheck: float = 5.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_ttl, self.min_ttl = max_ttl, min(min_ttl, max_ttl)
         self.max_negative_ttl = max_negative_ttl
         self.min_negative_ttl = min(min_negative_ttl, max_negative_ttl)
@@ -294,10 +306,9 @@ class ResponseCache:
         if hit is not None:
             return hit.reply
         reply = self.miss(q, limit)
-        return reply if isinstance(reply, bytes) else await reply
+        return reply if isinstance(reply, bytes) else await reply  # type: ignore[misc]  # no notify: never LATER
 
-    def miss(self, q: Query, limit: int | None, notify: Notify | None = None
-             ) -> bytes | asyncio.Future[bytes] | Later:
+    def miss(self, q: Query, limit: int | None, notify: Notify | None = None) -> bytes | asyncio.Future[bytes] | Later:
         """After `lookup` found nothing fresh: the reply now (stale, during a recheck
         pause, or a fetch that failed at once) or a Future of it; with `notify`, LATER
         instead of a Future, and `notify(reply)` is called once, never before this
@@ -310,8 +321,7 @@ class ResponseCache:
             return self._serve_stale(stale, q, limit)  # upstream failed just now: don't hammer
         w = _Waiter(q, limit, None if notify is not None else asyncio.get_running_loop().create_future())
         if stale is not None:  # a slow upstream gets stale_answer_timeout (RFC 8767 5)
-            w.timer = asyncio.get_running_loop().call_later(self.stale_answer_timeout, self._stale_timeout,
-                                                            w, stale)
+            w.timer = asyncio.get_running_loop().call_later(self.stale_answer_timeout, self._stale_timeout, w, stale)
         f = self._flights.get(key)
         if f is not None:
             self.coalesced += 1
@@ -338,10 +348,10 @@ class ResponseCache:
         if self.start is not None:
             try:
                 self.start(f.q, f)
-            except Exception as exc:  # Overloaded, Guarded, a loop probe: fails the flight
+            except Exception as exc:  # noqa: BLE001 - Overloaded, Guarded, a loop probe: fails the flight
                 f(None, exc)
             return
-        task = asyncio.get_running_loop().create_task(self.fetch(f.q))  # type: ignore[arg-type]
+        task: asyncio.Task[Answer] = asyncio.get_running_loop().create_task(self.fetch(f.q))
         self._background.add(task)
         task.add_done_callback(f.task_done)
 
@@ -353,7 +363,7 @@ class ResponseCache:
         entry = None
         if exc is None:
             try:
-                entry = self._store(wire, f.q)  # type: ignore[arg-type]
+                entry = self._store(wire, f.q)  # type: ignore[arg-type]  # exc is None: wire is the answer
             except Exception as err:
                 log.exception("internal error storing the answer for %s", f.q.text)
                 exc = err
@@ -377,8 +387,7 @@ class ResponseCache:
             except Exception:  # the asker's callback failed: its answer only
                 log.exception("internal error delivering the answer for %s", w.q.text)
 
-    def _reply(self, q: Query, limit: int | None, entry: Entry | None,
-               exc: BaseException | None) -> bytes:
+    def _reply(self, q: Query, limit: int | None, entry: Entry | None, exc: BaseException | None) -> bytes:
         """A waiting client's reply from its flight's outcome."""
         if isinstance(exc, Declined):
             return W.error_reply(q, Rcode.REFUSED)
@@ -404,8 +413,12 @@ class ResponseCache:
             return entry
         key = q.key
         old = self._get(key)
-        if entry.kind == SERVFAIL and old is not None and old.kind != SERVFAIL and (
-                old.remaining(entry.stored) > 0 or self._stale_ok(old, entry.stored)):
+        if (
+            entry.kind == SERVFAIL
+            and old is not None
+            and old.kind != SERVFAIL
+            and (old.remaining(entry.stored) > 0 or self._stale_ok(old, entry.stored))
+        ):
             # a failed refresh (prefetch, or with serve-stale on) keeps the good answer
             self._failed(key)
             return entry
@@ -435,8 +448,9 @@ class ResponseCache:
             s = wire if isinstance(wire, W.Scan) else W.scan_response(wire)
         except Malformed as exc:
             log.debug("uncacheable answer for %s: %s", q.text, exc)
-            bad = W.error_reply(Query(0, True, False, q.qwire.lower(), q.name, q.qtype,
-                                           q.qclass, False, 0, False), Rcode.SERVFAIL)
+            bad = W.error_reply(
+                Query(0, True, False, q.qwire.lower(), q.name, q.qtype, q.qclass, False, 0, False), Rcode.SERVFAIL
+            )
             return Entry(bad, HEADER + len(q.qwire), (), UNCACHED, q.name, now, 0)
         kind, ttl = UNCACHED, 0
         if s.tc:
@@ -446,8 +460,7 @@ class ResponseCache:
             ttl = min(max(s.min_ttl or 0, self.min_ttl), self.max_ttl)
         elif s.rcode in (_NOERROR, _NXDOMAIN) and s.negative_ttl is not None:
             kind = NXDOMAIN if s.rcode == _NXDOMAIN else NODATA
-            neg = s.negative_ttl if s.answer_min_ttl is None else \
-                min(s.negative_ttl, s.answer_min_ttl)
+            neg = s.negative_ttl if s.answer_min_ttl is None else min(s.negative_ttl, s.answer_min_ttl)
             ttl = min(max(neg, self.min_negative_ttl), self.max_negative_ttl)
         elif s.rcode == _SERVFAIL and self.servfail_ttl > 0:
             kind, ttl = SERVFAIL, self.servfail_ttl

@@ -33,7 +33,7 @@ class Entry:
     tail: bytes = b""
     tail_ttl: int = -1
     until: float = 0.0  # the pieces are right (and the entry fresh) until then: `ResponseCache.hot`
-    classes: list | None = None  # type: ignore[type-arg]  # traffic classes by (x << 1 | tcp), for metrics
+    classes: list | None = None  # traffic classes by (x << 1 | tcp), for metrics
 
     @property
     def expires(self) -> float:
@@ -53,7 +53,7 @@ class Entry:
         packed = max(0, left).to_bytes(4, "big")
         for off in self.ttl_offsets:
             o = off - qend
-            buf[o:o + 4] = packed
+            buf[o : o + 4] = packed
         self.tail = bytes(buf)
         self.tail_ttl = left
 
@@ -72,8 +72,9 @@ def heads(flags_counts: bytes) -> tuple[bytes, ...]:
         b3 = flags_counts[1] | 0x80  # RA: we recurse on the client's behalf
         counts = flags_counts[2:8]
         ar = (flags_counts[8] << 8) | flags_counts[9]
-        found = tuple(bytes((flags | rd, b3)) + counts + (ar + edns).to_bytes(2, "big")
-                      for edns in (0, 1) for rd in (0, 1))
+        found = tuple(
+            bytes((flags | rd, b3)) + counts + (ar + edns).to_bytes(2, "big") for edns in (0, 1) for rd in (0, 1)
+        )
         if len(_HEADS) < _HEADS_MAX:
             _HEADS[flags_counts] = found
     return found

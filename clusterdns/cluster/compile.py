@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -35,8 +35,9 @@ def qtc(rtype: int) -> bytes:
     return bytes((rtype >> 8, rtype & 0xFF, 0, 1))
 
 
-A, AAAA, SRV, CNAME, PTR, TXT, SOA, NS = (qtc(t) for t in (
-    RRType.A, RRType.AAAA, RRType.SRV, RRType.CNAME, RRType.PTR, RRType.TXT, RRType.SOA, RRType.NS))
+A, AAAA, SRV, CNAME, PTR, TXT, SOA, NS = (
+    qtc(t) for t in (RRType.A, RRType.AAAA, RRType.SRV, RRType.CNAME, RRType.PTR, RRType.TXT, RRType.SOA, RRType.NS)
+)
 #: RFC 8482: ANY gets one RRset, the first of these that exists
 ANY_ORDER = (A, AAAA, SRV, PTR, TXT, SOA, NS)
 NO_ANSWERS: dict[bytes, E.Prepared] = {}
@@ -59,12 +60,17 @@ class Node:
 
     __slots__ = ("tc", "p", "answers", "apex", "target", "closed")
 
-    def __init__(self, answers: dict[bytes, E.Prepared] = NO_ANSWERS, apex: int = CLUSTER,
-                 target: bytes | None = None, closed: bool = True) -> None:
+    def __init__(
+        self,
+        answers: dict[bytes, E.Prepared] = NO_ANSWERS,
+        apex: int = CLUSTER,
+        target: bytes | None = None,
+        closed: bool = True,
+    ) -> None:
         self.tc: bytes | None = None
         self.p: E.Prepared | None = None
         if len(answers) == 1:
-            (self.tc, self.p), = answers.items()
+            ((self.tc, self.p),) = answers.items()
             answers = NO_ANSWERS
         self.answers, self.apex, self.target, self.closed = answers, apex, target, closed
 
@@ -116,14 +122,18 @@ class ZoneSettings:
             raise ValueError(f"pods mode must be one of {', '.join(PODS_MODES)}")
 
 
-def positive(name: bytes, records: dict[bytes, list[bytes]], extra: dict[bytes, list[bytes]] | None = None
-             ) -> dict[bytes, E.Prepared]:
+def positive(
+    name: bytes, records: dict[bytes, list[bytes]], extra: dict[bytes, list[bytes]] | None = None
+) -> dict[bytes, E.Prepared]:
     """Answers for the RRsets at one name; `extra` gives additional records by type."""
     out = {}
     for key, rrs in records.items():
         if rrs:
-            out[key] = E.make(answer=rrs, additional=(extra or {}).get(key, ()),  # type: ignore[arg-type]
-                                  qtype=(key[0] << 8) | key[1])
+            out[key] = E.make(
+                answer=rrs,
+                additional=(extra or {}).get(key, ()),
+                qtype=(key[0] << 8) | key[1],
+            )
     return out
 
 
@@ -150,6 +160,8 @@ def _address_rrsets(packed: list[tuple[int, bytes]], ttl: int) -> dict[bytes, li
 
 def glue(owner: bytes, ips: Iterable[str], ttl: int) -> list[bytes]:
     """A then AAAA records of a target name, owner written in full (additional section)."""
+    v4: list[bytes]
+    v6: list[bytes]
     v4, v6 = [], []
     for ip in dict.fromkeys(ips):
         rtype, raw = E.address(ip)
@@ -186,7 +198,7 @@ class Compiler:
         return _host(host) + base if host else base
 
     # ------------------------------------------------------------------ Services
-    def service(self, view: ServiceView) -> Iterator[tuple[bytes, Node]]:
+    def service(self, view: ServiceView) -> Iterator[tuple[bytes, Entry]]:
         """Every name a Service owns: its own, endpoint names, `_proto` and SRV names."""
         s = view.service
         try:
@@ -205,7 +217,7 @@ class Compiler:
         else:
             yield from self._own_address(view, name)
 
-    def _headless(self, view: ServiceView, name: bytes) -> Iterator[tuple[bytes, Node]]:
+    def _headless(self, view: ServiceView, name: bytes) -> Iterator[tuple[bytes, Entry]]:
         """A headless Service: its name holds every ready endpoint's address, SRV targets
         are the endpoints' names."""
         ttl, backends = self.s.ttl, view.backends
@@ -213,11 +225,11 @@ class Compiler:
             return  # spec 2.4.1: no ready endpoints, no names at all
         hosts = [b.host for b in backends]  # dashed labels are made on each read
         by_host: dict[str, list[str]] = {}
-        for b, h in zip(backends, hosts):
+        for b, h in zip(backends, hosts, strict=True):
             by_host.setdefault(h, []).append(b.ip)
         own_ips = [b.ip for b in backends]
         records = address_records(own_ips, ttl)
-        pairs = [(h, p.port) for b, h in zip(backends, hosts) for p in b.ports if p.port]
+        pairs = [(h, p.port) for b, h in zip(backends, hosts, strict=True) for p in b.ports if p.port]
         srv, extra = self._srv(pairs, name, by_host, own_ips, name)
         if srv:
             records[SRV] = srv
@@ -225,12 +237,17 @@ class Compiler:
         yield from self._endpoint_names(by_host, name)
 
         def port_srv(port: str, proto: str, owner: bytes) -> tuple[list[bytes], list[bytes]]:
-            pairs = [(h, p.port) for b, h in zip(backends, hosts) for p in b.ports
-                     if p.name == port and p.protocol == proto and p.port]
+            pairs = [
+                (h, p.port)
+                for b, h in zip(backends, hosts, strict=True)
+                for p in b.ports
+                if p.name == port and p.protocol == proto and p.port
+            ]
             return self._srv(pairs, name, by_host, own_ips, owner)
+
         yield from self._port_names([p for b in backends for p in b.ports if p.name and p.port], name, port_srv)
 
-    def _own_address(self, view: ServiceView, name: bytes) -> Iterator[tuple[bytes, Node]]:
+    def _own_address(self, view: ServiceView, name: bytes) -> Iterator[tuple[bytes, Entry]]:
         """A ClusterIP (or NodePort, LoadBalancer) Service: its name holds its ClusterIPs
         and is its own SRV target; its endpoints still get their names."""
         s, ttl = view.service, self.s.ttl
@@ -252,6 +269,7 @@ class Compiler:
         def port_srv(port: str, proto: str, owner: bytes) -> tuple[list[bytes], list[bytes]]:
             ports = [p.port for p in s.ports if p.name == port and p.protocol == proto and p.port]
             return self._own_srv(ports, name, packed, owner, memo)
+
         yield from self._port_names([p for p in s.ports if p.name and p.port], name, port_srv)
 
     def _endpoint_names(self, by_host: dict[str, list[str]], name: bytes) -> Iterator[tuple[bytes, Entry]]:
@@ -266,13 +284,13 @@ class Compiler:
             else:
                 yield _host(host) + name, leaf(address_records(ips, ttl))
 
-    def _port_names(self, named: list[Port], name: bytes,
-                    port_srv: Callable[[str, str, bytes], tuple[list[bytes], list[bytes]]]
-                    ) -> Iterator[tuple[bytes, Node]]:
+    def _port_names(
+        self, named: list[Port], name: bytes, port_srv: Callable[[str, str, bytes], tuple[list[bytes], list[bytes]]]
+    ) -> Iterator[tuple[bytes, Node]]:
         """`_port._proto` SRV names and their `_proto` empty non-terminals (RFC 8020)."""
         protos: dict[str, dict[str, None]] = {}
         for p in named:
-            protos.setdefault(p.protocol, {})[p.name] = None  # type: ignore[index]
+            protos.setdefault(p.protocol, {})[p.name] = None
         for proto, ports in protos.items():
             if not 0 < len(proto) < 63:
                 continue
@@ -286,8 +304,14 @@ class Compiler:
                 if srv:
                     yield owner, Node(positive(owner, {SRV: srv}, {SRV: extra}))
 
-    def _srv(self, pairs: list[tuple[str | None, int | None]], name: bytes, by_host: dict[str, list[str]],
-             own_ips: list[str], owner: bytes) -> tuple[list[bytes], list[bytes]]:
+    def _srv(
+        self,
+        pairs: Sequence[tuple[str | None, int | None]],
+        name: bytes,
+        by_host: dict[str, list[str]],
+        own_ips: list[str],
+        owner: bytes,
+    ) -> tuple[list[bytes], list[bytes]]:
         """SRV records (priority 0, weight floor(100/n), at least 1, n after de-duplication)
         and the addresses of their targets for the additional section (RFC 2782).
 
@@ -300,6 +324,7 @@ class Compiler:
         weight = max(1, 100 // len(unique))
         ttl = self.s.ttl
         wires = {h: (name if h is None else _host(h) + name) for h in dict.fromkeys(h for h, _ in unique)}
+        target_at: dict[str | None, int]
         records, at, target_at = [], HEADER + len(owner) + 4, {}
         for h, port in unique:
             rec = E.rr(E.OWNER, _T_SRV, ttl, _SRV_HEAD.pack(0, weight, port or 0) + wires[h])
@@ -311,8 +336,14 @@ class Compiler:
             extra += glue(E.pointer(target_at[h]) or wire, own_ips if h is None else by_host.get(h, ()), ttl)
         return records, extra
 
-    def _own_srv(self, ports: list[int | None], name: bytes, packed: list[tuple[int, bytes]], owner: bytes,
-                 memo: dict[tuple[int, ...], list[bytes]]) -> tuple[list[bytes], list[bytes]]:
+    def _own_srv(
+        self,
+        ports: Sequence[int | None],
+        name: bytes,
+        packed: list[tuple[int, bytes]],
+        owner: bytes,
+        memo: dict[tuple[int, ...], list[bytes]],
+    ) -> tuple[list[bytes], list[bytes]]:
         """`_srv` for a Service that is its own SRV target (not headless): the same
         records and glue, the records shared between the Service's names (`memo`: the
         Service's own SRV and a lone named port's are the same bytes)."""
@@ -322,8 +353,9 @@ class Compiler:
         records = memo.get(unique)
         if records is None:
             ttl, weight = self.s.ttl, max(1, 100 // len(unique))
-            records = memo[unique] = [E.rr(E.OWNER, _T_SRV, ttl, _SRV_HEAD.pack(0, weight, port) + name)
-                                      for port in unique]
+            records = memo[unique] = [
+                E.rr(E.OWNER, _T_SRV, ttl, _SRV_HEAD.pack(0, weight, port) + name) for port in unique
+            ]
         # the glue's owner: a pointer to the first record's target (its place is fixed)
         target = E.pointer(HEADER + len(owner) + 4 + 18) or name
         ttl = self.s.ttl
@@ -358,8 +390,12 @@ class Compiler:
         yield self.pod_wire, Node()
         yield self.wire("dns"), Node()
         owner = self.wire("dns-version")
-        yield owner, Node({TXT: E.make(answer=[E.rr(E.OWNER, RRType.TXT, SCHEMA_TTL, E.txt(SCHEMA_VERSION))],
-                                           qtype=RRType.TXT)})
+        yield (
+            owner,
+            Node(
+                {TXT: E.make(answer=[E.rr(E.OWNER, RRType.TXT, SCHEMA_TTL, E.txt(SCHEMA_VERSION))], qtype=RRType.TXT)}
+            ),
+        )
 
     def soa_rdata(self, serial: int) -> bytes:
         """SOA RDATA: ours as MNAME, hostmaster as RNAME, and the timers; only the serial moves."""
@@ -374,9 +410,14 @@ class Compiler:
         ttl = self.s.ttl
         if self._ns is None or self._ns[0] != ns_ips:  # the NS side changes with kube-dns only
             # glue owned by a pointer to the NS target, right after the apex's own question
-            ns_answers = [E.make(answer=[E.rr(E.OWNER, RRType.NS, ttl, self.mname_wire)],
-                                 additional=glue(E.pointer(HEADER + len(wire) + 4 + 12) or self.mname_wire, ns_ips, ttl),
-                                 qtype=RRType.NS) for wire in self.apex_wires]
+            ns_answers = [
+                E.make(
+                    answer=[E.rr(E.OWNER, RRType.NS, ttl, self.mname_wire)],
+                    additional=glue(E.pointer(HEADER + len(wire) + 4 + 12) or self.mname_wire, ns_ips, ttl),
+                    qtype=RRType.NS,
+                )
+                for wire in self.apex_wires
+            ]
             self._ns = (ns_ips, ns_answers, Node(positive(self.mname_wire, address_records(ns_ips, ttl))))
         soa_rr = E.rr(E.OWNER, RRType.SOA, min(ttl, 300), self.soa_rdata(serial))
         for apex, wire in enumerate(self.apex_wires):
@@ -426,4 +467,4 @@ def address_value(ip: str) -> int:
     return int.from_bytes(socket.inet_pton(family, ip), "big")
 
 
-__all__ = ["Compiler", "Entry", "Node", "leaf", "leaf_node", "ZoneSettings", "address_value", "qtc", "reverse_wire"]
+__all__ = ["Compiler", "Entry", "Node", "ZoneSettings", "address_value", "leaf", "leaf_node", "qtc", "reverse_wire"]

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import bisect
 import gc
-from array import array
 import ipaddress
 import logging
+from array import array
 
 from clusterdns.cluster.compile import (
     ANY_ORDER,
@@ -38,14 +38,14 @@ from clusterdns.cluster.compile import (
 )
 from clusterdns.kube.store import ClusterStore, DepKey
 from clusterdns.wire import encode as E
-from clusterdns.wire.constants import HEADER, RRClass, RRType, Rcode
+from clusterdns.wire.constants import HEADER, Rcode, RRClass, RRType
 from clusterdns.wire.names import in_zone, labels as name_labels
 
 log = logging.getLogger("clusterdns")
 
 MAX_CHASE = 8  # CNAME hops followed inside our zone (ExternalName -> ExternalName ...)
 KUBE_DNS = ("kube-system", "kube-dns")
-IN_BYTES = b"\x00\x01"
+IN_BYTES = int(RRClass.IN).to_bytes(2, "big")
 #: types that are not data a name can lack: NODATA is never their answer
 NOT_DATA_TYPES = frozenset((RRType.OPT, RRType.IXFR, RRType.AXFR, RRType.ANY))
 
@@ -113,6 +113,8 @@ class ClusterZone:
         Rebuilt on the first prefix question after a change (rare), not on every change
         (an insertion into 100,000 sorted addresses moves 800 KB)."""
         self._unsorted = False
+        v4: list[int]
+        v6: list[int]
         v4, v6 = [], []
         for ip in self.store.ptr:
             (v6 if ":" in ip else v4).append(address_value(ip))
@@ -171,8 +173,10 @@ class ClusterZone:
             elif kind == "ns":
                 ns = dep[1]
                 fresh = dict(self.c.namespace(ns))
-                for name in (b"%c%s" % (len(ns), ns.encode()) + self.c.svc_wire,
-                             b"%c%s" % (len(ns), ns.encode()) + self.c.pod_wire):
+                for name in (
+                    b"%c%s" % (len(ns), ns.encode()) + self.c.svc_wire,
+                    b"%c%s" % (len(ns), ns.encode()) + self.c.pod_wire,
+                ):
                     names.pop(name, None)
                 if self.store.namespace_exists(ns):
                     names.update(fresh)
@@ -241,11 +245,11 @@ class ClusterZone:
                 if tc[2:] == IN_BYTES and tc[0] == 0 and tc[1] not in NOT_DATA_TYPES:
                     return self.nodata[leaf_apex(name)]
                 return None
-            p = node.p if node.tc == tc else node.answers.get(tc)
+            p = node.p if node.tc == tc else node.answers.get(tc)  # type: ignore[union-attr]  # a Node: bytes returned above
             if p is not None:
                 return p
-            if node.target is None and tc[2:] == IN_BYTES and tc[0] == 0 and tc[1] not in NOT_DATA_TYPES:
-                return self.nodata[node.apex]  # NODATA: the name exists with other types
+            if node.target is None and tc[2:] == IN_BYTES and tc[0] == 0 and tc[1] not in NOT_DATA_TYPES:  # type: ignore[union-attr]  # a Node: bytes returned above
+                return self.nodata[node.apex]  # type: ignore[union-attr]  # NODATA: the name exists with other types
             return None
         n = len(name)
         if n > 255 or tc[2:] != IN_BYTES or (tc[0] == 0 and tc[1] in NOT_DATA_TYPES):
@@ -262,7 +266,7 @@ class ClusterZone:
             if parent is not None:
                 if type(parent) is bytes:
                     return self.nxdomain[leaf_apex(name)]
-                return self.nxdomain[parent.apex] if parent.closed else None
+                return self.nxdomain[parent.apex] if parent.closed else None  # type: ignore[union-attr]  # a Node: bytes returned above
 
     def answer(self, name: bytes, qtype: int, qclass: int = RRClass.IN) -> E.Prepared:
         """Any question about a name in our zones (the caller checked `apex_of`)."""
@@ -270,7 +274,7 @@ class ClusterZone:
         if type(p) is bytes:
             return E.make(answer=[p], qtype=qtype)
         if p is not None:
-            return p  # type: ignore[return-value]
+            return p  # type: ignore[return-value]  # a Prepared: not bytes, not None
         return self._resolve(name, qtype)
 
     def _node(self, name: bytes) -> Node | None:
@@ -279,7 +283,7 @@ class ClusterZone:
         if type(node) is bytes:
             return leaf_node(node, leaf_apex(name))
         if node is not None:
-            return node  # type: ignore[return-value]
+            return node  # type: ignore[return-value]  # a Node: not bytes, not None
         apex = self.apex_of(name)
         if apex is None:
             return None
@@ -324,8 +328,12 @@ class ClusterZone:
                 return E.make(answer=answer, authority=[self.nodata[node.apex].body])
             if owner == E.OWNER:
                 if qtype == RRType.ANY:
-                    return E.make(rcode=p.rcode, answer=E.split_records(p.body[:p.ans_end], p.an),
-                                      additional=E.split_records(p.body[p.auth_end:], p.ar), qtype=RRType.ANY)
+                    return E.make(
+                        rcode=p.rcode,
+                        answer=E.split_records(p.body[: p.ans_end], p.an),
+                        additional=E.split_records(p.body[p.auth_end :], p.ar),
+                        qtype=RRType.ANY,
+                    )
                 return p
             answer += E.split_records(E.reown(p.body, p.an, owner), p.an)
             return E.make(answer=answer, additional=E.full_owners(p.body, p.auth_end, p.ar, name))
@@ -349,6 +357,7 @@ class ClusterZone:
         if pods == "verified" and not self.store.pod_has_ip(ns, ip):
             return None
         from clusterdns.cluster.compile import positive
+
         return Node(positive(name, address_records([ip], self.settings.ttl)))
 
     def _reverse_node(self, name: bytes, apex: int) -> Node | None:
@@ -369,7 +378,7 @@ class ClusterZone:
         if not self.store.ptr_targets(ip):
             return None
         entry = self._ptr_node(ip, apex)
-        return leaf_node(entry, apex) if type(entry) is bytes else entry  # type: ignore[return-value]
+        return leaf_node(entry, apex) if type(entry) is bytes else entry  # type: ignore[return-value]  # else a Node
 
 
 def leaf_apex(name: bytes) -> int:

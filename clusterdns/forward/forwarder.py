@@ -85,10 +85,20 @@ class Forwarder:
     tcp_max_conns = 2
     tcp_max_in_flight = 1000
 
-    def __init__(self, upstreams: Sequence[UpstreamSpec], *, policy: str = "random",
-                 max_fails: int = 2, health_interval: float = 0.5, read_timeout: float = 2.0,
-                 timeout: float = 5.0, expire: float = 10.0, max_concurrent: int = 1000,
-                 except_zones: Iterable[str] = (), name: str = ".") -> None:
+    def __init__(
+        self,
+        upstreams: Sequence[UpstreamSpec],
+        *,
+        policy: str = "random",
+        max_fails: int = 2,
+        health_interval: float = 0.5,
+        read_timeout: float = 2.0,
+        timeout: float = 5.0,
+        expire: float = 10.0,
+        max_concurrent: int = 1000,
+        except_zones: Iterable[str] = (),
+        name: str = ".",
+    ) -> None:
         if not upstreams:
             raise ValueError(f"forwarder {name}: no upstream servers")
         if policy not in POLICIES:
@@ -129,8 +139,9 @@ class Forwarder:
         # all down: still try them (CoreDNS tries one at random); the deadline bounds it
         return healthy + [u for u in ups if not u.healthy]
 
-    async def query(self, name: bytes, qtype: int, qclass: int = RRClass.IN, *, do: bool = False,
-                    cd: bool = False) -> bytes:
+    async def query(
+        self, name: bytes, qtype: int, qclass: int = RRClass.IN, *, do: bool = False, cd: bool = False
+    ) -> bytes:
         """Ask the upstreams for (name, type, class) and return the first usable answer.
 
         `name` is a lowercased wire name. A timeout or error moves on to the next upstream;
@@ -141,15 +152,17 @@ class Forwarder:
         self.start(name, qtype, qclass, do, cd, lambda a, e: _settle(fut, a, e))
         return await fut
 
-    async def query_scan(self, name: bytes, qtype: int, qclass: int = RRClass.IN, *,
-                         do: bool = False, cd: bool = False) -> W.Scan:
+    async def query_scan(
+        self, name: bytes, qtype: int, qclass: int = RRClass.IN, *, do: bool = False, cd: bool = False
+    ) -> W.Scan:
         """`query()` returning the answer's Scan, for a caller that would scan it again."""
         fut: asyncio.Future[W.Scan] = asyncio.get_running_loop().create_future()
         self.start(name, qtype, qclass, do, cd, lambda a, e: _settle(fut, a, e), scanned=True)
         return await fut
 
-    def start(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool,
-              done: Done | ScanDone, *, scanned: bool = False) -> None:
+    def start(
+        self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool, done: Done | ScanDone, *, scanned: bool = False
+    ) -> None:
         """`query()` without a coroutine: `done` gets the answer or the ForwardError, once,
         never before this returns; with `scanned`, the answer's Scan instead of its bytes
         (it was scanned to be accepted: a cache need not scan it again). Guarded and
@@ -204,11 +217,39 @@ class _Query:
     pool within the same step budget.
     """
 
-    __slots__ = ("cd", "deadline", "do", "done", "fallback", "fallback_scan", "finished", "fwd", "i",
-                 "loop", "name", "order", "qclass", "qtype", "scanned", "started", "until", "up")
+    __slots__ = (
+        "cd",
+        "deadline",
+        "do",
+        "done",
+        "fallback",
+        "fallback_scan",
+        "finished",
+        "fwd",
+        "i",
+        "loop",
+        "name",
+        "order",
+        "qclass",
+        "qtype",
+        "scanned",
+        "started",
+        "until",
+        "up",
+    )
 
-    def __init__(self, fwd: Forwarder, loop: asyncio.AbstractEventLoop, name: bytes, qtype: int, qclass: int,
-                 do: bool, cd: bool, done: Done | ScanDone, scanned: bool = False) -> None:
+    def __init__(
+        self,
+        fwd: Forwarder,
+        loop: asyncio.AbstractEventLoop,
+        name: bytes,
+        qtype: int,
+        qclass: int,
+        do: bool,
+        cd: bool,
+        done: Done | ScanDone,
+        scanned: bool = False,
+    ) -> None:
         self.fwd, self.name, self.qtype, self.qclass, self.do, self.cd = fwd, name, qtype, qclass, do, cd
         self.done = done
         self.scanned = scanned  # `done` takes the answer's Scan, not its bytes
@@ -243,10 +284,13 @@ class _Query:
                 if up.spec.force_tcp:
                     self._tcp(timeout)
                 else:
-                    up.pool.send(W.build_query(0, self.name, self.qtype, self.qclass,
-                                               do=self.do, cd=self.cd), timeout, self._udp_done)
+                    up.pool.send(
+                        W.build_query(0, self.name, self.qtype, self.qclass, do=self.do, cd=self.cd),
+                        timeout,
+                        self._udp_done,
+                    )
                 return
-        except Exception as exc:  # a bug must cost one answer, never the question's waiters
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one answer, never the question's waiters
             self._finish(None, exc)
             return
         self._finish(None, None)
@@ -257,12 +301,12 @@ class _Query:
         try:
             if exc is not None:
                 self._failed(exc)
-            elif answer[2] & 0x02:  # type: ignore[index]  # TC: the full answer needs TCP (RFC 7766 5)
+            elif answer[2] & 0x02:  # type: ignore[index]  # no exc: an answer. TC: the full answer needs TCP (RFC 7766 5)
                 self.fwd.stats.tc_retries += 1
                 self._tcp(self.until - self.loop.time())
             else:
-                self._answered(answer)  # type: ignore[arg-type]
-        except Exception as exc2:
+                self._answered(answer)  # type: ignore[arg-type]  # no exc: an answer
+        except Exception as exc2:  # noqa: BLE001 - as above: the waiters get an answer
             self._finish(None, exc2)
 
     def _answered(self, answer: bytes) -> None:
@@ -293,24 +337,22 @@ class _Query:
         """Ask the step's upstream over TCP within `left` seconds (what is left of the step)."""
         up = self.up
         assert up is not None
-        up.tcp.send(self.name, self.qtype, self.qclass, self.do, self.cd, max(left, 0.0),
-                    self._tcp_done)
+        up.tcp.send(self.name, self.qtype, self.qclass, self.do, self.cd, max(left, 0.0), self._tcp_done)
 
     def _tcp_done(self, answer: bytes | None, exc: BaseException | None) -> None:
         if self.finished:
             return
         try:
             if exc is None:
-                self._answered(answer)  # type: ignore[arg-type]
+                self._answered(answer)  # type: ignore[arg-type]  # no exc: an answer
             elif isinstance(exc, (OSError, TimeoutError, asyncio.IncompleteReadError)):
                 self._failed(exc)
             else:
                 self._finish(None, exc)
-        except Exception as exc2:
+        except Exception as exc2:  # noqa: BLE001 - as above: the waiters get an answer
             self._finish(None, exc2)
 
-    def _finish(self, answer: bytes | None, exc: BaseException | None,
-                scan: W.Scan | None = None) -> None:
+    def _finish(self, answer: bytes | None, exc: BaseException | None, scan: W.Scan | None = None) -> None:
         if self.finished:
             return
         self.finished = True
@@ -318,6 +360,5 @@ class _Query:
         if answer is None and exc is None:
             answer, scan = self.fallback, self.fallback_scan
             if answer is None:
-                exc = ForwardError(f"no upstream of {self.fwd.name} answered "
-                                   f"{to_text(self.name)}")
-        self.done(scan if self.scanned else answer, exc)  # type: ignore[arg-type]
+                exc = ForwardError(f"no upstream of {self.fwd.name} answered {to_text(self.name)}")
+        self.done(scan if self.scanned else answer, exc)  # type: ignore[arg-type]  # a ScanDone when scanned

@@ -19,8 +19,7 @@ from clusterdns.forward.sources import (
 )
 from clusterdns.forward.table import ForwardTable, ForwardZone, build_forward_table
 from clusterdns.forward.upstream import parse_hostport
-from clusterdns.wire import encode as E
-from clusterdns.wire import scan as W
+from clusterdns.wire import encode as E, scan as W
 from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, Rcode, RRClass, RRType
 from clusterdns.wire.encode import Prepared
 from clusterdns.wire.names import Malformed, in_zone, to_text, to_wire
@@ -39,15 +38,22 @@ class Forwarding:
     `handle()` takes a query for a name outside the authoritative zones (`local_zones`)
     straight to its forward zone, without dnslib: a cache hit is answered synchronously,
     a miss returns an asyncio.Future of the reply (resolved by callbacks: no Task), or
-    with `notify` hands the reply to that callback, an uncached zone a coroutine. `follow()` runs after the cluster zone answered: a
-    reverse name it does not know falls through to the upstreams (kubeadm's
-    `fallthrough in-addr.arpa ip6.arpa`), and an ExternalName target outside the zone
-    is resolved upstream and appended after the CNAME.
+    with `notify` hands the reply to that callback, an uncached zone a coroutine.
+    `follow()` runs after the cluster zone answered: a reverse name it does not know
+    falls through to the upstreams (kubeadm's `fallthrough in-addr.arpa ip6.arpa`), and
+    an ExternalName target outside the zone is resolved upstream and appended after the
+    CNAME.
     """
 
-    def __init__(self, table: ForwardTable, *, local_zones: Iterable[str] = (),
-                 fallthrough: Iterable[str] = ("in-addr.arpa", "ip6.arpa"),
-                 max_udp: int = EDNS_UDP, loop: LoopDetector | None = None) -> None:
+    def __init__(
+        self,
+        table: ForwardTable,
+        *,
+        local_zones: Iterable[str] = (),
+        fallthrough: Iterable[str] = ("in-addr.arpa", "ip6.arpa"),
+        max_udp: int = EDNS_UDP,
+        loop: LoopDetector | None = None,
+    ) -> None:
         self.table = table
         self.local = tuple(to_wire(z) for z in local_zones)
         self.fallthrough_zones = tuple(to_wire(z) for z in fallthrough)
@@ -83,8 +89,9 @@ class Forwarding:
             self.caches.clear()  # costs a route (~1 us) per name on its next hit
         self.caches[name] = cache
 
-    def handle(self, q: Query, data: bytes, tcp: bool, notify: Notify | None = None
-               ) -> Hit | bytes | Awaitable[bytes] | Later | None:
+    def handle(
+        self, q: Query, data: bytes, tcp: bool, notify: Notify | None = None
+    ) -> Hit | bytes | Awaitable[bytes] | Later | None:
         """A cache `Hit` (reply + entry, counted), else the reply (bytes, a Future or a
         coroutine) for a forwarded name; None: not ours to forward. With `notify`, a
         cache miss gives `cache.LATER` and its reply to `notify` (no Future: see
@@ -103,8 +110,9 @@ class Forwarding:
                 return hit
         return self._miss(zone, q, limit, notify)
 
-    def _miss(self, zone: ForwardZone, q: Query, limit: int | None, notify: Notify | None = None
-              ) -> bytes | Awaitable[bytes] | Later:
+    def _miss(
+        self, zone: ForwardZone, q: Query, limit: int | None, notify: Notify | None = None
+    ) -> bytes | Awaitable[bytes] | Later:
         """A cached zone's miss as a Future or LATER (the fast path); else the coroutine."""
         if zone.cache is None:
             return self._safe(zone.resolve(q, limit), q)
@@ -123,22 +131,27 @@ class Forwarding:
             log.exception("internal error forwarding %s", q.text)
             return W.error_reply(q, Rcode.SERVFAIL)
 
-    def follow(self, q: Query, answer: Prepared, data: bytes, limit: int | None, apex: int
-               ) -> Awaitable[bytes] | None:
+    def follow(
+        self, q: Query, answer: Prepared, data: bytes, limit: int | None, apex: int
+    ) -> bytes | Awaitable[bytes] | None:
         """After the cluster zone answered `q` with `answer`: a coroutine giving the final
         reply, or None to keep it. `apex` is the zone the name is in (0: the cluster zone)."""
         if answer.chase is not None:
             return self._chase(q, answer, data, limit)
-        if answer.rcode == Rcode.NXDOMAIN and apex != 0 and self.fallthrough_zones:
-            if any(in_zone(q.name, z) for z in self.fallthrough_zones):
-                zone = self.table.route(q.name)
-                if zone is not None:
-                    return self._miss(zone, q, limit)
+        if (
+            answer.rcode == Rcode.NXDOMAIN
+            and apex != 0
+            and self.fallthrough_zones
+            and any(in_zone(q.name, z) for z in self.fallthrough_zones)
+        ):
+            zone = self.table.route(q.name)
+            if zone is not None:
+                return self._miss(zone, q, limit)  # type: ignore[return-value]  # no notify: never LATER
         return None
 
     async def _chase(self, q: Query, answer: Prepared, data: bytes, limit: int | None) -> bytes:
         """Resolve the CNAME target upstream and append its records (CoreDNS `upstream`)."""
-        records = E.split_records(answer.body[:answer.ans_end], answer.an)
+        records = E.split_records(answer.body[: answer.ans_end], answer.an)
         rcode = answer.rcode
         target = answer.chase or b"\x00"
         try:
@@ -182,8 +195,7 @@ class Forwarding:
             self.looped = True
             on_loop()
 
-        self._tasks = [loop.create_task(watch(self.loop)),
-                       loop.create_task(self.loop.probe(self.forwarders))]
+        self._tasks = [loop.create_task(watch(self.loop)), loop.create_task(self.loop.probe(self.forwarders))]
 
     def close(self) -> None:
         for t in self._tasks:
@@ -191,11 +203,18 @@ class Forwarding:
         self.table.close()
 
 
-def cluster_forwarding(zone: str, *, upstreams: Sequence[str] = (), resolv_conf: str | None = None,
-                       stubs: Sequence[str] = (), kube_dns_configmap: str | None = None,
-                       max_udp: int = EDNS_UDP, loop_detect: bool = True,
-                       cache_opts: Mapping[str, Any] | None = None,
-                       forward_opts: Mapping[str, Any] | None = None) -> Forwarding | None:
+def cluster_forwarding(
+    zone: str,
+    *,
+    upstreams: Sequence[str] = (),
+    resolv_conf: str | None = None,
+    stubs: Sequence[str] = (),
+    kube_dns_configmap: str | None = None,
+    max_udp: int = EDNS_UDP,
+    loop_detect: bool = True,
+    cache_opts: Mapping[str, Any] | None = None,
+    forward_opts: Mapping[str, Any] | None = None,
+) -> Forwarding | None:
     """Forwarding for `clusterdns serve`, as kubeadm's Corefile: `forward . <servers>`
     (`max_concurrent 1000`) and `cache 30` for names outside the cluster zone, stub
     domains to their servers, and `fallthrough in-addr.arpa ip6.arpa`. None when no
@@ -209,13 +228,17 @@ def cluster_forwarding(zone: str, *, upstreams: Sequence[str] = (), resolv_conf:
         return None
     cm = load_kube_dns_configmap(kube_dns_configmap) if kube_dns_configmap else None
     flag_stubs = dict(parse_stub(text) for text in stubs)
-    default, stub_map = choose_upstreams([parse_hostport(u) for u in upstreams], flag_stubs, cm,
-                                         resolv_conf or None)
+    default, stub_map = choose_upstreams([parse_hostport(u) for u in upstreams], flag_stubs, cm, resolv_conf or None)
     loop = LoopDetector() if loop_detect else None
-    table = build_forward_table(default, stub_map, cache_opts=dict(SERVE_CACHE, **(cache_opts or {})),
-                                forward_opts=forward_opts, except_zones=[zone], loop=loop)
-    return Forwarding(table, local_zones=(zone, "in-addr.arpa", "ip6.arpa"), max_udp=max_udp,
-                      loop=loop)
+    table = build_forward_table(
+        default,
+        stub_map,
+        cache_opts=dict(SERVE_CACHE, **(cache_opts or {})),
+        forward_opts=forward_opts,
+        except_zones=[zone],
+        loop=loop,
+    )
+    return Forwarding(table, local_zones=(zone, "in-addr.arpa", "ip6.arpa"), max_udp=max_udp, loop=loop)
 
 
 #: kubeadm's `cache 30` for forwarded names, plus serve-stale for an hour (CoreDNS's

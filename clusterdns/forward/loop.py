@@ -56,8 +56,7 @@ class LoopDetector:
         if name != self.name:
             return False
         if not self.tripped.is_set():
-            self.message = LOOP_HELP.format(probe=to_text(self.name),
-                                            upstreams=", ".join(self._upstreams) or "?")
+            self.message = LOOP_HELP.format(probe=to_text(self.name), upstreams=", ".join(self._upstreams) or "?")
             log.error(self.message)
             self.tripped.set()
         return True
@@ -73,8 +72,7 @@ class LoopDetector:
                 pass  # upstream down or answered nothing useful: no loop seen through it
 
 
-def check_self_forwarding(upstreams: Iterable[UpstreamSpec],
-                          listen: Iterable[tuple[str, int]]) -> str | None:
+def check_self_forwarding(upstreams: Iterable[UpstreamSpec], listen: Iterable[tuple[str, int]]) -> str | None:
     """A plain message if an upstream is one of our own listen addresses (a sure loop)."""
     mine = set()
     for host, port in listen:
@@ -84,11 +82,13 @@ def check_self_forwarding(upstreams: Iterable[UpstreamSpec],
             continue
     for up in upstreams:
         addr = ipaddress.ip_address(up.host.split("%")[0])
-        if (addr, up.port) in mine or (any(h.is_unspecified and h.version == addr.version
-                                           and p == up.port for h, p in mine)
-                                       and addr.is_loopback):
-            return (f"forwarding loop: upstream {up} is this server's own listen address. "
-                    "If it came from a resolv.conf, the node points at a local resolver "
-                    "(e.g. 127.0.0.53, systemd-resolved); start kubelet with "
-                    "--resolv-conf=/run/systemd/resolve/resolv.conf or pass --upstream.")
+        if (addr, up.port) in mine or (
+            any(h.is_unspecified and h.version == addr.version and p == up.port for h, p in mine) and addr.is_loopback
+        ):
+            return (
+                f"forwarding loop: upstream {up} is this server's own listen address. "
+                "If it came from a resolv.conf, the node points at a local resolver "
+                "(e.g. 127.0.0.53, systemd-resolved); start kubelet with "
+                "--resolv-conf=/run/systemd/resolve/resolv.conf or pass --upstream."
+            )
     return None

@@ -100,9 +100,12 @@ def _json_value(value: Any, empty: Any, path: Path, key: str) -> Any:
     return value
 
 
-def choose_upstreams(upstreams: list[UpstreamSpec], stubs: Mapping[str, list[UpstreamSpec]],
-                     configmap: KubeDnsConfig | None, resolv_conf: str | Path | None,
-                     ) -> tuple[list[UpstreamSpec], dict[str, list[UpstreamSpec]]]:
+def choose_upstreams(
+    upstreams: list[UpstreamSpec],
+    stubs: Mapping[str, list[UpstreamSpec]],
+    configmap: KubeDnsConfig | None,
+    resolv_conf: str | Path | None,
+) -> tuple[list[UpstreamSpec], dict[str, list[UpstreamSpec]]]:
     """The servers for '.' and the stub domains, from every source (serve and node-cache).
 
     '.': the `upstreams` flag, else the ConfigMap's upstreamNameservers, else the

@@ -27,8 +27,9 @@ from clusterdns.wire.question import Query
 class ForwardZone:
     """One forward zone: names under `zone` go to `forwarder`, through `cache` if given."""
 
-    def __init__(self, zone: str, forwarder: Forwarder, cache_opts: Mapping[str, Any] | None,
-                 loop: LoopDetector | None = None) -> None:
+    def __init__(
+        self, zone: str, forwarder: Forwarder, cache_opts: Mapping[str, Any] | None, loop: LoopDetector | None = None
+    ) -> None:
         self.zone = _zone(zone)
         self.forwarder = forwarder
         self.loop = loop
@@ -107,11 +108,15 @@ class ForwardTable:
             z.close()
 
 
-def build_forward_table(default: Sequence[UpstreamSpec], stubs: Mapping[str, Sequence[UpstreamSpec]],
-                        *, cache_opts: Mapping[str, Any] | None,
-                        forward_opts: Mapping[str, Any] | None = None,
-                        except_zones: Iterable[str] = (),
-                        loop: LoopDetector | None = None) -> ForwardTable:
+def build_forward_table(
+    default: Sequence[UpstreamSpec],
+    stubs: Mapping[str, Sequence[UpstreamSpec]],
+    *,
+    cache_opts: Mapping[str, Any] | None,
+    forward_opts: Mapping[str, Any] | None = None,
+    except_zones: Iterable[str] = (),
+    loop: LoopDetector | None = None,
+) -> ForwardTable:
     """'.' to `default` and each stub zone to its servers, all cached with `cache_opts`.
 
     `except_zones` (the cluster zone) are never sent to any of these upstreams.
@@ -120,10 +125,8 @@ def build_forward_table(default: Sequence[UpstreamSpec], stubs: Mapping[str, Seq
     ex = tuple(except_zones)
     table = ForwardTable()
     if default:
-        table.add(ForwardZone(".", Forwarder(default, except_zones=ex, name=".", **fo),
-                              cache_opts, loop))
+        table.add(ForwardZone(".", Forwarder(default, except_zones=ex, name=".", **fo), cache_opts, loop))
     for zone, servers in stubs.items():
         z = _zone(zone)
-        table.add(ForwardZone(z, Forwarder(servers, except_zones=ex, name=z, **fo),
-                              cache_opts, loop))
+        table.add(ForwardZone(z, Forwarder(servers, except_zones=ex, name=z, **fo), cache_opts, loop))
     return table

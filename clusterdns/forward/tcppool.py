@@ -66,12 +66,11 @@ _BACKOFF_MAX = 2.0
 class TcpQuery:
     """One query: the token `TcpPool.cancel` takes."""
 
-    __slots__ = ("callback", "conn", "deadline", "live", "qid", "question", "resent", "sent_at",
-                 "timer", "wire")
+    __slots__ = ("callback", "conn", "deadline", "live", "qid", "question", "resent", "sent_at", "timer", "wire")
 
     def __init__(self, wire: bytes, callback: Callback) -> None:
         self.wire = wire  # built with ID 0
-        self.question = wire[HEADER:len(wire) - 11]  # without the OPT record
+        self.question = wire[HEADER : len(wire) - 11]  # without the OPT record
         self.callback = callback
         self.deadline = 0.0
         self.live = True  # False once answered, timed out, failed or cancelled
@@ -103,8 +102,7 @@ class _Conn(asyncio.Protocol):
         self.answered = 0
 
     def usable(self) -> bool:
-        return not (self.closed or self.draining or self.paused) \
-            and len(self.in_flight) < self.pool.max_in_flight
+        return not (self.closed or self.draining or self.paused) and len(self.in_flight) < self.pool.max_in_flight
 
     def send(self, q: TcpQuery, now: float) -> None:
         """Put `q` in flight here (`now`: the loop's time); written with this turn's others."""
@@ -147,7 +145,7 @@ class _Conn(asyncio.Protocol):
             end = off + 2 + (buf[off] << 8 | buf[off + 1])
             if end > n:
                 break
-            msg = bytes(buf[off + 2:end])
+            msg = bytes(buf[off + 2 : end])
             off = end
             self._answer(msg)
             if self.closed:
@@ -265,7 +263,7 @@ class TcpPool:
                 if exc is not None:
                     fut.set_exception(exc)
                 else:
-                    fut.set_result(answer)  # type: ignore[arg-type]
+                    fut.set_result(answer)  # type: ignore[arg-type]  # no exc: the answer is there
 
         q = self.send(name, qtype, qclass, do, cd, self._fwd.timeout, settle)
         try:
@@ -274,8 +272,9 @@ class TcpPool:
             if not fut.done() or fut.cancelled():
                 self.cancel(q)
 
-    def send(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool, timeout: float,
-             callback: Callback) -> TcpQuery:
+    def send(
+        self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool, timeout: float, callback: Callback
+    ) -> TcpQuery:
         """Ask (name, type, class) over TCP; `callback` gets the answer or an exception
         (TimeoutError after `timeout` seconds, ConnectionError or another OSError)
         exactly once, never before this returns. The result is the token for `cancel`."""
@@ -314,9 +313,13 @@ class TcpPool:
             self.stats.conn_hits += 1
         elif len(self._conns) < self.max_conns:
             if now < self._no_connect_until:
-                self._fail(q, ConnectionError(
-                    f"TCP to {self._peer[0]}:{self._peer[1]}: {self._connect_failures} "
-                    f"connects failed in a row, waiting before the next"))
+                self._fail(
+                    q,
+                    ConnectionError(
+                        f"TCP to {self._peer[0]}:{self._peer[1]}: {self._connect_failures} "
+                        f"connects failed in a row, waiting before the next"
+                    ),
+                )
                 return
             conn = self._open(loop)
             self._fwd.stats.conns_opened += 1
@@ -371,7 +374,8 @@ class TcpPool:
             self._connect_failures += 1
             if self._connect_failures >= 2:
                 self._no_connect_until = loop.time() + min(
-                    _BACKOFF_MAX, _BACKOFF_BASE * 2 ** (self._connect_failures - 2))
+                    _BACKOFF_MAX, _BACKOFF_BASE * 2 ** (self._connect_failures - 2)
+                )
             self._lost(conn, exc, resend=False)
         else:
             self._connect_failures = 0
@@ -386,9 +390,13 @@ class TcpPool:
         if resend and conn.answered and any(q.live for q in in_flight.values()):
             self._learn_limit(conn.answered)
         conn.out = []
-        err = exc if exc is not None and not resend else ConnectionError(
-            f"TCP connection to {self._peer[0]}:{self._peer[1]} closed"
-            + (f": {exc}" if exc is not None else ""))
+        err = (
+            exc
+            if exc is not None and not resend
+            else ConnectionError(
+                f"TCP connection to {self._peer[0]}:{self._peer[1]} closed" + (f": {exc}" if exc is not None else "")
+            )
+        )
         for q in in_flight.values():
             if not q.live:
                 continue
@@ -406,8 +414,12 @@ class TcpPool:
         closes at a count of chance, and is not taken)."""
         if answered == self._cut_after:
             if self.per_conn_limit != answered:
-                log.info("TCP to %s:%s: the server closes connections after %d queries; "
-                         "sending no more than that on each", self._peer[0], self._peer[1], answered)
+                log.info(
+                    "TCP to %s:%s: the server closes connections after %d queries; sending no more than that on each",
+                    self._peer[0],
+                    self._peer[1],
+                    answered,
+                )
             self.per_conn_limit = answered
         self._cut_after = answered
 

@@ -39,9 +39,9 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from clusterdns.net import batchio
 from clusterdns.forward.deadlines import Deadlines
 from clusterdns.forward.ids import QueryIds
+from clusterdns.net import batchio
 from clusterdns.wire import scan as W
 from clusterdns.wire.constants import HEADER
 
@@ -174,7 +174,7 @@ class _Socket:
                 if io.truncated(i):
                     continue  # longer than we advertise: not an answer we can take
                 off = i * size
-                self._answer(bytes(rbuf[off:off + lens[len_at[i]]]))
+                self._answer(bytes(rbuf[off : off + lens[len_at[i]]]))
                 if self.closed:
                     return
             if n < batchio.BATCH:
@@ -248,9 +248,15 @@ class _Socket:
 class UdpPool:
     """UDP queries to one upstream over a reused, periodically replaced connected socket."""
 
-    def __init__(self, peer: tuple[str, int], family: int, stats: Counters, *,
-                 rotate_queries: int = ROTATE_QUERIES,
-                 rotate_seconds: float = ROTATE_SECONDS) -> None:
+    def __init__(
+        self,
+        peer: tuple[str, int],
+        family: int,
+        stats: Counters,
+        *,
+        rotate_queries: int = ROTATE_QUERIES,
+        rotate_seconds: float = ROTATE_SECONDS,
+    ) -> None:
         self.peer = peer
         self.family = family
         self.stats = stats
@@ -285,15 +291,19 @@ class UdpPool:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        p = Pending(query[HEADER:len(query) - 11], callback)
+        p = Pending(query[HEADER : len(query) - 11], callback)
         if self.closed:
             p.live = False
             loop.call_soon(callback, None, ConnectionError("forwarder closed"))
             return p
         now = loop.time()
         s = self._current
-        if s is None or s.sent >= self.rotate_queries or now - s.born >= self.rotate_seconds \
-                or len(s.pending) >= _MAX_PENDING:
+        if (
+            s is None
+            or s.sent >= self.rotate_queries
+            or now - s.born >= self.rotate_seconds
+            or len(s.pending) >= _MAX_PENDING
+        ):
             try:
                 s = self._rotate(loop)
             except OSError as exc:

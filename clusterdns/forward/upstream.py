@@ -13,7 +13,7 @@ import socket
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from clusterdns.forward.tcppool import TcpPool
 from clusterdns.forward.udppool import UdpPool
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from clusterdns.forward.forwarder import Forwarder
 
 log = logging.getLogger("clusterdns.forward")
+_T = TypeVar("_T")  # what a settled Future holds: bytes, or a Scan
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +95,13 @@ class Upstream:
         self.stats = UpstreamStats()
         self._probe: asyncio.Task[None] | None = None
         self._peer = (str(ipaddress.ip_address(spec.host.split("%")[0])), spec.port)
-        self.pool = UdpPool(self._peer, spec.family, fwd.stats,
-                            rotate_queries=fwd.udp_rotate_queries,
-                            rotate_seconds=fwd.udp_rotate_seconds)
+        self.pool = UdpPool(
+            self._peer,
+            spec.family,
+            fwd.stats,
+            rotate_queries=fwd.udp_rotate_queries,
+            rotate_seconds=fwd.udp_rotate_seconds,
+        )
         self.tcp = TcpPool(self._peer, fwd, self.stats)
 
     def __repr__(self) -> str:
@@ -138,8 +143,7 @@ class Upstream:
     def failed(self) -> None:
         self.fails += 1
         if not self.healthy and self._probe is None and not self._fwd.closed:
-            log.warning("upstream %s marked down after %d consecutive failures",
-                        self.spec, self.fails)
+            log.warning("upstream %s marked down after %d consecutive failures", self.spec, self.fails)
             self._probe = asyncio.get_running_loop().create_task(self._health_loop())
 
     def succeeded(self) -> None:
@@ -172,11 +176,11 @@ class Upstream:
             self._probe.cancel()
 
 
-def _settle(fut: asyncio.Future[bytes], answer: bytes | None, exc: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[_T], answer: _T | None, exc: BaseException | None) -> None:
     """A Done callback that resolves `fut` (unless its awaiter gave up)."""
     if fut.done():
         return
     if exc is not None:
         fut.set_exception(exc)
     else:
-        fut.set_result(answer)  # type: ignore[arg-type]
+        fut.set_result(answer)  # type: ignore[arg-type]  # no exc: the answer is there

@@ -23,14 +23,14 @@ from clusterdns.kube import lean_kubernetes
 
 lean_kubernetes.install()  # before the first kubernetes import: 13 MB of models skipped
 
-from kubernetes.client import Configuration
-from kubernetes.config.config_exception import ConfigException
-from kubernetes.config.incluster_config import (
+from kubernetes.client import Configuration  # noqa: E402 - after install()
+from kubernetes.config.config_exception import ConfigException  # noqa: E402 - after install()
+from kubernetes.config.incluster_config import (  # noqa: E402 - after install()
     SERVICE_HOST_ENV_NAME,
     SERVICE_PORT_ENV_NAME,
     InClusterConfigLoader,
 )
-from kubernetes.config.kube_config import load_kube_config
+from kubernetes.config.kube_config import load_kube_config  # noqa: E402 - after install()
 
 log = logging.getLogger("clusterdns")
 

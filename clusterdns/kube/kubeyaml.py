@@ -38,8 +38,9 @@ _STR = "tag:yaml.org,2002:str"
 _TYPED_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float", "null", "timestamp")}
 # a plain scalar can be typed only if it starts with one of these and matches one of these
 _FIRST = frozenset(Resolver.yaml_implicit_resolvers)
-_TYPED = re.compile("|".join(sorted({f"(?:{rx.pattern})" for lst in Resolver.yaml_implicit_resolvers.values()
-                                     for _, rx in lst})), re.X)
+_TYPED = re.compile(
+    "|".join(sorted({f"(?:{rx.pattern})" for lst in Resolver.yaml_implicit_resolvers.values() for _, rx in lst})), re.X
+)
 _resolver = Resolver()
 _constructor = SafeConstructor()
 _typed: dict[str, Any] = {}  # plain scalar -> its typed value (ports, booleans, nulls: a few distinct)
@@ -74,7 +75,7 @@ def plain(value: str) -> Any:
     elif tag in _TYPED_TAGS:
         try:
             out = _constructor.yaml_constructors[tag](_constructor, ScalarNode(tag, value))
-        except Exception:  # e.g. a timestamp with month 13: PyYAML's own error, please
+        except Exception:  # noqa: BLE001 - e.g. a timestamp with month 13: PyYAML's own error, please
             raise NotPlain from None
     else:
         raise NotPlain
@@ -88,8 +89,12 @@ _keys: dict[str, Any] = {}  # mapping key text -> the key (a few hundred distinc
 
 
 def _key(text: str) -> Any:
-    if text[0] in _INDICATORS and (text[0] not in "-?:" or len(text) == 1 or text[1] == " ") \
-            or text[-1] == " " or " #" in text or len(text) > 1000:
+    if (
+        (text[0] in _INDICATORS and (text[0] not in "-?:" or len(text) == 1 or text[1] == " "))
+        or text[-1] == " "
+        or " #" in text
+        or len(text) > 1000
+    ):
         raise NotPlain  # quoted, complex, odd or too long keys: PyYAML's call
     key = plain(text)
     if len(_keys) < 4096:
@@ -108,8 +113,12 @@ def load_all(text: str, fallback: Callable[[str], Any]) -> list[Any]:
     if text.isascii():
         if text.encode("ascii").translate(None, _PRINTABLE):
             raise NotPlain  # tabs, lone CRs, control characters
-    elif "\t" in text or "\r" in text or Reader.NON_PRINTABLE.search(text) is not None or any(
-            c in text for c in "\x85\u2028\u2029\ufeff"):
+    elif (
+        "\t" in text
+        or "\r" in text
+        or Reader.NON_PRINTABLE.search(text) is not None
+        or any(c in text for c in "\x85\u2028\u2029\ufeff")
+    ):
         raise NotPlain  # the same, NEL/LS/PS line breaks, byte order marks
     if text.startswith(("...", "%")) or "\n..." in text or "\n%" in text:
         raise NotPlain  # document ends and directives
@@ -169,7 +178,7 @@ def _entry(s: str) -> tuple[Any, int, Any]:
     """`key: value` as _Block.mapping reads it: (key, kind, value)."""
     k = s.find(": ")
     if k > 0:
-        rest = s[k + 2:].lstrip(" ")
+        rest = s[k + 2 :].lstrip(" ")
     elif s[-1] == ":" and len(s) > 1:
         k, rest = len(s) - 1, ""
     else:
@@ -276,8 +285,11 @@ def _fast(lines: list[str], cache: _Lines) -> Any:
 
 def _document(chunk: str, explicit: bool, fallback: Callable[[str], Any], docs: list[Any]) -> None:
     lines = chunk.split("\n")
-    rows = [(len(line) - len(s), s.rstrip(" "), i) for i, line in enumerate(lines)
-            if (s := line.lstrip(" ")) and s[0] != "#"]
+    rows = [
+        (len(line) - len(s), s.rstrip(" "), i)
+        for i, line in enumerate(lines)
+        if (s := line.lstrip(" ")) and s[0] != "#"
+    ]
     if not rows:
         if explicit:  # `---` then nothing is a null document; no text at all is no document
             docs.append(None)
@@ -317,7 +329,7 @@ class _Block:
                 raise NotPlain  # a continuation line or bad indentation
             k = s.find(": ")
             if k > 0:
-                rest = s[k + 2:].lstrip(" ")
+                rest = s[k + 2 :].lstrip(" ")
             elif s[-1] == ":" and len(s) > 1:
                 k, rest = len(s) - 1, ""
             else:
@@ -354,7 +366,8 @@ class _Block:
                 self.pos += 1
                 out.append(self.below(indent, False))
             elif (rest[0] == "-" and (len(rest) == 1 or rest[1] == " ")) or (
-                    rest[0] not in "'\"" and (": " in rest or rest[-1] == ":")):
+                rest[0] not in "'\"" and (": " in rest or rest[-1] == ":")
+            ):
                 # `- key: value` or `- - item`: a collection starting on this line
                 col = indent + len(s) - len(rest)
                 rows[self.pos] = (col, rest, line)
@@ -407,7 +420,7 @@ class _Block:
                         last = r  # spaces beyond the indentation are text
                     body.append(line[text_indent:])
                     r += 1
-                del body[last - first + 1:]
+                del body[last - first + 1 :]
                 while self.pos < len(self.rows) and self.rows[self.pos][2] < r:
                     self.pos += 1
                 if body and header == "|" and last < len(lines) - 1:

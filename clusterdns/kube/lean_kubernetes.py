@@ -30,8 +30,10 @@ log = logging.getLogger("clusterdns")
 _PACKAGES = ("kubernetes", "kubernetes.client", "oauthlib", "oauthlib.oauth2", "requests_oauthlib")
 #: names `kube_config` imports from a hollow package but only calls (OIDC token refresh):
 #: (hollow package, name, the module that defines it)
-_STAND_INS = (("kubernetes.client", "ApiClient", "kubernetes.client.api_client"),
-              ("requests_oauthlib", "OAuth2Session", "requests_oauthlib.oauth2_session"))
+_STAND_INS = (
+    ("kubernetes.client", "ApiClient", "kubernetes.client.api_client"),
+    ("requests_oauthlib", "OAuth2Session", "requests_oauthlib.oauth2_session"),
+)
 
 
 def _on_demand(name: str, home: str) -> type:
@@ -76,12 +78,13 @@ def _hollow(name: str) -> None:
         if found is None or not found.submodule_search_locations:
             raise ImportError(f"{name} is not an installed package")
         location = next(iter(found.submodule_search_locations))
-    spec = importlib.util.spec_from_file_location(name, f"{location}/__init__.py",
-                                                  submodule_search_locations=[location])
+    spec = importlib.util.spec_from_file_location(
+        name, f"{location}/__init__.py", submodule_search_locations=[location]
+    )
     if spec is None or spec.loader is None:
         raise ImportError(f"{name}: package layout not recognised")
     module = importlib.util.module_from_spec(spec)
-    module.__getattr__ = _on_first_use(module)  # type: ignore[method-assign]
+    module.__getattr__ = _on_first_use(module)  # type: ignore[method-assign]  # PEP 562: a module's own __getattr__
     sys.modules[name] = module
     if parent:
         setattr(sys.modules[parent], child, module)
@@ -96,7 +99,7 @@ def install() -> None:
             _hollow(name)
         from kubernetes.client.configuration import Configuration
 
-        sys.modules["kubernetes.client"].Configuration = Configuration  # type: ignore[attr-defined]
+        sys.modules["kubernetes.client"].Configuration = Configuration  # type: ignore[attr-defined]  # set on the hollow package
         for package, name, home in _STAND_INS:
             setattr(sys.modules[package], name, _on_demand(name, home))
         import kubernetes.config  # noqa: F401  (proves the lean import works)

@@ -78,15 +78,19 @@ def _documents(path: Path) -> Iterator[Any]:
 def _one_document(text: str) -> Any:
     """One document kubeyaml leaves to PyYAML; any error sends the whole file there."""
     try:
-        return yaml.load(text, Loader=_Loader)
-    except Exception:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except Exception:  # noqa: BLE001 - whatever it is, PyYAML's whole-file read reports it
         raise kubeyaml.NotPlain from None
 
 
 def _items(doc: Any) -> Iterator[Any]:
     """Flatten `kind: List` and typed lists (ServiceList items carry no kind)."""
-    if isinstance(doc, dict) and isinstance(doc.get("kind"), str) and doc["kind"].endswith("List") \
-            and isinstance(doc.get("items"), list):
+    if (
+        isinstance(doc, dict)
+        and isinstance(doc.get("kind"), str)
+        and doc["kind"].endswith("List")
+        and isinstance(doc.get("items"), list)
+    ):
         kind = doc["kind"][:-4]
         for item in doc["items"]:
             if isinstance(item, dict) and kind and "kind" not in item:
@@ -122,8 +126,9 @@ def _selected(selector: Selector, item: Any) -> bool:
     raise ObjectError(kind, ref, f"metadata.labels[{key}]", f"not a string: {value!r}")
 
 
-def load_manifests(paths: list[str], namespaces: Iterable[str] = (),
-                   labels: str | None = None, pod_names: bool = True) -> tuple[list[KubeObject], int]:
+def load_manifests(
+    paths: list[str], namespaces: Iterable[str] = (), labels: str | None = None, pod_names: bool = True
+) -> tuple[list[KubeObject], int]:
     """Every usable object under `paths` that the filters keep, and how many broken
     objects were skipped.
 

@@ -12,7 +12,7 @@ import ipaddress
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 TOLERATE_UNREADY = "service.alpha.kubernetes.io/tolerate-unready-endpoints"
@@ -61,7 +61,7 @@ EndpointEntry = Endpoint | str
 
 def endpoint(entry: EndpointEntry) -> Endpoint:
     """The Endpoint an entry of `EndpointSlice.endpoints` stands for."""
-    return Endpoint((entry,), True, None, None) if type(entry) is str else entry  # type: ignore[return-value]
+    return Endpoint((entry,), True, None, None) if type(entry) is str else entry  # type: ignore[return-value]  # not a str: an Endpoint
 
 
 def _entry(addrs: tuple[str, ...], ready: bool, hostname: str | None, pod: str | None) -> EndpointEntry:
@@ -102,7 +102,7 @@ class Namespace:
     name: str
 
 
-KubeObject = Union[Service, EndpointSlice, Endpoints, Pod, Namespace]
+KubeObject = Service | EndpointSlice | Endpoints | Pod | Namespace
 
 # kind -> accepted apiVersions (what `kubectl get -o yaml` prints)
 KINDS = {
@@ -206,8 +206,18 @@ _pton, _ntop, _AF4, _AF6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, s
 
 def _libc_ipv6_is_python_ipv6() -> bool:
     """Whether libc prints IPv6 as ipaddress does (RFC 5952); some libcs differ on zero runs."""
-    samples = ("1:0:1:1:1:1:1:1", "1:0:0:1:0:0:1:1", "0:0:1:0:0:1:0:0", "1::", "::1", "::", "fd00::a:0:0:0:1",
-               "ff02::1:ff00:1", "2001:db8:0:0:1:0:0:1", "0:1:0:1:0:1:0:1")
+    samples = (
+        "1:0:1:1:1:1:1:1",
+        "1:0:0:1:0:0:1:1",
+        "0:0:1:0:0:1:0:0",
+        "1::",
+        "::1",
+        "::",
+        "fd00::a:0:0:0:1",
+        "ff02::1:ff00:1",
+        "2001:db8:0:0:1:0:0:1",
+        "0:1:0:1:0:1:0:1",
+    )
     try:
         return all(_ntop(_AF6, _pton(_AF6, a)) == str(ipaddress.IPv6Address(a)) for a in samples)
     except (OSError, ValueError):  # pragma: no cover - no IPv6 in this libc
@@ -259,8 +269,11 @@ def _fast_ports(value: Any, required_number: bool) -> tuple[Port, ...]:
             raise _Irregular from None
         if port is None:
             name, proto, _ = key
-            if (name is not None and type(name) is not str) or (proto is not None and type(proto) is not str) \
-                    or (number is not None and not 0 < number < 65536):
+            if (
+                (name is not None and type(name) is not str)
+                or (proto is not None and type(proto) is not str)
+                or (number is not None and not 0 < number < 65536)
+            ):
                 raise _Irregular
             port = Port(name.lower() if name else "", proto.lower() if proto else "tcp", number)
             if len(_PORTS) < 4096:
@@ -297,7 +310,8 @@ def _fast_service(r: _Reader, obj: dict[str, Any]) -> Service:
     if annotations is not None and type(annotations) is not dict:
         raise _Irregular
     pna = spec.get("publishNotReadyAddresses") is True or (
-        annotations is not None and annotations.get(TOLERATE_UNREADY) == "true")
+        annotations is not None and annotations.get(TOLERATE_UNREADY) == "true"
+    )
     raw_ips = spec.get("clusterIPs")
     if raw_ips is None:
         one = spec.get("clusterIP")
@@ -415,7 +429,9 @@ def _endpoint_slice(r: _Reader, obj: dict[str, Any], pod_names: bool) -> Endpoin
     for i, e in enumerate(r.items(obj.get("endpoints"), "endpoints")):
         f = f"endpoints[{i}]"
         e = r.mapping(e, f)
-        addrs = tuple(r.ip(a, f"{f}.addresses[{j}]") for j, a in enumerate(r.items(e.get("addresses"), f + ".addresses")))
+        addrs = tuple(
+            r.ip(a, f"{f}.addresses[{j}]") for j, a in enumerate(r.items(e.get("addresses"), f + ".addresses"))
+        )
         cond = r.mapping(e.get("conditions"), f + ".conditions")
         ready = cond.get("ready")
         if ready is not None and not isinstance(ready, bool):
@@ -424,8 +440,9 @@ def _endpoint_slice(r: _Reader, obj: dict[str, Any], pod_names: bool) -> Endpoin
         target = r.mapping(e.get("targetRef"), f + ".targetRef")
         pod = target.get("name") if target.get("kind") == "Pod" and isinstance(target.get("name"), str) else None
         # unset ready means "unknown", which the API documents as ready
-        eps.append(_entry(addrs, ready is not False, hostname.lower() if hostname else None,
-                          pod if pod_names else None))
+        eps.append(
+            _entry(addrs, ready is not False, hostname.lower() if hostname else None, pod if pod_names else None)
+        )
     ports = r.ports(obj.get("ports"), "ports", required_number=False)
     return EndpointSlice(r.namespace(), r.name, service.lower() if service else None, atype, tuple(eps), ports)
 
@@ -445,7 +462,9 @@ def _endpoints(r: _Reader, obj: dict[str, Any]) -> Endpoints:
                 ip = r.ip(a.get("ip"), g + ".ip")
                 host = r.string(a.get("hostname"), g + ".hostname")
                 target = r.mapping(a.get("targetRef"), g + ".targetRef")
-                pod = target.get("name") if target.get("kind") == "Pod" and isinstance(target.get("name"), str) else None
+                pod = (
+                    target.get("name") if target.get("kind") == "Pod" and isinstance(target.get("name"), str) else None
+                )
                 eps.append(Endpoint((ip,), ready, host.lower() if host else None, pod))
         for family in ("IPv4", "IPv6"):
             fam = [e for e in eps if (":" in e.addresses[0]) == (family == "IPv6")]

@@ -81,7 +81,7 @@ def _int64(value: str | None) -> int | None:
     if value is None or not _INTEGER.fullmatch(value):
         return None
     number = int(value)
-    return number if -2**63 <= number < 2**63 else None
+    return number if -(2**63) <= number < 2**63 else None
 
 
 def _tokens(text: str) -> list[str]:
@@ -116,17 +116,26 @@ def _check_key(text: str, key: str) -> None:
         raise SelectorError(text, f"key {key!r}: at most one '/' (prefix/name)")
     prefix, slash, name = key.partition("/") if "/" in key else ("", "", key)
     if slash and (not prefix or len(prefix) > 253 or not _PREFIX.fullmatch(prefix)):
-        raise SelectorError(text, f"key {key!r}: the prefix before '/' must be a lowercase DNS subdomain "
-                                  "(a-z 0-9 - ., at most 253 characters)")
+        raise SelectorError(
+            text,
+            f"key {key!r}: the prefix before '/' must be a lowercase DNS subdomain "
+            "(a-z 0-9 - ., at most 253 characters)",
+        )
     if len(name) > 63 or not _NAME.fullmatch(name):
-        raise SelectorError(text, f"key {key!r}: the name must be 1-63 characters of A-Z a-z 0-9 - _ . "
-                                  "starting and ending with a letter or digit")
+        raise SelectorError(
+            text,
+            f"key {key!r}: the name must be 1-63 characters of A-Z a-z 0-9 - _ . "
+            "starting and ending with a letter or digit",
+        )
 
 
 def _check_value(text: str, key: str, value: str) -> None:
     if value and (len(value) > 63 or not _NAME.fullmatch(value)):
-        raise SelectorError(text, f"value {value!r} of {key!r}: a label value is at most 63 characters of "
-                                  "A-Z a-z 0-9 - _ . starting and ending with a letter or digit")
+        raise SelectorError(
+            text,
+            f"value {value!r} of {key!r}: a label value is at most 63 characters of "
+            "A-Z a-z 0-9 - _ . starting and ending with a letter or digit",
+        )
 
 
 def parse_selector(text: str) -> Selector:
@@ -185,8 +194,9 @@ def parse_selector(text: str) -> Selector:
                     values.append(tok)
                     want_value = False
                 else:
-                    raise SelectorError(text, f"in the values of {key!r} {op}: expected a value, ',' or ')', "
-                                              f"found {found()}")
+                    raise SelectorError(
+                        text, f"in the values of {key!r} {op}: expected a value, ',' or ')', found {found()}"
+                    )
                 pos += 1
             for v in values:
                 _check_value(text, key, v)

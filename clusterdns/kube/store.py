@@ -75,12 +75,12 @@ class ServiceView:
     def labelled(self) -> list[tuple[str, str]]:
         """(DNS label, address) of every ready endpoint, without making Backends: what a
         Service that is not headless publishes of its endpoints."""
-        return [(dashed(b), b) if type(b) is str else (b.host, b.ip) for b in self.entries]  # type: ignore[union-attr]
+        return [(dashed(b), b) if type(b) is str else (b.host, b.ip) for b in self.entries]  # type: ignore[union-attr]  # not a str here
 
     @property
     def backends(self) -> tuple[Backend, ...]:
         ports = self.ports
-        return tuple(Backend(b, None, ports) if type(b) is str else b for b in self.entries)  # type: ignore[misc]
+        return tuple(Backend(b, None, ports) if type(b) is str else b for b in self.entries)  # type: ignore[misc]  # the others are Backends
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +181,11 @@ class ClusterStore:
 
     def _pointers(self, ip: str) -> tuple[_Pointer, ...]:
         found = self.ptr.get(ip, ())
-        return (found,) if type(found) is _Pointer else found  # type: ignore[return-value]
+        return (found,) if type(found) is _Pointer else found  # type: ignore[return-value]  # a tuple when not a _Pointer
 
     def has_address_in(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
         """Is any published address inside `net`? (reverse-zone empty non-terminals)"""
-        for ip in self.ptr:
-            if ipaddress.ip_address(ip) in net:
-                return True
-        return False
+        return any(ipaddress.ip_address(ip) in net for ip in self.ptr)
 
     # ---------------------------------------------------------------- writers
     def subscribe(self, listener: Listener) -> None:
@@ -273,7 +270,7 @@ class ClusterStore:
             "EndpointSlice": self.slices,
             "Endpoints": self.endpoints,
             "Pod": self.pods,
-        }.get(kind)
+        }.get(kind)  # type: ignore[return-value]  # four value types, joined to object
 
     @staticmethod
     def _key(obj: KubeObject) -> tuple[str, str]:
@@ -377,26 +374,31 @@ class ClusterStore:
                 if type(ep) is str:  # one ready address, nothing else (objects.EndpointEntry)
                     self._merge(merged, plain, ep, None, sl.ports)
                     continue
-                if not (ep.ready or svc.publish_not_ready):
+                if not (ep.ready or svc.publish_not_ready):  # type: ignore[union-attr]  # not a str here
                     continue
-                for ip in ep.addresses:
-                    if ep.hostname:
-                        label: str | None = ep.hostname
-                    elif self.endpoint_pod_names and ep.pod_name and len(ep.pod_name) < 64:
-                        label = ep.pod_name.lower()
+                for ip in ep.addresses:  # type: ignore[union-attr]  # not a str here
+                    if ep.hostname:  # type: ignore[union-attr]  # as above
+                        label: str | None = ep.hostname  # type: ignore[union-attr]  # as above
+                    elif self.endpoint_pod_names and ep.pod_name and len(ep.pod_name) < 64:  # type: ignore[union-attr]  # as above
+                        label = ep.pod_name.lower()  # type: ignore[union-attr]  # as above
                     else:
                         label = None
                     self._merge(merged, plain, ip, label, sl.ports)
         return ServiceView(svc, tuple(merged.values()), plain)
 
     @staticmethod
-    def _merge(merged: dict[tuple[str, str | None], Backend | str], plain: tuple[Port, ...],
-               ip: str, label: str | None, ports: tuple[Port, ...]) -> None:
+    def _merge(
+        merged: dict[tuple[str, str | None], Backend | str],
+        plain: tuple[Port, ...],
+        ip: str,
+        label: str | None,
+        ports: tuple[Port, ...],
+    ) -> None:
         """Add one endpoint address; the same address and label in several slices is one
         endpoint with the ports of all of them."""
         prev = merged.get((ip, label))
         if prev is not None:
-            had = plain if type(prev) is str else prev.ports  # type: ignore[union-attr]
+            had = plain if type(prev) is str else prev.ports  # type: ignore[union-attr]  # not a str here
             if ports == had:
                 return
             ports = had + tuple(p for p in ports if p not in had)
@@ -414,7 +416,7 @@ class ClusterStore:
             if type(b) is str:
                 pairs.add((b, by_address))
             else:
-                pairs.add((b.ip, by_address if b.label is None else _Pointer(svc.namespace, svc.name, b.label, False)))
+                pairs.add((b.ip, by_address if b.label is None else _Pointer(svc.namespace, svc.name, b.label, False)))  # type: ignore[union-attr]  # not a str here
         return pairs
 
     def _flush(self) -> None:
@@ -449,7 +451,7 @@ class ClusterStore:
                     rev_changed = True
                     self.ptr[ip] = target
                 else:
-                    self.ptr[ip] = (cur, target) if type(cur) is _Pointer else cur + (target,)
+                    self.ptr[ip] = (cur, target) if type(cur) is _Pointer else cur + (target,)  # type: ignore[operator]  # a tuple when not a _Pointer
                 changes.add(("ptr", ip))
         self._dirty_svcs = set()
         if rev_changed:

@@ -198,8 +198,9 @@ class KubeSource:
         return bool(self._failing)
 
     async def run(self) -> None:
-        log.info("watching the Kubernetes API at %s (%s): %s",
-                 self.conn.base_url, self.conn.source, ", ".join(self.states))
+        log.info(
+            "watching the Kubernetes API at %s (%s): %s", self.conn.base_url, self.conn.source, ", ".join(self.states)
+        )
         async with self.conn.session(self.settings.connect_timeout) as session:
             self._session = session
             try:
@@ -344,7 +345,11 @@ class KubeSource:
         self._succeeded(st)
         log.info(
             "listed %d %s in %d page(s), %.0f ms (resourceVersion %s)",
-            len(objs), res.name, pages, (time.monotonic() - started) * 1000, version,
+            len(objs),
+            res.name,
+            pages,
+            (time.monotonic() - started) * 1000,
+            version,
         )
         if not st.synced:
             st.synced = True
@@ -408,35 +413,37 @@ class KubeSource:
         loop = asyncio.get_running_loop()
         deadline = asyncio.timeout(s.inactivity_timeout + s.connect_timeout)
         try:
-            async with deadline:
-                async with self._session.get(
+            async with (
+                deadline,
+                self._session.get(
                     self.conn.url(res.path),
                     params=params,
                     headers=await self.conn.headers(),
                     server_hostname=self.conn.server_hostname,
-                ) as resp:
-                    await _raise_for_status(resp)
-                    deadline.reschedule(loop.time() + s.inactivity_timeout)
-                    buf = bytearray()
-                    try:
-                        async for chunk in resp.content.iter_any():
-                            received = time.monotonic()
-                            deadline.reschedule(loop.time() + s.inactivity_timeout)
-                            buf += chunk
-                            while (end := buf.find(b"\n")) >= 0:
-                                line = bytes(buf[:end])
-                                del buf[: end + 1]
-                                if line.strip():
-                                    if lines == 0:
-                                        self._succeeded(st)
-                                    lines += 1
-                                    self._event(st, line, received)
-                            if len(buf) > MAX_LINE:
-                                raise ValueError(f"{res.name} watch: line longer than {MAX_LINE} bytes")
-                    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
-                        # cut mid-stream (API server restart, LB idle timeout): resume below
-                        log.info("%s watch stream dropped after %d events (%s); resuming", res.name, lines, e)
-                        return lines
+                ) as resp,
+            ):
+                await _raise_for_status(resp)
+                deadline.reschedule(loop.time() + s.inactivity_timeout)
+                buf = bytearray()
+                try:
+                    async for chunk in resp.content.iter_any():
+                        received = time.monotonic()
+                        deadline.reschedule(loop.time() + s.inactivity_timeout)
+                        buf += chunk
+                        while (end := buf.find(b"\n")) >= 0:
+                            line = bytes(buf[:end])
+                            del buf[: end + 1]
+                            if line.strip():
+                                if lines == 0:
+                                    self._succeeded(st)
+                                lines += 1
+                                self._event(st, line, received)
+                        if len(buf) > MAX_LINE:
+                            raise ValueError(f"{res.name} watch: line longer than {MAX_LINE} bytes")
+                except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
+                    # cut mid-stream (API server restart, LB idle timeout): resume below
+                    log.info("%s watch stream dropped after %d events (%s); resuming", res.name, lines, e)
+                    return lines
         except TimeoutError:
             if not deadline.expired():
                 raise  # aiohttp's own connect timeout

@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 BATCH = 64  # datagrams per system call; a wake-up under load finds tens waiting
 RECV_SIZE = 4096  # largest query read over UDP; longer ones arrive truncated (MSG_TRUNC)
@@ -37,20 +38,25 @@ class _Iovec(ctypes.Structure):
 
 
 class _Msghdr(ctypes.Structure):
-    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
-                ("msg_iov", ctypes.c_void_p), ("msg_iovlen", ctypes.c_size_t),
-                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
-                ("msg_flags", ctypes.c_int)]
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
 
 
 class _Mmsghdr(ctypes.Structure):
     _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
 
 
-_libc = None
+_libc: Any = None  # not tried yet; then False (not available) or the CDLL
 
 
-def _load() -> object | None:
+def _load() -> ctypes.CDLL | None:
     global _libc
     if _libc is None:
         _libc = False
@@ -78,8 +84,12 @@ def sockaddr_to_tuple(raw: bytes) -> tuple:
     family = int.from_bytes(raw[0:2], sys.byteorder)
     port = int.from_bytes(raw[2:4], "big")
     if family == socket.AF_INET6:
-        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port,
-                int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder))
+        return (
+            socket.inet_ntop(socket.AF_INET6, raw[8:24]),
+            port,
+            int.from_bytes(raw[4:8], "big"),
+            int.from_bytes(raw[24:28], sys.byteorder),
+        )
     return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
 
 
@@ -101,7 +111,7 @@ class BatchIO:
         lib = _load()
         if lib is None:
             raise OSError("recvmmsg/sendmmsg are not available")
-        self._recvmmsg, self._sendmmsg = lib.recvmmsg, lib.sendmmsg  # type: ignore[attr-defined]
+        self._recvmmsg, self._sendmmsg = lib.recvmmsg, lib.sendmmsg
         self.fd = sock.fileno()
         namelen = 28 if sock.family == socket.AF_INET6 else 16
         self._rbuf = ctypes.create_string_buffer(BATCH * RECV_SIZE)
@@ -136,12 +146,12 @@ class BatchIO:
 
     def name(self, i: int) -> tuple:
         """Receive slot i's source as an address tuple (slow path, query log)."""
-        return sockaddr_to_tuple(bytes(self.names[i * NAME_SIZE:(i + 1) * NAME_SIZE]))
+        return sockaddr_to_tuple(bytes(self.names[i * NAME_SIZE : (i + 1) * NAME_SIZE]))
 
     def source(self, i: int) -> bytes:
         """Receive slot i's source, kept as the kernel's sockaddr for `send_each` (cheaper
         than a tuple; `address()` makes one when a log line needs it)."""
-        return bytes(self.names[i * NAME_SIZE:(i + 1) * NAME_SIZE])
+        return bytes(self.names[i * NAME_SIZE : (i + 1) * NAME_SIZE])
 
     @staticmethod
     def address(source: bytes) -> tuple:
@@ -164,11 +174,11 @@ class BatchIO:
         for data, source in items:
             size = len(data)
             so = j * SEND_SIZE
-            sbuf[so:so + size] = data
+            sbuf[so : so + size] = data
             slens[2 * j + 1] = size
             if addressed:
                 oo = j * NAME_SIZE
-                onames[oo:oo + NAME_SIZE] = source
+                onames[oo : oo + NAME_SIZE] = source
                 snames[name_at[j]] = oaddrs[j]
             j += 1
             if j == BATCH:
@@ -249,7 +259,7 @@ class PlainIO:
         recvfrom_into = self.sock.recvfrom_into
         while n < BATCH:
             try:
-                size, addr = recvfrom_into(self.rbuf[n * RECV_SIZE:(n + 1) * RECV_SIZE])
+                size, addr = recvfrom_into(self.rbuf[n * RECV_SIZE : (n + 1) * RECV_SIZE])
             except (BlockingIOError, InterruptedError):
                 break
             self.lens[n], self._addrs[n] = size, addr
@@ -261,7 +271,7 @@ class PlainIO:
         for j in range(count):
             off = j * SEND_SIZE
             try:
-                self.sock.sendto(self.sbuf[off:off + self.slens[2 * j + 1]], self._addrs[self.snames[j]])
+                self.sock.sendto(self.sbuf[off : off + self.slens[2 * j + 1]], self._addrs[self.snames[j]])
                 sent += 1
             except OSError:
                 pass  # one unroutable address costs its own answer only

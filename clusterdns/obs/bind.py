@@ -44,13 +44,16 @@ def resolve(addr: str, option: str, environ: Mapping[str, str] | None = None) ->
     _, port = split(addr)
     value = env.get(name)
     if value is None or not value.strip():
-        raise BindError(f"{option} is {addr!r}, but environment variable {name} is not set "
-                        "(in a pod, set it from the downward API: fieldRef fieldPath status.podIP)")
+        raise BindError(
+            f"{option} is {addr!r}, but environment variable {name} is not set "
+            "(in a pod, set it from the downward API: fieldRef fieldPath status.podIP)"
+        )
     value = value.strip()
     try:
         ip = ipaddress.ip_address(value.split("%")[0])
     except ValueError:
-        raise BindError(f"{option} is {addr!r}, but environment variable {name} is {value!r}, "
-                        "not an IPv4 or IPv6 address") from None
+        raise BindError(
+            f"{option} is {addr!r}, but environment variable {name} is {value!r}, not an IPv4 or IPv6 address"
+        ) from None
     host = f"[{value}]" if ip.version == 6 else value
     return f"{host}:{port}" if port is not None else host

@@ -17,25 +17,50 @@ import bisect
 import time
 from dataclasses import dataclass
 
+from clusterdns.wire.constants import RRType
 from clusterdns.wire.names import Malformed
 from clusterdns.wire.question import question_name_end
 
-TIME_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2 ** i for i in range(16))
+TIME_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2**i for i in range(16))
 #: CoreDNS request/response size buckets (plugin/metrics/vars)
 SIZE_BUCKETS: tuple[float, ...] = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
 #: CoreDNS kubernetes plugin: 1 ms doubling, 20 buckets (to about 9 minutes)
-PROGRAMMING_BUCKETS: tuple[float, ...] = tuple(0.001 * 2 ** i for i in range(20))
+PROGRAMMING_BUCKETS: tuple[float, ...] = tuple(0.001 * 2**i for i in range(20))
 
 #: query types CoreDNS labels by name; the rest are "other" (plugin/metrics/vars/report.go)
 MONITORED_TYPES: dict[int, str] = {
-    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
-    33: "SRV", 43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 50: "NSEC3", 65: "HTTPS",
-    251: "IXFR", 252: "AXFR", 255: "ANY",
+    1: "A",
+    2: "NS",
+    5: "CNAME",
+    6: "SOA",
+    12: "PTR",
+    15: "MX",
+    16: "TXT",
+    28: "AAAA",
+    33: "SRV",
+    43: "DS",
+    46: "RRSIG",
+    47: "NSEC",
+    48: "DNSKEY",
+    50: "NSEC3",
+    65: "HTTPS",
+    251: "IXFR",
+    252: "AXFR",
+    255: "ANY",
 }
 #: rcode names as miekg/dns prints them (CoreDNS's `rcode` label)
 RCODES: dict[int, str] = {
-    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
-    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE",
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    6: "YXDOMAIN",
+    7: "YXRRSET",
+    8: "NXRRSET",
+    9: "NOTAUTH",
+    10: "NOTZONE",
 }
 
 #: traffic classes kept with exact sizes; beyond, sizes are rounded to their bucket so a
@@ -44,6 +69,8 @@ MAX_CLASSES = 10_000
 
 #: zone label of queries that never reach a zone (CoreDNS: no closing dot, never a real zone)
 DROPPED = "dropped"
+
+_OPT_TYPE = int(RRType.OPT).to_bytes(2, "big")  # in wire form, as a query's OPT record carries it
 
 HEADER = 12
 
@@ -67,6 +94,7 @@ def _bucket_index(bounds: tuple[float, ...], value: float) -> int:
     """Index of the first bucket whose upper bound is >= value (len(bounds) = +Inf)."""
     return bisect.bisect_left(bounds, value)
 
+
 # --------------------------------------------------------------------------- wire peeks
 
 
@@ -89,8 +117,13 @@ def question_info(query: bytes) -> tuple[int, bool] | None:
     qtype = (query[i] << 8) | query[i + 1]
     do = False
     opt = i + 4
-    if query[10:12] == b"\x00\x01" and query[6:10] == b"\x00\x00\x00\x00" and opt + 11 <= n \
-            and query[opt] == 0 and query[opt + 1:opt + 3] == b"\x00\x29":
+    if (
+        query[10:12] == b"\x00\x01"
+        and query[6:10] == b"\x00\x00\x00\x00"
+        and opt + 11 <= n
+        and query[opt] == 0
+        and query[opt + 1 : opt + 3] == _OPT_TYPE
+    ):
         do = bool(query[opt + 7] & 0x80)
     return qtype, do
 
@@ -120,7 +153,8 @@ class _Hist:
         self.sum += value
 
     def cumulative(self, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
-        out, total = [], 0
+        out: list[tuple[str, float]] = []
+        total = 0
         for le, c in zip([*map(_le, bounds), "+Inf"], self.counts, strict=True):
             total += c
             out.append((le, total))
@@ -176,21 +210,22 @@ class QueryStats:
 
     # -- writers ---------------------------------------------------------------------
 
-    def hot_class(self, query: bytes, reply: bytes, tcp: bool, plugin: str = "kubernetes",
-                  zone: str = ".") -> list[int]:
+    def hot_class(
+        self, query: bytes, reply: bytes, tcp: bool, plugin: str = "kubernetes", zone: str = "."
+    ) -> list[int]:
         """The class a replayed answer counts into (called when it is stored)."""
         info = question_info(query)
         qtype, do = info if info is not None else (0, False)
         return self.traffic_class((tcp, True, plugin, zone, qtype, reply[3] & 0x0F, do, len(query), len(reply)))
 
-    def observe(self, slot: int, tcp: bool, query: bytes, reply: bytes, seconds: float,
-                plugin: str, zone: str = ".") -> None:
+    def observe(
+        self, slot: int, tcp: bool, query: bytes, reply: bytes, seconds: float, plugin: str, zone: str = "."
+    ) -> None:
         """One slow-path answer: counted and timed."""
         # a FORMERR's question is not read again (its type is not known to be there)
         info = question_info(query) if len(reply) > 3 and reply[3] & 0x0F != 1 else None
         qtype, do = info if info is not None else (0, False)
-        key = (tcp, False, plugin, zone, qtype, reply[3] & 0x0F if len(reply) > 3 else 2, do,
-               len(query), len(reply))
+        key = (tcp, False, plugin, zone, qtype, reply[3] & 0x0F if len(reply) > 3 else 2, do, len(query), len(reply))
         counts = self.classes.get(key) or self.traffic_class(key)
         counts[slot] += 1
         dkey = (slot, zone, qtype)
@@ -229,6 +264,6 @@ def calibrate_hot_path(rounds: int = 2000) -> float:
     started = time.perf_counter()
     for _ in range(rounds):
         entry = get(query[2:12] + query[12:end].lower() + query[end:])
-        entry[2][0] += 1  # type: ignore[index]
-        _ = query[:2] + entry[0] + query[12:end] + entry[1]  # type: ignore[index]
+        entry[2][0] += 1  # type: ignore[index]  # get() of the one key there: never None
+        _ = query[:2] + entry[0] + query[12:end] + entry[1]  # type: ignore[index]  # as above
     return (time.perf_counter() - started) / rounds

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from clusterdns.obs.http import HttpResponder, Reply, Request
 from clusterdns.net.addr import host_port
+from clusterdns.obs.http import HttpResponder, Reply, Request
 
 log = logging.getLogger("clusterdns")
 
@@ -85,8 +85,13 @@ class HealthServer:
         except BaseException:
             await self.stop()
             raise
-        log.info("health on %s:%d/health, readiness on %s:%d/ready", self.health_addr[0] or "*", self.health_port,
-                 self.ready_addr[0] or "*", self.ready_port)
+        log.info(
+            "health on %s:%d/health, readiness on %s:%d/ready",
+            self.health_addr[0] or "*",
+            self.health_port,
+            self.ready_addr[0] or "*",
+            self.ready_port,
+        )
 
     async def stop(self) -> None:
         servers, self._servers = self._servers, []

@@ -52,8 +52,12 @@ def _reply(status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) ->
 
 def _encode(reply: Reply, head_only: bool) -> bytes:
     status = HTTPStatus(reply.status)
-    lines = [f"HTTP/1.1 {status.value} {status.phrase}", f"Content-Type: {reply.content_type}",
-             f"Content-Length: {len(reply.body)}", "Connection: close"]
+    lines = [
+        f"HTTP/1.1 {status.value} {status.phrase}",
+        f"Content-Type: {reply.content_type}",
+        f"Content-Length: {len(reply.body)}",
+        "Connection: close",
+    ]
     lines += [f"{name}: {value}" for name, value in reply.headers]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head if head_only else head + reply.body
@@ -141,8 +145,9 @@ class _Connection(asyncio.Protocol):
 class HttpResponder:
     """Serves `routes` (path -> handler) to GET and HEAD; 404 unknown paths, 405 other methods."""
 
-    def __init__(self, routes: Mapping[str, Handler], *, deadline: float = 10.0, max_head: int = 8192,
-                 max_connections: int = 64) -> None:
+    def __init__(
+        self, routes: Mapping[str, Handler], *, deadline: float = 10.0, max_head: int = 8192, max_connections: int = 64
+    ) -> None:
         self.routes = dict(routes)
         self.deadline = deadline
         self.max_head = max_head

@@ -35,8 +35,7 @@ TEXT_FORMAT = "%(asctime)s [%(levelname)s] %(name)s: %(message)s"
 
 
 def _utc(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TextFormatter(logging.Formatter):
@@ -87,8 +86,12 @@ class Consolidator(logging.Filter):
     window and at exit), as `N more like this within Ws: <last message>`.
     """
 
-    def __init__(self, window: float, emit: Callable[[logging.LogRecord], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        window: float,
+        emit: Callable[[logging.LogRecord], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.window = window
         self.clock = clock
@@ -137,11 +140,17 @@ class Consolidator(logging.Filter):
         last = burst.last
         if last is None or self.emit is None:
             return
-        summary = logging.LogRecord(last.name, last.levelno, last.pathname, last.lineno,
-                                    "%d more like this within %gs: %s",
-                                    (burst.count, self.window, last.getMessage()), None)
-        summary.summary = True  # type: ignore[attr-defined]
-        summary.fields = {"repeated": burst.count, "window": self.window}  # type: ignore[attr-defined]
+        summary = logging.LogRecord(
+            last.name,
+            last.levelno,
+            last.pathname,
+            last.lineno,
+            "%d more like this within %gs: %s",
+            (burst.count, self.window, last.getMessage()),
+            None,
+        )
+        summary.summary = True
+        summary.fields = {"repeated": burst.count, "window": self.window}
         self.emit(summary)
 
 
@@ -152,8 +161,9 @@ _handler: logging.Handler | None = None
 _consolidator: Consolidator | None = None
 
 
-def setup(level: str = "info", fmt: str = "text", consolidate: float = 10.0,
-          stream: TextIO | None = None) -> Consolidator:
+def setup(
+    level: str = "info", fmt: str = "text", consolidate: float = 10.0, stream: TextIO | None = None
+) -> Consolidator:
     """Configure the `clusterdns` loggers; calling it again (reload) replaces the handler.
 
     Returns the consolidator so the app can `flush()` it periodically and at exit.
@@ -211,14 +221,56 @@ def _emit_unfiltered(handler: logging.Handler, record: logging.LogRecord) -> Non
 # --------------------------------------------------------------------------- query log
 
 
-_FLAG_BITS = (("qr", 0x8000), ("aa", 0x0400), ("tc", 0x0200), ("rd", 0x0100), ("ra", 0x0080),
-              ("ad", 0x0020), ("cd", 0x0010))
-_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT",
-          28: "AAAA", 33: "SRV", 35: "NAPTR", 41: "OPT", 43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY",
-          50: "NSEC3", 64: "SVCB", 65: "HTTPS", 99: "SPF", 251: "IXFR", 252: "AXFR", 255: "ANY", 257: "CAA"}
+_FLAG_BITS = (
+    ("qr", 0x8000),
+    ("aa", 0x0400),
+    ("tc", 0x0200),
+    ("rd", 0x0100),
+    ("ra", 0x0080),
+    ("ad", 0x0020),
+    ("cd", 0x0010),
+)
+_TYPES = {
+    1: "A",
+    2: "NS",
+    5: "CNAME",
+    6: "SOA",
+    12: "PTR",
+    13: "HINFO",
+    15: "MX",
+    16: "TXT",
+    28: "AAAA",
+    33: "SRV",
+    35: "NAPTR",
+    41: "OPT",
+    43: "DS",
+    46: "RRSIG",
+    47: "NSEC",
+    48: "DNSKEY",
+    50: "NSEC3",
+    64: "SVCB",
+    65: "HTTPS",
+    99: "SPF",
+    251: "IXFR",
+    252: "AXFR",
+    255: "ANY",
+    257: "CAA",
+}
 _CLASSES = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
-_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
-           6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 16: "BADVERS"}
+_RCODES = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    6: "YXDOMAIN",
+    7: "YXRRSET",
+    8: "NXRRSET",
+    9: "NOTAUTH",
+    10: "NOTZONE",
+    16: "BADVERS",
+}
 
 
 @dataclass(slots=True)
@@ -242,15 +294,29 @@ class QueryEntry:
 
     def line(self) -> str:
         remote = f"[{self.remote}]" if ":" in self.remote else self.remote
-        return (f'{remote}:{self.port} - {self.id} "{self.type} {self.qclass} {self.name} {self.proto} '
-                f'{self.size} {str(self.do).lower()} {self.bufsize}" {self.rcode} {self.rflags} '
-                f'{self.rsize} {_seconds(self.duration)}')
+        return (
+            f'{remote}:{self.port} - {self.id} "{self.type} {self.qclass} {self.name} {self.proto} '
+            f'{self.size} {str(self.do).lower()} {self.bufsize}" {self.rcode} {self.rflags} '
+            f"{self.rsize} {_seconds(self.duration)}"
+        )
 
     def fields(self) -> dict[str, Any]:
-        return {"remote": self.remote, "port": self.port, "id": self.id, "type": self.type,
-                "class": self.qclass, "name": self.name, "proto": self.proto, "size": self.size,
-                "do": self.do, "bufsize": self.bufsize, "rcode": self.rcode, "rflags": self.rflags,
-                "rsize": self.rsize, "duration": self.duration}
+        return {
+            "remote": self.remote,
+            "port": self.port,
+            "id": self.id,
+            "type": self.type,
+            "class": self.qclass,
+            "name": self.name,
+            "proto": self.proto,
+            "size": self.size,
+            "do": self.do,
+            "bufsize": self.bufsize,
+            "rcode": self.rcode,
+            "rflags": self.rflags,
+            "rsize": self.rsize,
+            "duration": self.duration,
+        }
 
 
 def _seconds(d: float) -> str:
@@ -260,10 +326,11 @@ def _seconds(d: float) -> str:
 
 
 COMMON = re.compile(
-    r'(?P<remote>\[[0-9a-fA-F:.%]+\]|[0-9.]+):(?P<port>\d+) - (?P<id>\d+) '
+    r"(?P<remote>\[[0-9a-fA-F:.%]+\]|[0-9.]+):(?P<port>\d+) - (?P<id>\d+) "
     r'"(?P<type>\S+) (?P<class>\S+) (?P<name>\S+) (?P<proto>udp|tcp) (?P<size>\d+) '
     r'(?P<do>true|false) (?P<bufsize>\d+)" (?P<rcode>\S+) (?P<rflags>\S*) (?P<rsize>\d+) '
-    r'(?P<duration>\d+(?:\.\d+)?)s')
+    r"(?P<duration>\d+(?:\.\d+)?)s"
+)
 
 
 def parse_common(line: str) -> dict[str, Any] | None:
@@ -294,10 +361,21 @@ def entry(query: bytes, reply: bytes, addr: tuple, proto: str, duration: float) 
     rflags = ",".join(n for n, bit in _FLAG_BITS if flags & bit)
     rcode = flags & 0x0F
     return QueryEntry(
-        remote=str(addr[0]), port=int(addr[1]), id=q.id,
-        type=_TYPES.get(q.qtype, f"TYPE{q.qtype}"), qclass=_CLASSES.get(q.qclass, f"CLASS{q.qclass}"),
-        name=to_presentation(q.name), proto=proto, size=len(query), do=q.do, bufsize=bufsize,
-        rcode=_RCODES.get(rcode, f"RCODE{rcode}"), rflags=rflags, rsize=len(reply), duration=duration)
+        remote=str(addr[0]),
+        port=int(addr[1]),
+        id=q.id,
+        type=_TYPES.get(q.qtype, f"TYPE{q.qtype}"),
+        qclass=_CLASSES.get(q.qclass, f"CLASS{q.qclass}"),
+        name=to_presentation(q.name),
+        proto=proto,
+        size=len(query),
+        do=q.do,
+        bufsize=bufsize,
+        rcode=_RCODES.get(rcode, f"RCODE{rcode}"),
+        rflags=rflags,
+        rsize=len(reply),
+        duration=duration,
+    )
 
 
 class QueryLog:

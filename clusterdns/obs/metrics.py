@@ -31,7 +31,6 @@ import pickle
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -44,7 +43,6 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from clusterdns import __version__
-from clusterdns.obs.sources import ReloadStats, Sources, observe_programming  # noqa: F401 - re-exported
 from clusterdns.obs.counters import (  # noqa: F401 - re-exported: the metric side's vocabulary
     DROPPED,
     MAX_CLASSES,
@@ -63,30 +61,31 @@ from clusterdns.obs.counters import (  # noqa: F401 - re-exported: the metric si
     server_label,
     type_label,
 )
+from clusterdns.obs.sources import ReloadStats, Sources, observe_programming  # noqa: F401 - re-exported
 
 log = logging.getLogger("clusterdns")
 
-#: every metric this module exports -> "{labels} - meaning", the README's metric list
+#: every metric this module exports -> "{labels} - meaning", the metric list of docs/metrics.md
 #: (tests/ops/test_metrics_names.py checks it is complete)
 DOCUMENTED: dict[str, str] = {
     "coredns_dns_requests_total": "{server, zone, view, proto, family, type} - queries; `zone` is `.` "
-                                  "(one server block, as kubeadm's Corefile), `dropped` for packets "
-                                  "answered with nothing.",
+    "(one server block, as kubeadm's Corefile), `dropped` for packets "
+    "answered with nothing.",
     "coredns_dns_responses_total": "{server, zone, view, rcode, plugin} - answers by rcode and by who "
-                                   "answered: `kubernetes`, `cache`, `forward`, or empty (the server "
-                                   "itself: FORMERR, NOTIMP, REFUSED).",
+    "answered: `kubernetes`, `cache`, `forward`, or empty (the server "
+    "itself: FORMERR, NOTIMP, REFUSED).",
     "coredns_dns_request_duration_seconds": "{server, zone, view, type} - time to answer; CoreDNS's "
-                                            "buckets (0.25 ms doubling, 16). Hot-path answers are "
-                                            "counted in the first bucket, their `_sum` share is "
-                                            "calibrated at start.",
+    "buckets (0.25 ms doubling, 16). Hot-path answers are "
+    "counted in the first bucket, their `_sum` share is "
+    "calibrated at start.",
     "coredns_dns_request_size_bytes": "{server, zone, view, proto} - query sizes.",
     "coredns_dns_response_size_bytes": "{server, zone, view, proto} - answer sizes.",
     "coredns_dns_do_requests_total": "{server, zone, view} - queries with the DNSSEC OK bit.",
     "coredns_build_info": "{version, revision, goversion} - 1; clusterdns's version, "
-                          "$CLUSTERDNS_REVISION and the Python version (dashboards count pods with it).",
+    "$CLUSTERDNS_REVISION and the Python version (dashboards count pods with it).",
     "coredns_panics_total": "{} - internal errors caught while answering (each cost one SERVFAIL).",
     "coredns_plugin_enabled": "{server, zone, view, name} - 1 per CoreDNS plugin this process "
-                              "stands in for (kubernetes, forward, cache, log, ...).",
+    "stands in for (kubernetes, forward, cache, log, ...).",
     "coredns_reload_failed_total": "{} - config reloads that were rejected (the old config stayed).",
     "coredns_cache_entries": "{server, type, zones, view} - forward-cache entries, type success|denial.",
     "coredns_cache_hits_total": "{server, type, zones, view} - forward-cache hits.",
@@ -102,28 +101,28 @@ DOCUMENTED: dict[str, str] = {
     "coredns_proxy_conn_cache_hits_total": "{proxy_name, to, proto} - pooled TCP connections reused.",
     "coredns_proxy_conn_cache_misses_total": "{proxy_name, to, proto} - TCP connections opened.",
     "coredns_kubernetes_dns_programming_duration_seconds": "{service_kind} - from a watch event's "
-                                                           "arrival to its answers being served "
-                                                           "(CoreDNS measures from the "
-                                                           "EndpointSlice's last-change-trigger-time).",
+    "arrival to its answers being served "
+    "(CoreDNS measures from the "
+    "EndpointSlice's last-change-trigger-time).",
     "clusterdns_dropped_packets_total": "{server, proto, reason} - packets answered with nothing: "
-                                        "`short` (no header), `response` (QR set: answering could loop), "
-                                        "`tcp_connection_cap`.",
+    "`short` (no header), `response` (QR set: answering could loop), "
+    "`tcp_connection_cap`.",
     "clusterdns_config_reloads_total": "{result} - config reloads, success|failure.",
     "clusterdns_config_last_reload_success_timestamp_seconds": "{} - when the running config was loaded.",
     "clusterdns_hot_path_answers_total": "{proto} - queries answered on the hot path: compiled "
-                                         "cluster answers and plain-lane cache hits.",
+    "cluster answers and plain-lane cache hits.",
     "clusterdns_tcp_connections": "{} - open DNS-over-TCP connections.",
     "coredns_rrl_responses_exceeded_total": "{server} - UDP answers over the response-rate limit "
-                                            "(dropped or slipped); only with RRL on. CoreDNS's rrl "
-                                            "plugin labels it `client_ip`: here `server`, so spoofed "
-                                            "sources cannot grow the series.",
+    "(dropped or slipped); only with RRL on. CoreDNS's rrl "
+    "plugin labels it `client_ip`: here `server`, so spoofed "
+    "sources cannot grow the series.",
     "clusterdns_rrl_responses_total": "{server, action} - UDP answers RRL did not send as computed: "
-                                      "`dropped`, or `slipped` (sent empty with TC=1); only with RRL on.",
+    "`dropped`, or `slipped` (sent empty with TC=1); only with RRL on.",
     "clusterdns_rrl_table_entries": "{} - client prefixes RRL tracks (at most rrl.max_table_size); only with RRL on.",
     "clusterdns_forward_queries_total": "{zone} - questions sent upstream (cache misses).",
     "clusterdns_forward_failures_total": "{zone} - upstream exchanges that timed out or failed.",
     "clusterdns_forward_spoofed_total": "{zone} - upstream packets dropped: wrong address, ID or "
-                                        "question (RFC 5452); a rise means spoofing or a broken middlebox.",
+    "question (RFC 5452); a rise means spoofing or a broken middlebox.",
     "clusterdns_forward_tc_retries_total": "{zone} - truncated UDP answers retried over TCP.",
     "clusterdns_kubernetes_objects": "{kind} - objects in the record store.",
     "clusterdns_kubernetes_synced": "{} - 1 once every watched resource has been listed.",
@@ -133,8 +132,8 @@ DOCUMENTED: dict[str, str] = {
     "clusterdns_kubernetes_watch_events_total": "{resource} - watch events applied.",
     "clusterdns_kubernetes_watch_failures": "{resource} - consecutive list/watch failures (0 = healthy).",
     "clusterdns_kubernetes_last_sync_timestamp_seconds": "{resource} - when the API last confirmed the "
-                                                         "resource (list, event or bookmark); alert on "
-                                                         "`time() - x > 300`.",
+    "resource (list, event or bookmark); alert on "
+    "`time() - x > 300`.",
 }
 
 
@@ -194,6 +193,7 @@ class DNSCollector(Collector):
         req_size: dict[tuple[str, ...], _Hist] = {}
         resp_size: dict[tuple[str, ...], _Hist] = {}
         hot_dur: dict[tuple[int, str, str], int] = {}
+        k: tuple[Any, ...]  # one scratch key, reused for each table
         for (tcp, hot, plugin, zone, qtype, rcode, dobit, rq, rs), counts in list(st.classes.items()):
             proto = "tcp" if tcp else "udp"
             tlabel = type_label(qtype)
@@ -224,28 +224,34 @@ class DNSCollector(Collector):
                 k = (lst.server, DROPPED, view, "tcp" if tcp else "udp", lst.family, "other")
                 requests[k] = requests.get(k, 0) + n
 
-        m = _counter("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.",
-                     ("server", "zone", "view", "proto", "family", "type"))
+        m = _counter(
+            "coredns_dns_requests",
+            "Counter of DNS requests made per zone, protocol and family.",
+            ("server", "zone", "view", "proto", "family", "type"),
+        )
         for k, n in sorted(requests.items()):
             m.add_metric(list(k), n)
         yield m
-        m = _counter("coredns_dns_responses", "Counter of response status codes.",
-                     ("server", "zone", "view", "rcode", "plugin"))
+        m = _counter(
+            "coredns_dns_responses", "Counter of response status codes.", ("server", "zone", "view", "rcode", "plugin")
+        )
         for k, n in sorted(responses.items()):
             m.add_metric(list(k), n)
         yield m
-        m = _counter("coredns_dns_do_requests", "Counter of DNS requests with DO bit set per zone.",
-                     ("server", "zone", "view"))
+        m = _counter(
+            "coredns_dns_do_requests", "Counter of DNS requests with DO bit set per zone.", ("server", "zone", "view")
+        )
         for k, n in sorted(do.items()):
             m.add_metric(list(k), n)
         yield m
         for name, doc, table in (
-                ("coredns_dns_request_size_bytes", "Size of the request in bytes.", req_size),
-                ("coredns_dns_response_size_bytes", "Size of the returned response in bytes.", resp_size)):
-            h = HistogramMetricFamily(name, doc, labels=["server", "zone", "view", "proto"])
+            ("coredns_dns_request_size_bytes", "Size of the request in bytes.", req_size),
+            ("coredns_dns_response_size_bytes", "Size of the returned response in bytes.", resp_size),
+        ):
+            fam = HistogramMetricFamily(name, doc, labels=["server", "zone", "view", "proto"])
             for k, hist in sorted(table.items()):
-                h.add_metric(list(k), hist.cumulative(SIZE_BUCKETS), hist.sum)
-            yield h
+                fam.add_metric(list(k), hist.cumulative(SIZE_BUCKETS), hist.sum)
+            yield fam
         # durations: slow path timed, hot path in the first bucket with the calibrated cost
         merged: dict[tuple[int, str, str], _Hist] = {}
         for (slot, zone, qtype), hist in list(st.durations.items()):
@@ -261,15 +267,18 @@ class DNSCollector(Collector):
                 acc = merged[k] = _Hist(len(TIME_BUCKETS))
             acc.counts[0] += n
             acc.sum += n * st.hot_seconds
-        h = HistogramMetricFamily("coredns_dns_request_duration_seconds",
-                                  "Histogram of the time (in seconds) each request took per zone.",
-                                  labels=["server", "zone", "view", "type"])
+        fam = HistogramMetricFamily(
+            "coredns_dns_request_duration_seconds",
+            "Histogram of the time (in seconds) each request took per zone.",
+            labels=["server", "zone", "view", "type"],
+        )
         for (slot, zone, tlabel), hist in sorted(merged.items()):
             if slot < len(st.listeners):
-                h.add_metric([st.listeners[slot].server, zone, view, tlabel], hist.cumulative(TIME_BUCKETS), hist.sum)
-        yield h
-        d = _counter("clusterdns_dropped_packets", "Queries answered with nothing, by reason.",
-                     ("server", "proto", "reason"))
+                fam.add_metric([st.listeners[slot].server, zone, view, tlabel], hist.cumulative(TIME_BUCKETS), hist.sum)
+        yield fam
+        d = _counter(
+            "clusterdns_dropped_packets", "Queries answered with nothing, by reason.", ("server", "proto", "reason")
+        )
         for (slot, tcp, reason), n in sorted(st.dropped.items()):
             if slot < len(st.listeners):
                 d.add_metric([st.listeners[slot].server, "tcp" if tcp else "udp", reason], n)
@@ -283,40 +292,51 @@ class DNSCollector(Collector):
 
     def _server(self) -> Iterator[Metric]:
         src, server, view = self.sources, self._primary_server(), self.view
-        m = _gauge("coredns_build_info",
-                   "A metric with a constant '1' value labeled by version, revision, and goversion "
-                   "from which CoreDNS was built (here: clusterdns's version and Python).",
-                   ("version", "revision", "goversion"))
-        m.add_metric([__version__, os.environ.get("CLUSTERDNS_REVISION", ""),
-                      f"python{platform.python_version()}"], 1)
+        m: CounterMetricFamily | GaugeMetricFamily
+        m = _gauge(
+            "coredns_build_info",
+            "A metric with a constant '1' value labeled by version, revision, and goversion "
+            "from which CoreDNS was built (here: clusterdns's version and Python).",
+            ("version", "revision", "goversion"),
+        )
+        m.add_metric([__version__, os.environ.get("CLUSTERDNS_REVISION", ""), f"python{platform.python_version()}"], 1)
         yield m
         panics = 0
         for part in (src.handler, src.forwarding):
             panics += getattr(part, "errors", 0) if part is not None else 0
-        m = _counter("coredns_panics", "A metrics that counts the number of panics "
-                     "(internal errors caught while answering).", ())
+        m = _counter(
+            "coredns_panics", "A metrics that counts the number of panics (internal errors caught while answering).", ()
+        )
         m.add_metric([], panics)
         yield m
-        m = _gauge("coredns_plugin_enabled", "A metric that monitors which plugin(s) is(are) enabled.",
-                   ("server", "zone", "view", "name"))
+        m = _gauge(
+            "coredns_plugin_enabled",
+            "A metric that monitors which plugin(s) is(are) enabled.",
+            ("server", "zone", "view", "name"),
+        )
         for name in src.plugins:
             m.add_metric([server, ".", view, name], 1)
         yield m
         m = _counter("coredns_reload_failed", "Counter of the number of failed reload attempts.", ())
         m.add_metric([], src.reloads.failed)
         yield m
-        m = _counter("clusterdns_config_reloads", "Config reloads (SIGHUP or a changed file) by result.",
-                     ("result",))
+        m = _counter("clusterdns_config_reloads", "Config reloads (SIGHUP or a changed file) by result.", ("result",))
         m.add_metric(["success"], src.reloads.succeeded)
         m.add_metric(["failure"], src.reloads.failed)
         yield m
-        m = _gauge("clusterdns_config_last_reload_success_timestamp_seconds",
-                   "Unix time of the last successful config load (start-up counts).", ())
+        m = _gauge(
+            "clusterdns_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load (start-up counts).",
+            (),
+        )
         m.add_metric([], src.reloads.last_success or src.started)
         yield m
         if src.handler is not None:
-            m = _counter("clusterdns_hot_path_answers",
-                         "Queries answered on the hot path (compiled answers, plain-lane cache hits).", ("proto",))
+            m = _counter(
+                "clusterdns_hot_path_answers",
+                "Queries answered on the hot path (compiled answers, plain-lane cache hits).",
+                ("proto",),
+            )
             hits = {False: 0, True: 0}
             for k, counts in list(self.stats.classes.items()):
                 if k[1]:
@@ -335,6 +355,7 @@ class DNSCollector(Collector):
         rrl = self.sources.rrl
         if rrl is None:
             return
+        m: CounterMetricFamily | GaugeMetricFamily
         ls = self.stats.listeners
         servers = sorted({lst.server for lst in ls}) or [self._primary_server()]
         dropped: dict[str, int] = dict.fromkeys(servers, 0)
@@ -347,8 +368,11 @@ class DNSCollector(Collector):
         for server in sorted(dropped):
             m.add_metric([server], dropped[server] + slipped.get(server, 0))
         yield m
-        m = _counter("clusterdns_rrl_responses", "UDP answers response-rate limiting dropped or sent "
-                     "empty with TC=1 (slipped).", ("server", "action"))
+        m = _counter(
+            "clusterdns_rrl_responses",
+            "UDP answers response-rate limiting dropped or sent empty with TC=1 (slipped).",
+            ("server", "action"),
+        )
         for server in sorted(dropped):
             m.add_metric([server, "dropped"], dropped[server])
             m.add_metric([server, "slipped"], slipped.get(server, 0))
@@ -370,18 +394,29 @@ class DNSCollector(Collector):
         if not caches:
             return
         server, view = self._primary_server(), self.view
-        entries = _gauge("coredns_cache_entries", "The number of elements in the cache.",
-                         ("server", "type", "zones", "view"))
+        entries = _gauge(
+            "coredns_cache_entries", "The number of elements in the cache.", ("server", "type", "zones", "view")
+        )
         hits = _counter("coredns_cache_hits", "The count of cache hits.", ("server", "type", "zones", "view"))
-        misses = _counter("coredns_cache_misses", "The count of cache misses. Deprecated, derive misses "
-                          "from cache hits/requests counters.", ("server", "zones", "view"))
+        misses = _counter(
+            "coredns_cache_misses",
+            "The count of cache misses. Deprecated, derive misses from cache hits/requests counters.",
+            ("server", "zones", "view"),
+        )
         requests = _counter("coredns_cache_requests", "The count of cache requests.", ("server", "zones", "view"))
-        prefetch = _counter("coredns_cache_prefetch", "The number of times the cache has prefetched a cached item.",
-                            ("server", "zones", "view"))
-        stale = _counter("coredns_cache_served_stale", "The number of requests served from stale cache entries.",
-                         ("server", "zones", "view"))
-        evictions = _counter("coredns_cache_evictions", "The count of cache evictions.",
-                             ("server", "type", "zones", "view"))
+        prefetch = _counter(
+            "coredns_cache_prefetch",
+            "The number of times the cache has prefetched a cached item.",
+            ("server", "zones", "view"),
+        )
+        stale = _counter(
+            "coredns_cache_served_stale",
+            "The number of requests served from stale cache entries.",
+            ("server", "zones", "view"),
+        )
+        evictions = _counter(
+            "coredns_cache_evictions", "The count of cache evictions.", ("server", "type", "zones", "view")
+        )
         for zone, cache in caches:
             sizes = cache.sizes  # the two parts' lengths: no walk over the entries per scrape
             entries.add_metric([server, "success", zone, view], sizes["success"])
@@ -408,29 +443,45 @@ class DNSCollector(Collector):
         if fw is None:
             return
         forwarders = fw.forwarders
-        rejects = _counter("coredns_forward_max_concurrent_rejects", "Counter of the number of queries rejected "
-                           "because the concurrent queries were at maximum.", ())
+        rejects = _counter(
+            "coredns_forward_max_concurrent_rejects",
+            "Counter of the number of queries rejected because the concurrent queries were at maximum.",
+            (),
+        )
         rejects.add_metric([], sum(f.stats.refused for f in forwarders))
         yield rejects
-        broken = _counter("coredns_forward_healthcheck_broken", "Counter of the number of complete failures "
-                          "of the healthchecks.", ())
+        broken = _counter(
+            "coredns_forward_healthcheck_broken", "Counter of the number of complete failures of the healthchecks.", ()
+        )
         broken.add_metric([], sum(getattr(f.stats, "all_down", 0) for f in forwarders))
         yield broken
-        duration = HistogramMetricFamily("coredns_proxy_request_duration_seconds",
-                                         "Histogram of the time each request took.",
-                                         labels=["proxy_name", "to", "rcode"])
-        hc = _counter("coredns_proxy_healthcheck_failures", "Count of failed health checks.",
-                      ("proxy_name", "to", "rcode"))
-        conn_hits = _counter("coredns_proxy_conn_cache_hits", "Counter of connection cache hits per upstream "
-                             "and protocol.", ("proxy_name", "to", "proto"))
-        conn_misses = _counter("coredns_proxy_conn_cache_misses", "Counter of connection cache misses per "
-                               "upstream and protocol.", ("proxy_name", "to", "proto"))
-        own = {name: _counter(f"clusterdns_forward_{name}", doc, ("zone",)) for name, doc in (
-            ("queries", "Questions sent to a forward zone's upstreams (after the cache)."),
-            ("failures", "Upstream exchanges that timed out or failed."),
-            ("spoofed", "Upstream datagrams or TCP messages dropped: wrong address, ID or question (RFC 5452)."),
-            ("tc_retries", "UDP answers with TC retried over TCP."),
-        )}
+        duration = HistogramMetricFamily(
+            "coredns_proxy_request_duration_seconds",
+            "Histogram of the time each request took.",
+            labels=["proxy_name", "to", "rcode"],
+        )
+        hc = _counter(
+            "coredns_proxy_healthcheck_failures", "Count of failed health checks.", ("proxy_name", "to", "rcode")
+        )
+        conn_hits = _counter(
+            "coredns_proxy_conn_cache_hits",
+            "Counter of connection cache hits per upstream and protocol.",
+            ("proxy_name", "to", "proto"),
+        )
+        conn_misses = _counter(
+            "coredns_proxy_conn_cache_misses",
+            "Counter of connection cache misses per upstream and protocol.",
+            ("proxy_name", "to", "proto"),
+        )
+        own = {
+            name: _counter(f"clusterdns_forward_{name}", doc, ("zone",))
+            for name, doc in (
+                ("queries", "Questions sent to a forward zone's upstreams (after the cache)."),
+                ("failures", "Upstream exchanges that timed out or failed."),
+                ("spoofed", "Upstream datagrams or TCP messages dropped: wrong address, ID or question (RFC 5452)."),
+                ("tc_retries", "UDP answers with TC retried over TCP."),
+            )
+        }
         for f in forwarders:
             for name, m in own.items():
                 m.add_metric([f.name], getattr(f.stats, name))
@@ -450,38 +501,58 @@ class DNSCollector(Collector):
 
     def _kubernetes(self) -> Iterator[Metric]:
         src = self.sources
-        h = HistogramMetricFamily("coredns_kubernetes_dns_programming_duration_seconds",
-                                  "Histogram of the time (in seconds) it took to program a dns instance.",
-                                  labels=["service_kind"])
+        h = HistogramMetricFamily(
+            "coredns_kubernetes_dns_programming_duration_seconds",
+            "Histogram of the time (in seconds) it took to program a dns instance.",
+            labels=["service_kind"],
+        )
         for kind, hist in sorted(src.programming.items()):
             h.add_metric([kind], hist.cumulative(PROGRAMMING_BUCKETS), hist.sum)
         yield h
         store = src.store
         if store is not None:
             m = _gauge("clusterdns_kubernetes_objects", "Objects held in the record store, by kind.", ("kind",))
-            for kind, attr in (("Service", "services"), ("EndpointSlice", "slices"), ("Endpoints", "endpoints"),
-                               ("Pod", "pods"), ("Namespace", "namespaces")):
+            for kind, attr in (
+                ("Service", "services"),
+                ("EndpointSlice", "slices"),
+                ("Endpoints", "endpoints"),
+                ("Pod", "pods"),
+                ("Namespace", "namespaces"),
+            ):
                 m.add_metric([kind], len(getattr(store, attr, ())))
             yield m
             m = _gauge("clusterdns_kubernetes_synced", "1 once every watched resource has been listed.", ())
             m.add_metric([], 1 if store.synced else 0)
             yield m
-            m = _gauge("clusterdns_kubernetes_last_change_timestamp_seconds",
-                       "Unix time the record store last changed.", ())
+            m = _gauge(
+                "clusterdns_kubernetes_last_change_timestamp_seconds", "Unix time the record store last changed.", ()
+            )
             m.add_metric([], time.time() - (time.monotonic() - store.last_change))
             yield m
         kube = src.kube
         if kube is None:
             return
-        relists = _counter("clusterdns_kubernetes_relists", "Full re-lists after the first list "
-                           "(410 Gone, expired continue tokens, errors).", ("resource",))
-        restarts = _counter("clusterdns_kubernetes_watch_restarts", "Watch streams opened after the first "
-                            "(timeouts, dropped connections, errors).", ("resource",))
+        relists = _counter(
+            "clusterdns_kubernetes_relists",
+            "Full re-lists after the first list (410 Gone, expired continue tokens, errors).",
+            ("resource",),
+        )
+        restarts = _counter(
+            "clusterdns_kubernetes_watch_restarts",
+            "Watch streams opened after the first (timeouts, dropped connections, errors).",
+            ("resource",),
+        )
         events = _counter("clusterdns_kubernetes_watch_events", "Watch events applied to the store.", ("resource",))
-        failures = _gauge("clusterdns_kubernetes_watch_failures", "Consecutive failures of a resource's "
-                          "list/watch loop (0 when healthy).", ("resource",))
-        last_sync = _gauge("clusterdns_kubernetes_last_sync_timestamp_seconds", "Unix time the API last "
-                           "confirmed a resource's state (list, event or bookmark).", ("resource",))
+        failures = _gauge(
+            "clusterdns_kubernetes_watch_failures",
+            "Consecutive failures of a resource's list/watch loop (0 when healthy).",
+            ("resource",),
+        )
+        last_sync = _gauge(
+            "clusterdns_kubernetes_last_sync_timestamp_seconds",
+            "Unix time the API last confirmed a resource's state (list, event or bookmark).",
+            ("resource",),
+        )
         for name, st in sorted(kube.states.items()):
             relists.add_metric([name], max(0, st.lists - 1))
             restarts.add_metric([name], max(0, st.watches - 1))
@@ -496,8 +567,15 @@ class DNSCollector(Collector):
 # --------------------------------------------------------------------------- workers
 
 #: families that describe the process, not traffic: merged by max, not summed
-PER_PROCESS = frozenset({"coredns_build_info", "coredns_plugin_enabled", "coredns_reload_failed",
-                         "clusterdns_config_reloads", "clusterdns_config_last_reload_success_timestamp_seconds"})
+PER_PROCESS = frozenset(
+    {
+        "coredns_build_info",
+        "coredns_plugin_enabled",
+        "coredns_reload_failed",
+        "clusterdns_config_reloads",
+        "clusterdns_config_last_reload_success_timestamp_seconds",
+    }
+)
 
 
 def merge(local: list[Metric], remote: list[list[Metric]]) -> list[Metric]:
@@ -517,7 +595,8 @@ def merge(local: list[Metric], remote: list[list[Metric]]) -> list[Metric]:
                 continue
             combine = max if m.name in PER_PROCESS else (lambda a, b: a + b)
             values: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {
-                (s.name, tuple(sorted(s.labels.items()))): s for s in mine.samples}
+                (s.name, tuple(sorted(s.labels.items()))): s for s in mine.samples
+            }
             for s in m.samples:
                 key = (s.name, tuple(sorted(s.labels.items())))
                 old = values.get(key)
@@ -568,8 +647,8 @@ class FamilyReader(asyncio.Protocol):
             size = int.from_bytes(self.buf[:4], "big")
             if len(self.buf) < 4 + size:
                 return
-            self.latest = pickle.loads(self.buf[4:4 + size])  # our own worker, over a private pipe
-            del self.buf[:4 + size]
+            self.latest = pickle.loads(self.buf[4 : 4 + size])  # our own worker, over a private pipe
+            del self.buf[: 4 + size]
 
 
 # --------------------------------------------------------------------------- wiring
@@ -578,8 +657,7 @@ class FamilyReader(asyncio.Protocol):
 class Metrics:
     """The private registry, the counters the server writes, and the /metrics endpoint."""
 
-    def __init__(self, sources: Sources | None = None, process: bool = True,
-                 stats: QueryStats | None = None) -> None:
+    def __init__(self, sources: Sources | None = None, process: bool = True, stats: QueryStats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.stats = stats if stats is not None else QueryStats()
         self.sources = sources or Sources()
@@ -635,4 +713,3 @@ def text(registry: CollectorRegistry) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(registry).decode()
-

@@ -21,15 +21,14 @@ import socket
 from collections.abc import Awaitable
 from typing import NamedTuple
 
+from clusterdns.cache.cache import LATER, Hit, Later, Notify
 from clusterdns.cache.entry import Entry
 from clusterdns.cluster.zone import ClusterZone
-from clusterdns.obs.counters import QueryStats
-from clusterdns.wire import encode as E
-from clusterdns.wire.encode import OPTS
-from clusterdns.wire import question as Q
-from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, MAX_TCP, RRClass, RRType, Rcode
 from clusterdns.forward.forwarding import Forwarding
-from clusterdns.cache.cache import LATER, Hit, Later, Notify
+from clusterdns.obs.counters import QueryStats
+from clusterdns.wire import encode as E, question as Q
+from clusterdns.wire.constants import CLASSIC_UDP, EDNS_UDP, MAX_TCP, Rcode, RRClass, RRType
+from clusterdns.wire.encode import OPTS
 from clusterdns.wire.scan import _opt
 
 log = logging.getLogger("clusterdns")
@@ -44,7 +43,7 @@ Reply = bytes | None | Awaitable[bytes | None]
 
 NO_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x00"  # QD=1 AN=0 NS=0 AR=0
 ONE_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"  # ... AR=1
-OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
+OPT_HEAD = b"\x00" + int(RRType.OPT).to_bytes(2, "big")  # root owner, type OPT
 EMPTY_RDATA = b"\x00\x00"
 CLASS_LIMIT = 4096  # traffic classes remembered per compiled answer (bounded under floods)
 # the last byte of the cache key (`Query.key`) by DO << 1 | CD
@@ -65,8 +64,13 @@ class Answer(NamedTuple):
 
 
 class Handler:
-    def __init__(self, zone: ClusterZone | None, max_udp: int = EDNS_UDP,
-                 forwarding: Forwarding | None = None, stats: QueryStats | None = None) -> None:
+    def __init__(
+        self,
+        zone: ClusterZone | None,
+        max_udp: int = EDNS_UDP,
+        forwarding: Forwarding | None = None,
+        stats: QueryStats | None = None,
+    ) -> None:
         self.zone = zone
         self.stats: QueryStats = stats if stats is not None else QueryStats()
         self.max_udp = max_udp
@@ -87,8 +91,12 @@ class Handler:
         counts = data[4:12]
         if counts == NO_EDNS:
             end, j = size - 4, 0
-        elif (counts == ONE_OPT and data[size - 11:size - 8] == OPT_HEAD and data[size - 2:] == EMPTY_RDATA
-              and data[size - 5] == 0):
+        elif (
+            counts == ONE_OPT
+            and data[size - 11 : size - 8] == OPT_HEAD
+            and data[size - 2 :] == EMPTY_RDATA
+            and data[size - 5] == 0
+        ):
             end, j = size - 15, 2 | (data[size - 4] >> 7)
         else:
             return None
@@ -103,45 +111,54 @@ class Handler:
             return None
         if type(p) is bytes:
             return self._lone(data, size, end, qend, j, tcp, slot, p)
-        if not p.qtype and self.forwarding is not None and (p is zone.nxdomain[1] or p is zone.nxdomain[2]):
+        if not p.qtype and self.forwarding is not None and (p is zone.nxdomain[1] or p is zone.nxdomain[2]):  # type: ignore[union-attr]  # a Prepared: bytes returned above
             return None  # a reverse name we do not know: it falls through to the upstreams
-        out = data[:2] + p.heads[(data[2] & 1) | ((data[3] >> 3) & 2) | (j << 1 & 4)] + data[12:qend] + p.body
+        out = data[:2] + p.heads[(data[2] & 1) | ((data[3] >> 3) & 2) | (j << 1 & 4)] + data[12:qend] + p.body  # type: ignore[union-attr]  # a Prepared: bytes returned above
         if j:
             out += OPTS[j & 1]
         cut = False
         if len(out) > CLASSIC_UDP:
-            limit = MAX_TCP if tcp else max(CLASSIC_UDP, min((data[size - 8] << 8) | data[size - 7], self.max_udp)) \
-                if j else CLASSIC_UDP
+            limit = (
+                MAX_TCP
+                if tcp
+                else max(CLASSIC_UDP, min((data[size - 8] << 8) | data[size - 7], self.max_udp))
+                if j
+                else CLASSIC_UDP
+            )
             if len(out) > limit:
-                out, cut = E.fit(data, qend, p, bool(j), bool(j & 1), limit), True
+                out, cut = E.fit(data, qend, p, bool(j), bool(j & 1), limit), True  # type: ignore[arg-type]  # a Prepared
         # the traffic class: a name's own answer has one per query shape (its sizes follow
         # from the shape); the negative templates serve every name and type, so size and
         # type are in their key too
-        classes = p.classes
-        if p.qtype:
+        classes = p.classes  # type: ignore[union-attr]  # a Prepared: bytes returned above
+        if p.qtype:  # type: ignore[union-attr]  # as above
             if classes is None:
-                classes = p.classes = [None] * 8
+                classes = p.classes = [None] * 8  # type: ignore[union-attr]  # as above
             k = (j << 1) | tcp
             cls = classes[k]
         else:
             if classes is None:
-                classes = p.classes = {}
+                classes = p.classes = {}  # type: ignore[union-attr]  # as above
             k = (((size << 3) | (j << 1) | tcp) << 16) | (data[end] << 8) | data[end + 1]
-            cls = classes.get(k)
+            cls = classes.get(k)  # type: ignore[union-attr]  # a template's: a dict
         if cls is None or cut:
-            cls = self._traffic_class(p, classes, k, data, end, tcp, j, out, cut)
+            cls = self._traffic_class(p, classes, k, data, end, tcp, j, out, cut)  # type: ignore[arg-type]  # a Prepared
         cls[slot] += 1
         return out
 
-    def _lone(self, data: bytes, size: int, end: int, qend: int, j: int, tcp: int, slot: int, record: bytes
-              ) -> bytes:
+    def _lone(self, data: bytes, size: int, end: int, qend: int, j: int, tcp: int, slot: int, record: bytes) -> bytes:
         """The answer from a name's lone record (most endpoint and PTR names), counted."""
         out = data[:2] + ONE[(data[2] & 1) | ((data[3] >> 3) & 2) | (j << 1 & 4)] + data[12:qend] + record
         if j:
             out += OPTS[j & 1]
         if len(out) > CLASSIC_UDP:  # a long question and a long PTR target
-            limit = MAX_TCP if tcp else max(CLASSIC_UDP, min((data[size - 8] << 8) | data[size - 7], self.max_udp)) \
-                if j else CLASSIC_UDP
+            limit = (
+                MAX_TCP
+                if tcp
+                else max(CLASSIC_UDP, min((data[size - 8] << 8) | data[size - 7], self.max_udp))
+                if j
+                else CLASSIC_UDP
+            )
             if len(out) > limit:
                 p = E.make(answer=[record], qtype=(record[2] << 8) | record[3])
                 out = E.fit(data, qend, p, bool(j), bool(j & 1), limit)
@@ -152,19 +169,31 @@ class Handler:
         cls = classes.get(k)
         if cls is None:
             qtype = (data[end] << 8) | data[end + 1]
-            cls = self.stats.traffic_class((bool(tcp), True, "kubernetes", ".", qtype, Rcode.NOERROR, bool(j & 1),
-                                            size, len(out)))
+            cls = self.stats.traffic_class(
+                (bool(tcp), True, "kubernetes", ".", qtype, Rcode.NOERROR, bool(j & 1), size, len(out))
+            )
             if len(classes) < CLASS_LIMIT:
                 classes[k] = cls
         cls[slot] += 1
         return out
 
-    def _traffic_class(self, p: E.Prepared, classes: list | dict, k: int, data: bytes, end: int,  # type: ignore[type-arg]
-                       tcp: int, j: int, out: bytes, cut: bool) -> list[int]:
+    def _traffic_class(
+        self,
+        p: E.Prepared,
+        classes: list | dict,
+        k: int,
+        data: bytes,
+        end: int,
+        tcp: int,
+        j: int,
+        out: bytes,
+        cut: bool,
+    ) -> list[int]:
         """First use of an answer shape: its counters, remembered on the answer (bounded)."""
         qtype = (data[end] << 8) | data[end + 1]
-        cls = self.stats.traffic_class((bool(tcp), True, "kubernetes", ".", qtype, p.rcode, bool(j & 1),
-                                        len(data), len(out)))
+        cls = self.stats.traffic_class(
+            (bool(tcp), True, "kubernetes", ".", qtype, p.rcode, bool(j & 1), len(data), len(out))
+        )
         if not cut and (isinstance(classes, list) or len(classes) < CLASS_LIMIT):
             classes[k] = cls  # (a cut reply's size depends on the client's limit: not kept)
         return cls
@@ -183,8 +212,12 @@ class Handler:
         counts = data[4:12]
         if counts == NO_EDNS:
             end, x = size - 4, 0
-        elif (counts == ONE_OPT and data[size - 11:size - 8] == OPT_HEAD and data[size - 2:] == EMPTY_RDATA
-              and data[size - 5] == 0):
+        elif (
+            counts == ONE_OPT
+            and data[size - 11 : size - 8] == OPT_HEAD
+            and data[size - 2 :] == EMPTY_RDATA
+            and data[size - 5] == 0
+        ):
             end, x = size - 15, 2 | (data[size - 4] >> 7)
         else:
             return None
@@ -198,11 +231,11 @@ class Handler:
             if cache is None:
                 return None
         qend = end + 4
-        e = cache.hot(name + data[end:qend] + KEY_BITS[((x & 1) << 1) | ((data[3] >> 4) & 1)])
+        e = cache.hot(name + data[end:qend] + KEY_BITS[((x & 1) << 1) | ((data[3] >> 4) & 1)])  # type: ignore[union-attr]  # known or found: not None
         if e is None:
             return None
         if not known:
-            forwarding.remember(name, cache)
+            forwarding.remember(name, cache)  # type: ignore[arg-type]  # found: not None
         return self.hit_reply(data, size, end, x, tcp, slot, e)
 
     def hit_reply(self, data: bytes, size: int, end: int, x: int, tcp: int, slot: int, e: Entry) -> bytes:
@@ -232,8 +265,19 @@ class Handler:
         return out
 
     def _cache_class(self, data: bytes, end: int, x: int, tcp: int, e: Entry, out: bytes) -> list[int]:
-        return self.stats.traffic_class((bool(tcp), True, "cache", ".", (data[end] << 8) | data[end + 1],
-                                         out[3] & 0x0F, bool(x & 1), len(data), len(out)))
+        return self.stats.traffic_class(
+            (
+                bool(tcp),
+                True,
+                "cache",
+                ".",
+                (data[end] << 8) | data[end + 1],
+                out[3] & 0x0F,
+                bool(x & 1),
+                len(data),
+                len(out),
+            )
+        )
 
     def name_too_long(self, data: bytes, tcp: bool, slot: int) -> bytes:
         """FORMERR, counted, for a query of the usual shape whose size alone says its name
@@ -260,7 +304,7 @@ class Handler:
     def handle(self, data: bytes, tcp: bool) -> Reply:
         """`answer`'s reply alone (tools and tests that need no plugin label)."""
         a = self.answer(data, tcp)
-        return None if a is None else a.reply
+        return None if a is None else a.reply  # type: ignore[return-value]  # no notify: never LATER
 
     def _answer(self, data: bytes, tcp: bool, notify: Notify | None) -> Answer | None:
         try:
@@ -293,7 +337,7 @@ class Handler:
                 if type(forwarded) is Hit:
                     return Answer(forwarded.reply, "cache", forwarded.entry)
                 if forwarded is not None:  # bytes: served stale by the cache, or its error
-                    return Answer(forwarded, "cache" if isinstance(forwarded, bytes) else "forward")  # type: ignore[arg-type]
+                    return Answer(forwarded, "cache" if isinstance(forwarded, bytes) else "forward")  # type: ignore[arg-type]  # not LATER, not a Hit: bytes or an awaitable
             return Answer(self._reply(data, q, E.make(rcode=Rcode.REFUSED, aa=False), limit))
         assert zone is not None
         p = zone.answer(q.name, q.qtype)

@@ -1,7 +1,7 @@
 """The UDP and TCP sockets of every listen address, sharing one handler.
 
 Bound at start-up, retuned on reload (query log, RRL, TCP limits), and drained in order
-on shutdown (app/lifecycle.py): stop reading, let the answers in flight go out, close.
+on shutdown (app/server.py): stop reading, let the answers in flight go out, close.
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ class Listeners:
                 bound_port = await self._bind(host, port, reuse_port)
             except PermissionError:
                 raise BindFailed(f"cannot listen on {host}:{port}: permission denied "
-                                   "(ports below 1024 need root or CAP_NET_BIND_SERVICE; try --listen 127.0.0.1:5353)") from None
+                                 "(ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+                                 "try --listen 127.0.0.1:5353)") from None
             except OSError as exc:
                 raise BindFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                                   "(is another DNS server using it? pick another with --listen)") from None
+                                 "(is another DNS server using it? pick another with --listen)") from None
             self.bound.append((host, bound_port))
 
     async def _bind(self, host: str, port: int, reuse_port: bool) -> int:

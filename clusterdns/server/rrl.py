@@ -27,8 +27,13 @@ from collections.abc import Callable
 from typing import Any
 
 ANSWER, SLIP, DROP = 0, 1, 2  # what `check` says to do with one answer
-DEFAULTS: dict[str, Any] = {"window": 15.0, "slip": 2, "ipv4_prefix_length": 24, "ipv6_prefix_length": 56,
-                            "max_table_size": 100000}  # RRL's keyword defaults, as the config's
+DEFAULTS: dict[str, Any] = {
+    "window": 15.0,
+    "slip": 2,
+    "ipv4_prefix_length": 24,
+    "ipv6_prefix_length": 56,
+    "max_table_size": 100000,
+}  # RRL's keyword defaults, as the config's
 
 
 def _prefix_cut(bits: int) -> tuple[int, int]:
@@ -46,15 +51,26 @@ class RRL:
     `clock` is injectable for tests; `dropped`/`slipped` count per listener slot.
     """
 
-    def __init__(self, responses_per_second: float, window: float = 15.0, slip: int = 2,
-                 ipv4_prefix_length: int = 24, ipv6_prefix_length: int = 56, max_table_size: int = 100000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        responses_per_second: float,
+        window: float = 15.0,
+        slip: int = 2,
+        ipv4_prefix_length: int = 24,
+        ipv6_prefix_length: int = 56,
+        max_table_size: int = 100000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if responses_per_second <= 0:
             raise ValueError("RRL needs responses_per_second > 0 (0 means off: no limiter)")
         self.options: dict[str, Any] = {
-            "responses_per_second": responses_per_second, "window": window, "slip": slip,
-            "ipv4_prefix_length": ipv4_prefix_length, "ipv6_prefix_length": ipv6_prefix_length,
-            "max_table_size": max_table_size}
+            "responses_per_second": responses_per_second,
+            "window": window,
+            "slip": slip,
+            "ipv4_prefix_length": ipv4_prefix_length,
+            "ipv6_prefix_length": ipv6_prefix_length,
+            "max_table_size": max_table_size,
+        }
         self.clock = clock
         self.cost = 1.0 / responses_per_second
         self.floor = -float(window)
@@ -82,7 +98,7 @@ class RRL:
             else:
                 return self._cut(b"4", source[4:8], self._v4)
         else:
-            host = source[0].split("%")[0]  # type: ignore[index]
+            host = source[0].split("%")[0]  # type: ignore[union-attr]  # a tuple: `type() is` narrows one way only
             if ":" not in host:
                 return self._cut(b"4", socket.inet_pton(socket.AF_INET, host), self._v4)
             packed = socket.inet_pton(socket.AF_INET6, host)

@@ -36,8 +36,7 @@ class TCPProtocol(asyncio.Protocol):
     """One connection. `slot` is its listener's index in the query counters; the query
     log replaces `_answer` on the instance, so without it the hot path has no check."""
 
-    def __init__(self, handler: Handler, limits: TCPLimits, slot: int = 0,
-                 query_log: QueryLog | None = None) -> None:
+    def __init__(self, handler: Handler, limits: TCPLimits, slot: int = 0, query_log: QueryLog | None = None) -> None:
         self.handler = handler
         self.stats = handler.stats
         self.limits = limits
@@ -121,8 +120,8 @@ class TCPProtocol(asyncio.Protocol):
             size = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + size:
                 break
-            msg = bytes(buf[2:2 + size])
-            del buf[:2 + size]
+            msg = bytes(buf[2 : 2 + size])
+            del buf[: 2 + size]
             done = True
             self._answer(msg)
         if done:
@@ -185,7 +184,7 @@ class TCPProtocol(asyncio.Protocol):
             self._pending += 1
             if self._pending >= self.limits.max_pending:
                 self._update()
-            fut = asyncio.ensure_future(reply)  # a Future stays itself; a coroutine becomes a Task
+            fut = asyncio.ensure_future(reply)  # type: ignore[arg-type]  # no notify: never LATER. A Future stays itself; a coroutine becomes a Task
             fut.add_done_callback(partial(self._ready, msg, started, answer.plugin))
 
     def _ready(self, msg: bytes, started: float, plugin: str, fut: asyncio.Future) -> None:

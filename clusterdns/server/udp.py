@@ -2,9 +2,10 @@
 
 The listener registers its socket with the event loop as a reader; each wake-up takes
 up to `batchio.BATCH` datagrams per system call, answers what the compiled zone knows
-and forward-cache hits (`Handler.fast`, `Handler.cached`, inlined) in a tight loop, and sends all those answers with one more call (`clusterdns/net/batchio.py`
-says why). Anything else goes through the handler (`server/handler.py`); an answer that
-has to wait (forwarding) is sent on its own when it is ready.
+and forward-cache hits (`Handler.fast`, `Handler.cached`, inlined) in a tight loop, and
+sends all those answers with one more call (`clusterdns/net/batchio.py` says why).
+Anything else goes through the handler (`server/handler.py`); an answer that has to
+wait (forwarding) is sent on its own when it is ready.
 
 With response-rate limiting on (`server/rrl.py`) another reader takes the hot path's
 place, so `_read` pays nothing for it when it is off; every UDP answer, forwarded ones
@@ -21,9 +22,9 @@ from functools import partial
 from time import perf_counter
 from typing import Any
 
+from clusterdns.cache.cache import LATER
 from clusterdns.net import batchio
 from clusterdns.net.batchio import BATCH, RECV_SIZE, SEND_SIZE
-from clusterdns.cache.cache import LATER
 from clusterdns.obs.logs import QueryLog
 from clusterdns.server.handler import (
     CACHE_OPTS,
@@ -61,8 +62,14 @@ class UDPListener:
     while the answers still pending go out).
     """
 
-    def __init__(self, handler: Handler, sock: socket.socket, slot: int = 0,
-                 query_log: QueryLog | None = None, rrl: RRL | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        sock: socket.socket,
+        slot: int = 0,
+        query_log: QueryLog | None = None,
+        rrl: RRL | None = None,
+    ) -> None:
         self.handler = handler
         self.stats = handler.stats
         self.slot = slot
@@ -72,7 +79,7 @@ class UDPListener:
         self.loop = asyncio.get_running_loop()
         self.pending = 0  # answers still being worked on (forwarded), for draining
         self.closed = False
-        self._outbox: list[tuple[bytes, object]] = []  # forwarded answers ready, sent together
+        self._outbox: list[tuple[bytes, Any]] = []  # forwarded answers ready, sent together
         self.query_log: QueryLog | None = None
         self.rrl = rrl
         self._reader: Callable[[], None] = self._read
@@ -113,7 +120,7 @@ class UDPListener:
             j = 0
             for i in range(n):
                 off = i * RECV_SIZE
-                data = bytes(rbuf[off:off + lens[len_at[i]]])
+                data = bytes(rbuf[off : off + lens[len_at[i]]])
                 # the common case inlined from Handler.fast: a compiled answer or negative
                 # template whose counters exist (the first answer of each shape, lone records,
                 # and answers to cut go through fast)
@@ -121,8 +128,12 @@ class UDPListener:
                 counts = data[4:12]
                 if counts == NO_EDNS:
                     end, x = size - 4, 0
-                elif (counts == ONE_OPT and data[size - 11:size - 8] == OPT_HEAD and data[size - 2:] == EMPTY_RDATA
-                      and data[size - 5] == 0):
+                elif (
+                    counts == ONE_OPT
+                    and data[size - 11 : size - 8] == OPT_HEAD
+                    and data[size - 2 :] == EMPTY_RDATA
+                    and data[size - 5] == 0
+                ):
                     end, x = size - 15, 2 | (data[size - 4] >> 7)
                 else:
                     end = 0
@@ -130,15 +141,19 @@ class UDPListener:
                 if end > LONGEST_END and not data[2] & 0xF8:
                     out = too_long  # a question name past 255 bytes, told by the size alone
                 elif end > 12 and not data[2] & 0xF8 and lookup is not None:
-                    p = lookup(name := data[12:end].lower(), data[end:end + 4])
-                    if p is not None and type(p) is not bytes and p.classes is not None and p not in falls:
-                        if p.qtype:
-                            cls = p.classes[x << 1]
+                    p = lookup(name := data[12:end].lower(), data[end : end + 4])
+                    if p is not None and type(p) is not bytes and p.classes is not None and p not in falls:  # type: ignore[union-attr]  # not bytes (checked first)
+                        if p.qtype:  # type: ignore[union-attr]  # as above
+                            cls = p.classes[x << 1]  # type: ignore[union-attr]  # as above
                         else:
-                            cls = p.classes.get((((size << 3) | (x << 1)) << 16) | (data[end] << 8) | data[end + 1])
+                            cls = p.classes.get((((size << 3) | (x << 1)) << 16) | (data[end] << 8) | data[end + 1])  # type: ignore[union-attr]  # as above; a template's classes: a dict
                         if cls is not None:
-                            out = data[:2] + p.heads[(data[2] & 1) | ((data[3] >> 3) & 2) | (x << 1 & 4)] \
-                                + data[12:end + 4] + p.body
+                            out = (
+                                data[:2]
+                                + p.heads[(data[2] & 1) | ((data[3] >> 3) & 2) | (x << 1 & 4)]  # type: ignore[union-attr]  # as above
+                                + data[12 : end + 4]
+                                + p.body  # type: ignore[union-attr]  # as above
+                            )
                             if x:
                                 out += OPTS[x & 1]
                             if len(out) > CLASSIC_UDP:
@@ -154,14 +169,14 @@ class UDPListener:
                     cache = caches.get(name)
                     known = cache is not None
                     if not known:
-                        cache = forwarding.cache_for(name)  # type: ignore[union-attr]
+                        cache = forwarding.cache_for(name)  # type: ignore[union-attr]  # caches set: so is forwarding
                     if cache is not None:
-                        e = cache.hot(name + data[end:end + 4] + KEY_BITS[((x & 1) << 1) | ((data[3] >> 4) & 1)])
+                        e = cache.hot(name + data[end : end + 4] + KEY_BITS[((x & 1) << 1) | ((data[3] >> 4) & 1)])
                         if e is not None:
                             if not known:
-                                forwarding.remember(name, cache)  # type: ignore[union-attr]
+                                forwarding.remember(name, cache)  # type: ignore[union-attr]  # as above
                             cls = e.classes[x << 1] if e.classes is not None else None
-                            out = data[:2] + e.heads[(data[2] & 1) | (x & 2)] + data[12:end + 4] + e.tail
+                            out = data[:2] + e.heads[(data[2] & 1) | (x & 2)] + data[12 : end + 4] + e.tail
                             if x:
                                 out += CACHE_OPTS[x & 1]
                             if cls is None or len(out) > CLASSIC_UDP:
@@ -182,7 +197,7 @@ class UDPListener:
                     self._send(out, io.name(i))
                     continue
                 so = j * SEND_SIZE
-                sbuf[so:so + size] = out
+                sbuf[so : so + size] = out
                 slens[2 * j + 1] = size
                 snames[name_at[j]] = naddr[i]
                 j += 1
@@ -212,11 +227,11 @@ class UDPListener:
         self.pending += 1
         if reply is LATER:
             return None  # the cache calls `_ready`
-        fut = asyncio.ensure_future(reply)  # a Future stays itself; a coroutine becomes a Task
+        fut = asyncio.ensure_future(reply)  # type: ignore[arg-type]  # not LATER (returned above). A Future stays itself; a coroutine becomes a Task
         fut.add_done_callback(partial(self._settled, data, source, started, answer.plugin))
         return None
 
-    def _settled(self, data: bytes, source: object, started: float, plugin: str, fut: asyncio.Future) -> None:
+    def _settled(self, data: bytes, source: Any, started: float, plugin: str, fut: asyncio.Future) -> None:
         """An awaited answer is done: its reply to `_ready` (a failure is dropped)."""
         if fut.cancelled():
             self.pending -= 1
@@ -228,7 +243,7 @@ class UDPListener:
             return
         self._ready(data, source, started, plugin, fut.result())
 
-    def _ready(self, data: bytes, source: object, started: float, plugin: str, reply: bytes | None) -> None:
+    def _ready(self, data: bytes, source: Any, started: float, plugin: str, reply: bytes | None) -> None:
         """A forwarded answer is ready: queued, and sent with the others ready in this turn
         of the loop (answers from one upstream batch land together)."""
         self.pending -= 1
@@ -236,7 +251,7 @@ class UDPListener:
             return
         if self.rrl is not None:
             self._done(data, reply, source, started, plugin)  # computed and counted, as the hot path's are
-            reply = self.rrl.allow(source, reply, self.slot)  # type: ignore[arg-type]
+            reply = self.rrl.allow(source, reply, self.slot)
             if reply is None:
                 return
             if len(reply) > SEND_SIZE:
@@ -265,11 +280,11 @@ class UDPListener:
         except OSError as exc:  # the client's address went away: this answer only
             log.debug("udp send to %s failed: %s", addr, exc)
 
-    def _done(self, data: bytes, reply: bytes, source: object, started: float, plugin: str) -> None:
+    def _done(self, data: bytes, reply: bytes, source: Any, started: float, plugin: str) -> None:
         took = perf_counter() - started
         self.stats.observe(self.slot, False, data, reply, took, plugin)
         if self.query_log is not None and self.query_log.wanted():
-            self.query_log.write(data, reply, self.io.address(source), "udp", took)  # type: ignore[arg-type]
+            self.query_log.write(data, reply, self.io.address(source), "udp", took)
 
     # -- query log and draining ---------------------------------------------------------------
 
@@ -283,7 +298,7 @@ class UDPListener:
                 return
             for i in range(n):
                 off = i * RECV_SIZE
-                yield i, bytes(io.rbuf[off:off + io.lens[io.LEN_AT[i]]])
+                yield i, bytes(io.rbuf[off : off + io.lens[io.LEN_AT[i]]])
             if n < BATCH:
                 return
 
@@ -323,7 +338,7 @@ class UDPListener:
             j = 0
             for i in range(n):
                 off = i * RECV_SIZE
-                data = bytes(rbuf[off:off + lens[len_at[i]]])
+                data = bytes(rbuf[off : off + lens[len_at[i]]])
                 out = handler.fast(data, 0, slot)
                 if out is None:
                     out = handler.cached(data, 0, slot)
@@ -341,7 +356,7 @@ class UDPListener:
                     self._send(out, io.name(i))
                     continue
                 so = j * SEND_SIZE
-                sbuf[so:so + size] = out
+                sbuf[so : so + size] = out
                 slens[2 * j + 1] = size
                 snames[name_at[j]] = naddr[i]
                 j += 1

@@ -2,8 +2,7 @@
 
 Generic: it knows nothing about clusterdns. A dataclass's type hints say what each key
 takes (bool, int, float seconds, str, Optional, list[str], dict[str, list[str]], nested
-dataclasses); a table of checks (`Rules.checks`, keyed by paths such as `cache.max_ttl`,
-`listen[]` for list items, `stub_domains{}` for mapping keys) says which values make
+dataclasses); each field's declared Option (settings/option.py) says which values make
 sense. Problems are collected, not raised one by one, so an operator fixing a ConfigMap
 sees all of them at once.
 """
@@ -14,17 +13,19 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from clusterdns.settings.option import Check, Option, meaning
+
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*"
                        r"(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+(?:\.\d+)?)ms)?\s*$")
 
-Check = Callable[[Any], str | None]  # None when fine, else what was expected
+_PLAIN = Option("")
 
 
 class YAMLError(ValueError):
@@ -33,14 +34,6 @@ class YAMLError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-@dataclass
-class Rules:
-    """Value checks by key path, and examples shown when a value has the wrong type."""
-
-    checks: dict[str, Check] = field(default_factory=dict)
-    examples: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- YAML with lines
@@ -154,19 +147,19 @@ def parse_duration(value: Any) -> float | None:
     return None
 
 
-def _check(rules: Rules, check_key: str, path: str, value: Any, line: int | None, problems: Problems) -> None:
-    check = rules.checks.get(check_key)
+def _check(check: Check | None, path: str, value: Any, line: int | None, problems: Problems) -> None:
     if check is not None:
         expected = check(value)
         if expected is not None:
             problems.add(path, line, f"expected {expected}, got {_got(value)}")
 
 
-def convert(rules: Rules, tp: Any, value: Any, path: str, check_key: str, line: int | None,
-            problems: Problems) -> Any:
-    """`value` as type `tp`, or `dataclasses.MISSING` after recording a problem."""
+def convert(tp: Any, value: Any, path: str, line: int | None, problems: Problems, opt: Option = _PLAIN) -> Any:
+    """`value` as type `tp`, or `dataclasses.MISSING` after recording a problem; `opt`'s
+    checks apply to the scalars (each item of a list, each server of a mapping's lists)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     bad = MISSING
+    out: Any
     optional = ""
     if origin in (typing.Union, types.UnionType):
         if type(None) in args and (value is None or value == ""):
@@ -188,7 +181,7 @@ def convert(rules: Rules, tp: Any, value: Any, path: str, check_key: str, line: 
             out = bad
         else:
             lines = getattr(value, "lines", [line] * len(value))
-            items = [convert(rules, args[0], v, f"{path}[{i}]", check_key + "[]", lines[i] or line, problems)
+            items = [convert(args[0], v, f"{path}[{i}]", lines[i] or line, problems, opt)
                      for i, v in enumerate(value)]
             if any(i is MISSING for i in items):
                 return bad
@@ -205,28 +198,28 @@ def convert(rules: Rules, tp: Any, value: Any, path: str, check_key: str, line: 
                 if not isinstance(k, str):
                     problems.add(kpath, kl, f"expected a domain name as key, got {_got(k)}")
                     continue
-                _check(rules, check_key + "{}", kpath, k, kl, problems)
+                _check(opt.keys, kpath, k, kl, problems)
                 if isinstance(v, list) and not v:
                     problems.add(kpath, kl, "expected a non-empty list of servers")
                     continue
-                conv = convert(rules, args[1], v, kpath, check_key + "{}", kl, problems)
+                conv = convert(args[1], v, kpath, kl, problems, opt)
                 if conv is not MISSING:
                     result[k.rstrip(".").lower() if k != "." else k] = conv
             return result
-    elif is_dataclass(tp):
+    elif isinstance(tp, type) and is_dataclass(tp):
         if not isinstance(value, dict):
             out = bad
         else:
             obj = tp()
-            fill(rules, obj, value, path + ".", problems, line)
+            fill(obj, value, path + ".", problems, line)
             return obj
     else:  # pragma: no cover - a schema type this loader does not know
         raise TypeError(f"config field {path}: unsupported type {tp!r}")
     if out is MISSING:
-        example = f" such as {rules.examples[check_key]}" if check_key in rules.examples else ""
+        example = f" such as {opt.example}" if opt.example else ""
         problems.add(path, line, f"expected {_describe(tp)}{example}{optional}, got {_got(value)}")
         return bad
-    _check(rules, check_key, path, out, line, problems)
+    _check(opt.check, path, out, line, problems)
     return out
 
 
@@ -234,11 +227,11 @@ def hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def fill(rules: Rules, obj: Any, data: Mapping[str, Any], prefix: str, problems: Problems,
-         line: int | None) -> None:
+def fill(obj: Any, data: Mapping[str, Any], prefix: str, problems: Problems, line: int | None) -> None:
     """Set `obj`'s fields from `data`, recording unknown keys and bad values."""
     types_ = hints(type(obj))
-    known = [f.name for f in fields(obj)]
+    declared = {f.name: f for f in fields(obj)}
+    known = list(declared)
     lines = getattr(data, "lines", {})
     for key, value in data.items():
         kl = lines.get(key, line)
@@ -252,7 +245,7 @@ def fill(rules: Rules, obj: Any, data: Mapping[str, Any], prefix: str, problems:
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
             problems.add(prefix + key, kl, f"unknown key{hint}; expected one of: {', '.join(known)}")
             continue
-        conv = convert(rules, types_[name], value, path, path, kl, problems)
+        conv = convert(types_[name], value, path, kl, problems, meaning(declared[name]))
         if conv is not MISSING:
             setattr(obj, name, conv)
 

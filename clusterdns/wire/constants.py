@@ -22,7 +22,9 @@ class RRType(IntEnum):
     TXT = 16
     AAAA = 28
     SRV = 33
+    DNAME = 39  # RFC 6672: only checked in upstream answers
     OPT = 41
+    SPF = 99  # RFC 7208: only checked in upstream answers
     IXFR = 251
     AXFR = 252
     ANY = 255

@@ -18,8 +18,9 @@ from __future__ import annotations
 import bisect
 import socket
 import struct
+from collections.abc import Sequence
 
-from clusterdns.wire.constants import HEADER, RRClass, RRType, Rcode
+from clusterdns.wire.constants import HEADER, Rcode, RRClass, RRType
 from clusterdns.wire.names import name_end, read, to_wire
 
 OWNER = b"\xc0\x0c"  # the question's name: the owner of every record at the name asked
@@ -58,7 +59,7 @@ def soa(mname: str, rname: str, serial: int, refresh: int, retry: int, expire: i
 def txt(text: str) -> bytes:
     """TXT RDATA: character-strings of at most 255 bytes each."""
     raw = text.encode()
-    chunks = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
+    chunks = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
     return b"".join(bytes((len(c),)) + c for c in chunks)
 
 
@@ -105,7 +106,7 @@ def reown(body: bytes, count: int, owner: bytes) -> bytes:
     (a CNAME chase puts a name's records under its target's name)."""
     out, i = [], 0
     for end in record_ends(body, count):
-        out.append(owner + body[i + 2:end] if body[i:i + 2] == OWNER else body[i:end])
+        out.append(owner + body[i + 2 : end] if body[i : i + 2] == OWNER else body[i:end])
         i = end
     return b"".join(out)
 
@@ -158,7 +159,7 @@ class Prepared:
 
     def __init__(self, heads: tuple[bytes, ...], body: bytes, qtype: int) -> None:
         self.heads, self.body, self.qtype = heads, body, qtype
-        self.classes: list | dict | None = None  # type: ignore[type-arg]  # see the docstring
+        self.classes: list | dict | None = None  # see the docstring
 
     @property
     def rcode(self) -> int:
@@ -207,22 +208,28 @@ class Extended(Prepared):
 BIG = 200  # bodies longer than this keep their record ends: they may be cut to 512 bytes
 
 
-def make(rcode: int = Rcode.NOERROR, answer: list[bytes] = (), authority: list[bytes] = (),  # type: ignore[assignment]
-         additional: list[bytes] = (), aa: bool = True, qtype: int = 0,  # type: ignore[assignment]
-         chase: bytes | None = None) -> Prepared:
+def make(
+    rcode: int = Rcode.NOERROR,
+    answer: Sequence[bytes] = (),
+    authority: Sequence[bytes] = (),
+    additional: Sequence[bytes] = (),
+    aa: bool = True,
+    qtype: int = 0,
+    chase: bytes | None = None,
+) -> Prepared:
     """A compiled answer from its records (each a complete RR in wire form)."""
     a = b"".join(answer)
     body = a + b"".join(authority) + b"".join(additional)
     h = heads(rcode, aa, len(answer), len(authority), len(additional))
     if chase is not None:
         p: Prepared = Chase(h, body, qtype)
-        p.chase = chase  # type: ignore[misc]
+        p.chase = chase  # type: ignore[misc]  # a Chase's own slot; p is typed as the base
     elif rcode > 15:
         p = Extended(h, body, qtype)
-        p.ext = rcode >> 4  # type: ignore[misc]
+        p.ext = rcode >> 4
     elif len(body) > BIG and len(answer) > 1:
         p = Big(h, body, qtype)
-        p.ends = tuple(record_ends(a, len(answer)))  # type: ignore[misc]
+        p.ends = tuple(record_ends(a, len(answer)))
     else:
         p = Prepared(h, body, qtype)
     return p

@@ -36,7 +36,7 @@ def to_text(wire: bytes, dot: bool = True) -> str:
     labels, i = [], 0
     while i < len(wire) and wire[i]:
         ln = wire[i]
-        labels.append(wire[i + 1:i + 1 + ln].decode("ascii", "backslashreplace"))
+        labels.append(wire[i + 1 : i + 1 + ln].decode("ascii", "backslashreplace"))
         i += ln + 1
     text = ".".join(labels)
     return text + "." if dot else text
@@ -45,8 +45,10 @@ def to_text(wire: bytes, dot: bool = True) -> str:
 def to_presentation(wire: bytes) -> str:
     """A pointer-free wire name as zone files and logs print it: final dot, bytes outside
     printable ASCII (and the dot, quote, backslash, parentheses) as \\DDD (RFC 4343 2.1)."""
-    out = [("".join(chr(b) if 0x21 <= b < 0x7F and b not in b'."\\()' else f"\\{b:03d}" for b in lab))
-           for lab in labels(wire)]
+    out = [
+        ("".join(chr(b) if 0x21 <= b < 0x7F and b not in b'."\\()' else f"\\{b:03d}" for b in lab))
+        for lab in labels(wire)
+    ]
     return ".".join(out) + "." if out else "."
 
 
@@ -54,7 +56,7 @@ def labels(wire: bytes) -> list[bytes]:
     """The labels of a pointer-free wire name, root excluded."""
     out, i = [], 0
     while i < len(wire) and wire[i]:
-        out.append(wire[i + 1:i + 1 + wire[i]])
+        out.append(wire[i + 1 : i + 1 + wire[i]])
         i += wire[i] + 1
     return out
 
@@ -135,6 +137,6 @@ def read(data: bytes, i: int) -> tuple[str, int]:
             raise Malformed("name longer than 255 bytes")
         if i + 1 + ln > n:
             raise Malformed("label runs past the message")
-        parts.append(data[i + 1:i + 1 + ln].decode("ascii", "backslashreplace").lower())
+        parts.append(data[i + 1 : i + 1 + ln].decode("ascii", "backslashreplace").lower())
         i += ln + 1
     raise Malformed("too many labels or a pointer loop")

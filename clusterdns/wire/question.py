@@ -171,6 +171,19 @@ def parse(data: bytes) -> Query:
                 seen_opt = True
                 edns, udp_size, do = True, rclass, bool(ttl & _DO)
                 version = (ttl >> 16) & 0xFF
-                options = data[i - rdlen:i]
-    return Query(qid, bool(b2 & 0x01), bool(b3 & 0x10), data[HEADER:qend], data[HEADER:qn].lower(),
-                 qtype, qclass, edns, udp_size, do, version, options, qend)
+                options = data[i - rdlen : i]
+    return Query(
+        qid,
+        bool(b2 & 0x01),
+        bool(b3 & 0x10),
+        data[HEADER:qend],
+        data[HEADER:qn].lower(),
+        qtype,
+        qclass,
+        edns,
+        udp_size,
+        do,
+        version,
+        options,
+        qend,
+    )

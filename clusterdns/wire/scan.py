@@ -21,14 +21,24 @@ from clusterdns.wire.names import Malformed, name_end, read
 from clusterdns.wire.question import Query
 
 T_SOA, T_OPT = int(RRType.SOA), int(RRType.OPT)
+# plain ints for the per-record checks: a global int reads faster than an IntEnum member
+_T_A, _T_AAAA, _T_CNAME, _T_PTR = int(RRType.A), int(RRType.AAAA), int(RRType.CNAME), int(RRType.PTR)
 C_CH = int(RRClass.CH)
 _HDR = struct.Struct("!HBBHHHH")
 _U16 = struct.Struct("!H")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _OPT_DO = 0x8000
 #: rdata that is fixed bytes then one name: NS, CNAME, PTR, DNAME; MX; SRV
-_NAME_AFTER = {2: 0, 5: 0, 12: 0, 39: 0, 15: 2, 33: 6}
-_STRINGS = {16: 0, 99: 0, 13: 2}  # TXT, SPF (one or more strings), HINFO (exactly two)
+_NAME_AFTER = {
+    int(RRType.NS): 0,
+    int(RRType.CNAME): 0,
+    int(RRType.PTR): 0,
+    int(RRType.DNAME): 0,
+    int(RRType.MX): 2,
+    int(RRType.SRV): 6,
+}
+#: TXT, SPF (one or more strings), HINFO (exactly two)
+_STRINGS = {int(RRType.TXT): 0, int(RRType.SPF): 0, int(RRType.HINFO): 2}
 
 
 def _name(data: bytes, i: int, good: dict[int, tuple[int, int]]) -> int:
@@ -83,7 +93,7 @@ def _name(data: bytes, i: int, good: dict[int, tuple[int, int]]) -> int:
         lim, bound, i = bound, ptr, ptr
     else:
         raise Malformed("too many labels")
-    for (off, before), run in zip(walked, runs):
+    for (off, before), run in zip(walked, runs, strict=True):
         good[off] = (total - before + 1, run)
     return end if end >= 0 else i + 1
 
@@ -131,8 +141,7 @@ def _check_rdata(data: bytes, rtype: int, rdata: int, end: int, good: dict[int, 
         raise Malformed(f"bad rdata for type {rtype}")
 
 
-def build_query(qid: int, name: bytes, qtype: int, qclass: int, *, do: bool = False,
-                cd: bool = False) -> bytes:
+def build_query(qid: int, name: bytes, qtype: int, qclass: int, *, do: bool = False, cd: bool = False) -> bytes:
     """An upstream query: RD set, CD copied, EDNS0 with our UDP size and the DO bit."""
     head = _HDR.pack(qid, 0x01, 0x10 if cd else 0x00, 1, 0, 0, 1)
     opt = b"\x00" + _RR_FIXED.pack(T_OPT, EDNS_UDP, _OPT_DO if do else 0, 0)
@@ -151,13 +160,14 @@ def is_answer_to(data: bytes, qid: int, question: bytes) -> bool:
         return False
     if data[4:6] != b"\x00\x01":
         return False
-    return data[HEADER:HEADER + len(question)] == question
+    return data[HEADER : HEADER + len(question)] == question
 
 
 def error_reply(q: Query, rcode: int) -> bytes:
     """An empty answer with `rcode` to the client's question (echoed as sent)."""
-    head = _HDR.pack(q.id, 0x80 | (0x01 if q.rd else 0), 0x80 | (0x10 if q.cd else 0) | rcode,
-                     1, 0, 0, 1 if q.edns else 0)
+    head = _HDR.pack(
+        q.id, 0x80 | (0x01 if q.rd else 0), 0x80 | (0x10 if q.cd else 0) | rcode, 1, 0, 0, 1 if q.edns else 0
+    )
     return head + q.qwire + (_opt(q.do) if q.edns else b"")
 
 
@@ -211,13 +221,13 @@ def scan_response(data: bytes) -> Scan:
         end = rdata + rdlen
         if end > n:
             raise Malformed("rdata runs past the message")
-        if rtype == 1:
+        if rtype == _T_A:
             if rclass == C_CH:  # a Chaosnet A is a name then a 16-bit address, as clients read it
                 if _plain_name(data, rdata, end) + 2 != end:
                     raise Malformed("CH A rdata is not a name and an address")
             elif rdlen != 4:
                 raise Malformed("A rdata is not 4 bytes")
-        elif rtype == 28:
+        elif rtype == _T_AAAA:
             if rdlen != 16:
                 raise Malformed("AAAA rdata is not 16 bytes")
         elif rdlen or rtype != T_OPT:
@@ -244,12 +254,10 @@ def scan_response(data: bytes) -> Scan:
     wire = data
     if opt_at is not None:
         wire = data[:10] + _U16.pack(ar - 1) + data[12:opt_at]
-    return Scan(wire, b3 & 0x0F, bool(b2 & 0x02), qend, an, tuple(offsets), min_ttl,
-                answer_min, neg)
+    return Scan(wire, b3 & 0x0F, bool(b2 & 0x02), qend, an, tuple(offsets), min_ttl, answer_min, neg)
 
 
-def render(wire: bytes, qend: int, ttl_offsets: tuple[int, ...], ttl: int | None,
-           q: Query, limit: int | None) -> bytes:
+def render(wire: bytes, qend: int, ttl_offsets: tuple[int, ...], ttl: int | None, q: Query, limit: int | None) -> bytes:
     """Stored answer -> the client's reply: ID, RD, question case, TTLs, OPT, size.
 
     `ttl` None keeps the stored TTLs. Over `limit` (UDP) the reply becomes an empty one
@@ -259,11 +267,11 @@ def render(wire: bytes, qend: int, ttl_offsets: tuple[int, ...], ttl: int | None
     _U16.pack_into(buf, 0, q.id)
     buf[2] = (buf[2] & 0xFE) | (0x01 if q.rd else 0)
     buf[3] |= 0x80  # RA: we recurse on the client's behalf
-    buf[HEADER:qend] = q.qwire[:qend - HEADER]  # same bytes up to case (the key matched)
+    buf[HEADER:qend] = q.qwire[: qend - HEADER]  # same bytes up to case (the key matched)
     if ttl is not None:
         packed = struct.pack("!I", max(0, ttl))
         for off in ttl_offsets:
-            buf[off:off + 4] = packed
+            buf[off : off + 4] = packed
     if q.edns:
         _U16.pack_into(buf, 10, _U16.unpack_from(buf, 10)[0] + 1)
         buf += _opt(q.do)
@@ -292,10 +300,10 @@ def answer_records(data: bytes) -> tuple[int, list[tuple[str, int, int, str]]]:
         rdata, i = i + 10, i + 10 + rdlen
         if i > len(data):
             raise Malformed("rdata runs past the message")
-        if rtype == 1 and rdlen == 4:
+        if rtype == _T_A and rdlen == 4:
             out.append((owner, rtype, ttl, socket.inet_ntop(socket.AF_INET, data[rdata:i])))
-        elif rtype == 28 and rdlen == 16:
+        elif rtype == _T_AAAA and rdlen == 16:
             out.append((owner, rtype, ttl, socket.inet_ntop(socket.AF_INET6, data[rdata:i])))
-        elif rtype in (5, 12):
+        elif rtype in (_T_CNAME, _T_PTR):
             out.append((owner, rtype, ttl, read(data, rdata)[0]))
     return b3 & 0x0F, out

@@ -28,9 +28,9 @@ from clusterdns.kube.objects import (
     Namespace,
     Pod,
     Service,
+    endpoint as as_endpoint,
     parse_object,
 )
-from clusterdns.kube.objects import endpoint as as_endpoint
 from clusterdns.kube.store import ClusterStore, dashed
 
 NAMESPACES = ("default", "team", "kube-system", "prod")

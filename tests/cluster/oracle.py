@@ -17,15 +17,21 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from dnslib import AAAA as RD_AAAA
-from dnslib import CNAME as RD_CNAME
-from dnslib import NS as RD_NS
-from dnslib import PTR as RD_PTR
-from dnslib import RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
-from dnslib import SOA as RD_SOA
-from dnslib import SRV as RD_SRV
-from dnslib import TXT as RD_TXT
-from dnslib import A as RD_A
+from dnslib import (
+    AAAA as RD_AAAA,
+    CNAME as RD_CNAME,
+    NS as RD_NS,
+    PTR as RD_PTR,
+    RR,
+    SOA as RD_SOA,
+    SRV as RD_SRV,
+    TXT as RD_TXT,
+    A as RD_A,
+    DNSHeader,
+    DNSLabel,
+    DNSQuestion,
+    DNSRecord,
+)
 
 from clusterdns.kube.objects import Port
 from clusterdns.kube.store import ClusterStore, ServiceView

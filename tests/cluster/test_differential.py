@@ -14,10 +14,10 @@ from typing import Any
 import dns.flags
 import dns.message
 import dns.rdatatype
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-from clusterdns.app.cluster import ServeOptions, build_cluster
+from clusterdns.app.cluster import build_cluster
+from clusterdns.settings.schema import ServeConfig
 from clusters import Question, apply_change, big_answers, changes, clusters, objects_of, questions
 from oracle import CLASSIC_UDP, oracle_answer
 
@@ -77,7 +77,7 @@ class Pair:
 
     def __init__(self, opts: Options, objs: list[Any], synced: bool = True) -> None:
         self.opts = opts
-        self.store, self.handler = build_cluster(ServeOptions(
+        self.store, self.handler = build_cluster(ServeConfig(
             manifests=[], zone=opts.zone, ttl=opts.ttl, pods=opts.pods, ignore_empty_service=opts.ignore_empty_service,
             endpoint_pod_names=opts.endpoint_pod_names, max_udp=opts.max_udp, listen=list(opts.listen)))
         if synced:

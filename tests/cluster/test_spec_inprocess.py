@@ -13,9 +13,10 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from clusterdns.app.cluster import ServeOptions, build_cluster
+from clusterdns.app.cluster import build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.server.handler import Handler
+from clusterdns.settings.schema import ServeConfig
 from helpers import DEMO, TEST_CLUSTER
 from zones.test_spec_table import CASES
 
@@ -28,7 +29,7 @@ NX = "NXDOMAIN"
 def handler() -> Handler:
     objects, skipped = load_manifests(MANIFESTS)
     assert not skipped, "the demo manifests load cleanly"
-    store, handler = build_cluster(ServeOptions(manifests=MANIFESTS, listen=LISTEN))
+    store, handler = build_cluster(ServeConfig(manifests=MANIFESTS, listen=LISTEN))
     store.load(objects)
     return handler
 

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fakedns import Clock, FakeUpstream  # noqa: E402
+from fakedns import Clock, FakeUpstream
 
 
 @pytest.fixture

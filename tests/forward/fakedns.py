@@ -90,7 +90,7 @@ class FakeUpstream:
     def _wire(self, data: bytes, proto: str) -> bytes | None:
         try:
             req = DNSRecord.parse(data)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever dnslib cannot parse goes unanswered
             return None
         self.queries.append((str(req.q.qname), req.q.qtype, proto))
         reply = self.answer(req)

@@ -8,7 +8,6 @@ import time
 import dns.flags
 import dns.rcode
 from dnslib import RR, DNSRecord
-from fakedns import addresses, decode, question, ttls
 
 from clusterdns.cache.cache import ResponseCache
 from clusterdns.forward.forwarder import Forwarder
@@ -16,6 +15,7 @@ from clusterdns.forward.table import ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.names import to_text
 from clusterdns.wire.question import Query
+from fakedns import addresses, decode, question, ttls
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
 

@@ -4,7 +4,6 @@ scans its upstream answer once. Real upstreams on loopback throughout."""
 
 from __future__ import annotations
 
-import argparse
 import re
 import urllib.request
 from pathlib import Path
@@ -12,17 +11,17 @@ from types import SimpleNamespace
 
 import dns.rcode
 import pytest
-from fakedns import addresses, ask, decode, question
-from helpers import DEMO, ServerProcess
 
-from clusterdns.settings import config as C
+from clusterdns.cli import build_parser
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.table import ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
-from clusterdns.settings.config import from_args
-from clusterdns.settings.nodecache import add_arguments
 from clusterdns.obs import metrics as M
+from clusterdns.settings import config as C
+from clusterdns.settings.schema import cache_kwargs
 from clusterdns.wire import scan as W
+from fakedns import addresses, ask, decode, question
+from helpers import DEMO, ServerProcess
 
 POSITIVES = [f"p{i}.example.test" for i in range(4)]
 RECORDS = [f"{name}. 300 IN A 192.0.2.{i + 1}" for i, name in enumerate(POSITIVES)]
@@ -181,10 +180,10 @@ def test_denial_capacity_reaches_the_cache_from_yaml_and_the_flag(tmp_path: Path
     both land in the ResponseCache options, next to max_entries."""
     path = tmp_path / "serve.yaml"
     path.write_text("cache:\n  max_entries: 100\n  max_denial_entries: 7\n")
-    opts = C.load(path, "serve").cache_opts()
+    opts = cache_kwargs(C.load(path, "serve").cache, 30, 30)
     assert (opts["max_entries"], opts["max_denial_entries"]) == (100, 7)
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    cfg = from_args(p.parse_args(["--cache-denial-entries", "5"]), environ={})
-    assert C.cache_opts(cfg.cache, 30, 30)["max_denial_entries"] == 5
-    assert C.cache_opts(from_args(p.parse_args([]), environ={}).cache, 30, 30)["max_denial_entries"] == 9984
+    p = build_parser()
+    cfg = C.resolve("node-cache", p.parse_args(["node-cache", "--cache-denial-entries", "5"]), environ={})
+    assert cache_kwargs(cfg.cache, 30, 30)["max_denial_entries"] == 5
+    default = C.resolve("node-cache", p.parse_args(["node-cache"]), environ={})
+    assert cache_kwargs(default.cache, 30, 30)["max_denial_entries"] == 9984

@@ -7,12 +7,12 @@ import socket
 
 import dns.rcode
 import pytest
-from fakedns import Dnsmasq, addresses, decode, free_port, question
 
-from clusterdns.wire.constants import RRType
 from clusterdns.forward.forwarder import Forwarder, ForwardError, Guarded
 from clusterdns.forward.table import ForwardZone, build_forward_table
 from clusterdns.forward.upstream import UpstreamSpec, parse_hostport
+from clusterdns.wire.constants import RRType
+from fakedns import Dnsmasq, addresses, decode, free_port, question
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
 

@@ -11,8 +11,6 @@ import asyncio
 import dns.flags
 import dns.message
 import pytest
-from fakedns import FakeUpstream, question
-from helpers import UDPClient, udp_listener
 
 from clusterdns.cache.cache import Hit
 from clusterdns.forward.forwarder import Forwarder
@@ -22,6 +20,8 @@ from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.server import handler as handler_mod
 from clusterdns.server.handler import KEY_BITS, Handler
 from clusterdns.wire import question as Q
+from fakedns import FakeUpstream, question
+from helpers import UDPClient, udp_listener
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import dns.rcode
-from fakedns import addresses, decode, question, ttls
-from test_tcp_pipelining import PipeServer, ask_all, check, forwarder, names
 
 from clusterdns.cache.cache import LATER
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.table import ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
+from fakedns import addresses, decode, question, ttls
+from test_tcp_pipelining import PipeServer, ask_all, check, forwarder, names
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
 

@@ -12,6 +12,7 @@ import dns.exception
 import dns.flags
 import dns.rcode
 import pytest
+
 from fakedns import Dnsmasq, addresses, ask, free_port, ttls
 from helpers import DEMO, ServerProcess
 
@@ -35,12 +36,14 @@ def cluster(upstream: Dnsmasq) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def node_cache(cluster: ServerProcess, upstream: Dnsmasq) -> Iterator[ServerProcess]:
-    with Dnsmasq("--host-record=db.consul.local,10.150.0.9") as stub:
-        with ServerProcess("node-cache", "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0",
-                           "--cluster-dns", f"127.0.0.1:{cluster.port}",
-                           "--upstream", f"127.0.0.1:{upstream.port}",
-                           "--stub", f"consul.local=127.0.0.1:{stub.port}") as nc:
-            yield nc
+    with (
+        Dnsmasq("--host-record=db.consul.local,10.150.0.9") as stub,
+        ServerProcess("node-cache", "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0",
+                      "--cluster-dns", f"127.0.0.1:{cluster.port}",
+                      "--upstream", f"127.0.0.1:{upstream.port}",
+                      "--stub", f"consul.local=127.0.0.1:{stub.port}") as nc,
+    ):
+        yield nc
 
 
 def test_cluster_names_go_to_the_cluster_dns(node_cache: ServerProcess) -> None:

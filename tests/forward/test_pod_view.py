@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from fakedns import Dnsmasq
 from helpers import DEMO, ServerProcess, port_53_free
 

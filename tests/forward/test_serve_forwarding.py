@@ -13,11 +13,12 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+
+from clusterdns.app.cluster import build_cluster
+from clusterdns.kube.manifests import load_manifests
+from clusterdns.settings.schema import ServeConfig
 from fakedns import Dnsmasq, addresses, ask, decode, free_port
 from helpers import DEMO, ServerProcess
-
-from clusterdns.app.cluster import ServeOptions, build_cluster
-from clusterdns.kube.manifests import load_manifests
 
 RECORDS = ("--host-record=web.example.test,192.0.2.7",
            "--host-record=my.database.example.com,192.0.2.99",
@@ -37,11 +38,13 @@ def server(upstream: Dnsmasq, tmp_path_factory: pytest.TempPathFactory) -> Itera
     cm.write_text(json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
                               "metadata": {"name": "kube-dns", "namespace": "kube-system"},
                               "data": {"upstreamNameservers": json.dumps([f"127.0.0.1:{upstream.port}"])}}))
-    with Dnsmasq("--host-record=db.consul.local,10.150.0.9") as stub:
-        with ServerProcess("serve", "--manifests", str(DEMO), "--listen", "127.0.0.1:0",
-                           "--kube-dns-configmap", str(cm),
-                           "--stub", f"consul.local=127.0.0.1:{stub.port}") as srv:
-            yield srv
+    with (
+        Dnsmasq("--host-record=db.consul.local,10.150.0.9") as stub,
+        ServerProcess("serve", "--manifests", str(DEMO), "--listen", "127.0.0.1:0",
+                      "--kube-dns-configmap", str(cm),
+                      "--stub", f"consul.local=127.0.0.1:{stub.port}") as srv,
+    ):
+        yield srv
 
 
 def test_names_outside_the_zone_are_forwarded(server: ServerProcess) -> None:
@@ -81,7 +84,7 @@ async def test_cluster_zone_is_not_cached_but_forwarded_names_are(fake) -> None:
     """Cluster answers come from the store (never the forward cache, never upstream);
     forwarded ones are cached, so the second one is a synchronous hit."""
     up = await fake("www.example.test. 300 IN A 192.0.2.1")
-    store, handler = build_cluster(ServeOptions(manifests=[str(DEMO)],
+    store, handler = build_cluster(ServeConfig(manifests=[str(DEMO)],
                                                 upstreams=[f"127.0.0.1:{up.port}"]))
     store.load(load_manifests([str(DEMO)])[0])
     fwd = handler.forwarding

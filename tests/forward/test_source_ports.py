@@ -10,12 +10,12 @@ import struct
 from collections import defaultdict
 
 import pytest
-from fakedns import LoopbackUdp, addresses, decode
 
 from clusterdns.forward.forwarder import Forwarder, ForwardError
 from clusterdns.forward.udppool import ROTATE_QUERIES, ROTATE_SECONDS
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.names import name_end, to_text, to_wire
+from fakedns import LoopbackUdp, addresses, decode
 
 
 class RecordingUpstream(LoopbackUdp):

@@ -16,13 +16,13 @@ from typing import Self
 
 import dns.rcode
 import pytest
-from fakedns import decode, question
 
 from clusterdns.forward import tcppool
 from clusterdns.forward.forwarder import Forwarder, ForwardError
 from clusterdns.forward.table import ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.names import to_wire
+from fakedns import decode, question
 
 ATTACK = bytes([6, 6, 6, 6])
 

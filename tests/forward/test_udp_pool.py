@@ -9,13 +9,13 @@ import itertools
 import dns.message
 import dns.rcode
 import pytest
-from fakedns import Dnsmasq, addresses, decode, question
 
 from clusterdns.forward.forwarder import Forwarder, ForwardError
 from clusterdns.forward.forwarding import Forwarding
 from clusterdns.forward.table import build_forward_table
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.question import parse
+from fakedns import Dnsmasq, addresses, decode, question
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
 
@@ -188,7 +188,7 @@ async def test_many_concurrent_misses_are_answered_through_futures() -> None:
             queries = [dns.message.make_query(f"H{i}.example.test", "A", use_edns=0)
                        for i in list(range(n)) + list(range(0, n, 10))]
             replies = [fw.handle(parse(q.to_wire()), q.to_wire(), False) for q in queries]
-            assert all(type(r) is asyncio.Future for r in replies)  # noqa: E721
+            assert all(type(r) is asyncio.Future for r in replies)
             done = await asyncio.wait_for(asyncio.gather(*replies), 5)  # type: ignore[arg-type]
             for q, wire in zip(queries, done, strict=True):
                 reply = decode(wire)

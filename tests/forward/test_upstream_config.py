@@ -13,10 +13,12 @@ import pytest
 import yaml
 
 from clusterdns.app.nodecache import build
-from clusterdns.settings.config import from_args, load_config
-from clusterdns.settings.nodecache import ConfigError, add_arguments
+from clusterdns.cli import build_parser
 from clusterdns.forward.sources import load_kube_dns_configmap, parse_stub, resolv_conf_upstreams
 from clusterdns.forward.upstream import UpstreamSpec
+from clusterdns.settings import config
+from clusterdns.settings.option import ConfigError
+from clusterdns.settings.schema import NodeCacheConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,14 +77,12 @@ def test_kube_dns_configmap_errors_say_which_key(tmp_path: Path) -> None:
 
 
 def _args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return p.parse_args(list(argv))
+    return build_parser().parse_args(["node-cache", *argv])
 
 
 def test_node_cache_example_config_loads_and_builds() -> None:
     """Every example config in the repo loads (CoreDNS readme_test habit) and builds."""
-    cfg = load_config(ROOT / "config" / "node-cache.yaml")
+    cfg = config.load(ROOT / "config" / "node-cache.yaml", "node-cache")
     assert cfg.listen == ["169.254.20.10:53"] and cfg.cache.cluster_denial_ttl == 5
     assert cfg.cache.serve_stale == 3600 and cfg.forward.max_concurrent == 1000
     cfg.upstreams = ["127.0.0.1:53"]
@@ -97,7 +97,7 @@ def test_node_cache_example_config_loads_and_builds() -> None:
 def test_flags_override_the_config_file_and_env_gives_the_cluster_dns(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("listen: [169.254.20.10:53]\nforward: {policy: sequential}\ncache: {prefetch: 3}\n")
-    cfg = from_args(_args("--config", str(f), "--listen", "127.0.0.1:5300", "--prefetch", "5",
+    cfg = config.resolve("node-cache", _args("--config", str(f), "--listen", "127.0.0.1:5300", "--prefetch", "5",
                           "--stub", "consul.local=10.150.0.1"),
                     {"KUBE_DNS_UPSTREAM_SERVICE_HOST": "10.96.0.11",
                      "KUBE_DNS_UPSTREAM_SERVICE_PORT": "5353"})
@@ -110,11 +110,11 @@ def test_unknown_setting_is_an_error_naming_it(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("forward: {max_concurent: 5}\n")
     with pytest.raises(ConfigError, match="max_concurent"):
-        load_config(f)
+        config.load(f, "node-cache")
 
 
 def test_missing_cluster_dns_is_an_error() -> None:
-    cfg = load_config(None)
+    cfg = NodeCacheConfig()
     cfg.upstreams = ["127.0.0.1"]
     with pytest.raises(ConfigError, match="--cluster-dns"):
         build(cfg)
@@ -148,7 +148,7 @@ def test_node_local_daemonset_matches_node_local_dns(tmp_path: Path) -> None:
     cm = docs["ConfigMap"]
     path = tmp_path / "node-cache.yaml"
     path.write_text(cm["data"]["node-cache.yaml"])
-    cfg = load_config(path)
+    cfg = config.load(path, "node-cache")
     assert cfg.listen == ["169.254.20.10:53"] and cfg.kube_dns_configmap == "/etc/kube-dns"
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert "/etc/kube-dns" in mounts and "/etc/clusterdns" in mounts

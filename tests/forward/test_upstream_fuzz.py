@@ -25,15 +25,14 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
-from fakedns import LoopbackUdp
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from clusterdns.forward.forwarding import Forwarding
 from clusterdns.forward.table import build_forward_table
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.names import name_end, to_wire
 from clusterdns.wire.question import parse
+from fakedns import LoopbackUdp
 
 QNAME = "www.example.test"
 TIMEOUT = 0.05  # the forwarder's read timeout: a dropped answer costs this much

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from fakedns import ATTACK_IP, addresses, decode, question
 
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.upstream import UpstreamSpec
+from fakedns import ATTACK_IP, addresses, decode, question
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
 

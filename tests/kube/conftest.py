@@ -143,9 +143,11 @@ class ClusterDNS:
     async def http(self, which: str) -> tuple[int, str]:
         health, ready = self.ports()
         port = health if which == "/health" else ready
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
-            async with s.get(f"http://127.0.0.1:{port}{which}") as resp:
-                return resp.status, await resp.text()
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
+            s.get(f"http://127.0.0.1:{port}{which}") as resp,
+        ):
+            return resp.status, await resp.text()
 
     def count(self, text: str) -> int:
         return sum(text in line for line in self.proc.lines)

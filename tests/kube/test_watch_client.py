@@ -71,7 +71,7 @@ def test_missing_kubeconfig_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(ApiConfigError, match=f"no kubeconfig file at {tmp_path / 'absent'}"):
         load_connection(str(tmp_path / "absent"))
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(ApiConfigError, match="not in a pod, and no kubeconfig file at .*/.kube/config"):
+    with pytest.raises(ApiConfigError, match=r"not in a pod, and no kubeconfig file at .*/.kube/config"):
         load_connection()
     (tmp_path / "broken").write_text("clusters: [")
     with pytest.raises(ApiConfigError, match="cannot configure the Kubernetes API client"):

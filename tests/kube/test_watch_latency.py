@@ -18,7 +18,7 @@ from conftest import eventually
 from kubeapi import KubeAPIServer, service
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from watch_latency import measure, populate  # noqa: E402
+from watch_latency import measure, populate
 
 
 async def test_event_to_answer_within_one_second_at_100_changes_per_second(
@@ -46,7 +46,7 @@ async def test_event_to_store_latency_is_observable(kubeapi: KubeAPIServer, star
         gc.unfreeze()
 
 
-async def _burst_of_events(kubeapi: KubeAPIServer, start_source) -> None:  # noqa: ANN001
+async def _burst_of_events(kubeapi: KubeAPIServer, start_source) -> None:
     rs = await start_source()
     timings: list[EventTiming] = []
     rs.source.observers.append(timings.append)

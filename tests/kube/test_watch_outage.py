@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import pytest
@@ -48,7 +49,7 @@ async def test_503_answers_are_retried_with_growing_backoff(kubeapi: KubeAPIServ
     rs = await start_source(wait=False, backoff_initial=0.02, backoff_max=10.0)
     await eventually(rs.source.synced.is_set, what="sync after the 503s")
     times = fault.served + [next(r.at for r in kubeapi.requests if r.resource == "services" and r.status == 200)]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) == 5
     # equal jitter: the n-th wait is within [base*2^(n-1)/2, base*2^(n-1)]
     for n, gap in enumerate(gaps):

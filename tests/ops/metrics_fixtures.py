@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dns.message
 
-from clusterdns.app.cluster import ServeOptions, build_cluster
+from clusterdns.app.cluster import build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.kube.watch import KubeSource
 from clusterdns.obs import metrics as M
 from clusterdns.server.tcp import TCPLimits
+from clusterdns.settings.schema import ServeConfig
 from helpers import DEMO
 
 NAME = "httpd-svc.default.svc.cluster.local."
@@ -20,7 +21,7 @@ def wire(name: str = NAME, rdtype: str = "A", **kw: object) -> bytes:
 
 
 def populated() -> M.Metrics:
-    store, handler = build_cluster(ServeOptions(manifests=[str(DEMO)], upstreams=["127.0.0.1:9"], loop_detect=False))
+    store, handler = build_cluster(ServeConfig(manifests=[str(DEMO)], upstreams=["127.0.0.1:9"], loop_detect=False))
     store.load(load_manifests([str(DEMO)])[0])
     source = KubeSource(store, conn=None)  # type: ignore[arg-type] - never run, only its counters are read
     sources = M.Sources(handler=handler, forwarding=handler.forwarding, kube=source,

@@ -48,7 +48,7 @@ def port_from(server: ServerProcess, pattern: re.Pattern[str], group: int = 1) -
 
 def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()

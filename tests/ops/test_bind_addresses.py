@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from helpers import DEMO, ROOT, ServerProcess
 from ops_helpers import HEALTH_LINE, METRICS_LINE, port_from
 

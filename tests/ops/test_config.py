@@ -9,19 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from dataclasses import fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from clusterdns.settings import config as C
-from clusterdns.app.cluster import ServeOptions
 from clusterdns.cli import build_parser
+from clusterdns.settings import checks, config as C, typedyaml
+from clusterdns.settings.flags import add_flags, apply_flags
+from clusterdns.settings.option import option, section
+from clusterdns.settings.reference import markdown, reference
+from clusterdns.settings.schema import cache_kwargs, forward_kwargs
 from helpers import ROOT
 
 CONFIG_DIR = ROOT / "config"
-README = ROOT / "README.md"
+#: every page a user reads config snippets in: each yaml snippet there must load
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+OPTIONS_DOC = ROOT / "docs" / "options.md"
 FENCE = re.compile(r"^```yaml[^\n]*\n(.*?)^```", re.S | re.M)
 
 
@@ -71,7 +76,7 @@ def test_config_example_mentions_every_option(path: Path) -> None:
     """The commented examples are the long-form docs: each option appears in its mode's file."""
     mode = C.guess_mode(C.read_yaml(path))
     text = path.read_text()
-    missing = [key for key, _, _ in C.reference(mode) if not re.search(rf"^\s*{key.split('.')[-1]}:", text, re.M)]
+    missing = [key for key, _, _ in reference(mode) if not re.search(rf"^\s*{key.split('.')[-1]}:", text, re.M)]
     assert not missing, f"{path.name} does not show: {missing}"
 
 
@@ -96,12 +101,14 @@ def test_readme_snippet_finder() -> None:
     assert readme_snippets(text) == [(3, "ttl: 30\n")]
 
 
-def test_every_readme_config_snippet_loads() -> None:
-    snippets = readme_snippets(README.read_text())
-    assert snippets, "README.md's Configuration section has yaml config snippets"
-    for line, body in snippets:
-        data = C.parse_text(body, f"README.md:{line}")
-        C.parse(data, C.guess_mode(data), f"README.md (snippet at line {line})")
+def test_every_config_snippet_in_the_readme_and_docs_loads() -> None:
+    assert readme_snippets((ROOT / "docs" / "configuration.md").read_text()), \
+        "docs/configuration.md has yaml config snippets"
+    for page in DOC_PAGES:
+        name = page.relative_to(ROOT).as_posix()
+        for line, body in readme_snippets(page.read_text()):
+            data = C.parse_text(body, f"{name}:{line}")
+            C.parse(data, C.guess_mode(data), f"{name} (snippet at line {line})")
 
 
 # ----------------------------------------------------------------------- errors
@@ -199,10 +206,8 @@ def test_guess_mode() -> None:
 def _merged(argv: list[str], file_text: str, tmp_path: Path) -> C.AnyConfig:
     path = tmp_path / "c.yaml"
     path.write_text(file_text)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    mode = args.command
-    return C.apply_flags(C.load(path, mode), args, C.explicit_flags(parser, argv))
+    args = build_parser().parse_args([argv[0], "--config", str(path), *argv[1:]])
+    return C.resolve(args.command, args, environ={})
 
 
 def test_flags_given_win_even_when_they_equal_the_default(tmp_path: Path) -> None:
@@ -216,32 +221,82 @@ def test_flags_given_win_even_when_they_equal_the_default(tmp_path: Path) -> Non
 def test_flags_that_negate_and_stubs(tmp_path: Path) -> None:
     cfg = _merged(["serve", "--no-loop-detect", "--stub", "acme.local=10.0.0.1,10.0.0.2"], "loop_detect: true\n", tmp_path)
     assert cfg.loop_detect is False and cfg.stub_domains == {"acme.local": ["10.0.0.1", "10.0.0.2"]}
-    nc = _merged(["node-cache", "--policy", "sequential", "--serve-stale", "0"], "forward:\n  policy: random\n", tmp_path)
-    assert nc.forward.policy == "sequential" and nc.cache.serve_stale == 0.0
+    nc = _merged(["node-cache", "--policy", "sequential", "--serve-stale", "0", "--cluster-udp"],
+                 "forward:\n  policy: random\n", tmp_path)
+    assert nc.forward.policy == "sequential" and nc.cache.serve_stale == 0.0 and nc.cluster_force_tcp is False
 
 
 def test_flag_values_are_checked_like_file_values() -> None:
-    args = argparse.Namespace(ttl=99999, query_log_sample=0)
+    args = build_parser().parse_args(["serve", "--ttl", "99999", "--query-log-sample", "0", "--lameduck", "1m30s"])
     with pytest.raises(C.ConfigError) as exc:
-        C.apply_flags(C.ServeConfig(), args, {"ttl", "query_log_sample"})
+        C.resolve("serve", args)
     assert exc.value.problems == ["command line: --query-log-sample: expected at least 1, got 0 (integer)",
                                   "command line: --ttl: expected 0..3600 seconds (CoreDNS's range), got 99999 (integer)"]
+    assert C.resolve("serve", build_parser().parse_args(["serve", "--lameduck", "1m30s"])).lameduck == 90.0
+
+
+#: every flag of each mode before the flags were generated from the schema: all must still parse
+FLAGS_USERS_HAVE = {
+    "serve": ["--config", "--context", "--endpoint-pod-names", "--error-consolidate", "--health",
+              "--ignore-empty-service", "--kube-dns-configmap", "--kubeconfig", "--labels", "--lameduck", "--listen",
+              "--log-format", "--log-level", "--manifests", "--max-tcp-connections", "--max-udp-size", "--metrics",
+              "--namespaces", "--no-loop-detect", "--pods", "--query-log", "--query-log-sample", "--ready",
+              "--resolv-conf", "--rrl-ipv4-prefix-length", "--rrl-ipv6-prefix-length", "--rrl-max-table-size",
+              "--rrl-responses-per-second", "--rrl-slip", "--rrl-window", "--shutdown-timeout", "--stub",
+              "--sync-timeout", "--tcp-idle-timeout", "--ttl", "--upstream", "--watch-config", "--workers", "--zone"],
+    "node-cache": ["--cache-denial-entries", "--cluster-dns", "--cluster-domain", "--cluster-udp", "--config",
+                   "--error-consolidate", "--health", "--kube-dns-configmap", "--lameduck", "--listen", "--log-format",
+                   "--log-level", "--max-concurrent", "--metrics", "--no-loop-detect", "--policy", "--prefetch",
+                   "--query-log", "--query-log-sample", "--resolv-conf", "--rrl-ipv4-prefix-length",
+                   "--rrl-ipv6-prefix-length", "--rrl-max-table-size", "--rrl-responses-per-second", "--rrl-slip",
+                   "--rrl-window", "--serve-stale", "--shutdown-timeout", "--stub", "--upstream", "--watch-config"],
+}
+
+
+def _subparser(mode: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[mode]
 
 
 @pytest.mark.parametrize("mode", C.MODES)
-def test_every_flag_has_a_config_key(mode: str) -> None:
-    assert C.unmapped_flags(build_parser(), mode) == []
+def test_every_option_has_one_flag_and_every_old_flag_still_exists(mode: str) -> None:
+    sub = _subparser(mode)
+    by_dest = {a.dest: a.option_strings for a in sub._actions if a.option_strings and a.dest not in ("help", "config")}
+    keys = [key for key, _, _ in reference(mode)]
+    assert sorted(by_dest) == sorted(keys), "a flag per option, named by its key path"
+    assert all(len(names) == 1 for names in by_dest.values())
+    have = {o for a in sub._actions for o in a.option_strings}
+    assert not set(FLAGS_USERS_HAVE[mode]) - have, "a flag users have would be gone"
 
 
-def test_every_serve_option_comes_from_the_config_with_the_same_default() -> None:
-    """A ServeOptions field added without a config key (or with another default) fails here."""
-    kwargs = C.ServeConfig().options_kwargs()
-    set_by_cli = {"config", "reload"}
-    assert {f.name for f in fields(ServeOptions)} - set_by_cli == set(kwargs)
-    from_config, built_in = ServeOptions(**kwargs), ServeOptions()
-    differ = [f.name for f in fields(ServeOptions)
-              if getattr(from_config, f.name) != getattr(built_in, f.name) and f.name not in ("cache_opts", "forward_opts")]
-    assert differ == []
+@dataclass
+class _Knob:
+    depth: int = option(3, "How deep the knob goes, a reason long enough.", check=checks.between(1, 9))
+
+
+@dataclass
+class _Toy:
+    knob: _Knob = section(_Knob, "The knob.")
+    listen: list[str] = option(doc="Where to listen.", factory=list)
+
+
+def test_a_new_option_is_one_declaration() -> None:
+    """An option added to a section gets its YAML key, flag, check and reference row from that one line."""
+    parser = argparse.ArgumentParser()
+    add_flags(parser, _Toy)
+    assert apply_flags(_Toy(), parser.parse_args(["--knob-depth", "7"])).knob.depth == 7
+    with pytest.raises(C.ConfigError, match=r"--knob-depth: expected 1\.\.9, got 12"):
+        apply_flags(_Toy(), parser.parse_args(["--knob-depth", "12"]))
+    problems = typedyaml.Problems("toy.yaml")
+    typedyaml.fill(_Toy(), {"knob": {"depth": 0}}, "", problems, 1)
+    assert problems.items == ["toy.yaml:1: knob.depth: expected 1..9, got 0 (integer)"]
+
+
+def test_restart_only_keys_come_from_the_declarations() -> None:
+    assert {"listen", "health", "ready", "metrics", "workers", "manifests", "kubeconfig", "context",
+                              "namespaces", "labels", "pods", "endpoint_pod_names", "sync_timeout", "watch_config"} == C.RESTART_ONLY
+    old, new = C.ServeConfig(), C.ServeConfig(ttl=30, listen=["127.0.0.1:5353"])
+    assert C.split_reload(old, new) == (["ttl"], ["listen"])
 
 
 # ----------------------------------------------------------------------- documentation
@@ -249,17 +304,23 @@ def test_every_serve_option_comes_from_the_config_with_the_same_default() -> Non
 
 @pytest.mark.parametrize("mode", C.MODES)
 def test_every_option_has_a_default_and_a_reason(mode: str) -> None:
-    rows = C.reference(mode)
+    rows = reference(mode)
     assert len(rows) > 20
     undocumented = [key for key, _, why in rows if len(why) < 15]
     assert not undocumented
 
 
+def test_options_page_is_the_generated_reference() -> None:
+    """docs/options.md is written by `python -m clusterdns.settings.reference docs/options.md`."""
+    assert OPTIONS_DOC.read_text() == markdown(), (
+        "docs/options.md is stale: run python -m clusterdns.settings.reference docs/options.md")
+
+
 @pytest.mark.parametrize("mode", C.MODES)
 def test_reference_defaults_round_trip(mode: str) -> None:
-    """The README table's defaults, written back as YAML, give the built-in defaults."""
+    """The reference's defaults, written back as YAML, give the built-in defaults."""
     doc: dict = {}
-    for key, default, _ in C.reference(mode):
+    for key, default, _ in reference(mode):
         *parents, leaf = key.split(".")
         node = doc
         for p in parents:
@@ -278,7 +339,8 @@ def test_forwarding_defaults_match_the_code_s() -> None:
 
     cache = {k: p.default for k, p in inspect.signature(ResponseCache).parameters.items()
              if k not in ("fetch", "timer")} | SERVE_CACHE
-    assert C.ServeConfig().cache_opts() == cache
+    serve = C.ServeConfig()
+    assert cache_kwargs(serve.cache, serve.cache.success_ttl, serve.cache.denial_ttl) == cache
     forward = {k: p.default for k, p in inspect.signature(Forwarder).parameters.items()
                if k not in ("upstreams", "except_zones", "name")}
-    assert C.ServeConfig().forward_opts() == forward
+    assert forward_kwargs(serve.forward) == forward

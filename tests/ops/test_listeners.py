@@ -12,12 +12,13 @@ import dns.edns
 import dns.message
 import pytest
 
-from clusterdns.app.cluster import ServeOptions, build_cluster
+from clusterdns.app.cluster import build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.obs import logs
 from clusterdns.obs.logs import QueryLog, parse_common
 from clusterdns.server.handler import Answer
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
+from clusterdns.settings.schema import ServeConfig
 from helpers import DEMO, UDPClient, udp_listener
 
 NAME = "httpd-svc.default.svc.cluster.local."
@@ -49,8 +50,8 @@ class RecordingTransport:
 
 
 @pytest.fixture
-def handler():  # noqa: ANN201
-    store, handler = build_cluster(ServeOptions(manifests=[str(DEMO)]))
+def handler():
+    store, handler = build_cluster(ServeConfig(manifests=[str(DEMO)]))
     store.load(load_manifests([str(DEMO)])[0])
     handler.stats.add_listener("127.0.0.1", 53)
     handler.stats.add_listener("::1", 53)
@@ -61,7 +62,7 @@ def wire(name: str = NAME) -> bytes:
     return dns.message.make_query(name, "A").to_wire()
 
 
-async def test_hot_and_slow_answers_count_at_their_slot(handler) -> None:  # noqa: ANN001
+async def test_hot_and_slow_answers_count_at_their_slot(handler) -> None:
     v4 = udp_listener(handler, 0)
     v6 = udp_listener(handler, 1, host="::1")
     c4, c6 = UDPClient(v4.sockname()), UDPClient(v6.sockname())
@@ -80,7 +81,7 @@ async def test_hot_and_slow_answers_count_at_their_slot(handler) -> None:  # noq
 
 
 @pytest.mark.parametrize("io", ["mmsg", "plain"])
-async def test_short_packets_and_responses_are_counted_as_dropped(handler, io: str) -> None:  # noqa: ANN001
+async def test_short_packets_and_responses_are_counted_as_dropped(handler, io: str) -> None:
     p = udp_listener(handler, io=io)
     c = UDPClient(p.sockname())
     try:
@@ -97,7 +98,7 @@ async def test_short_packets_and_responses_are_counted_as_dropped(handler, io: s
     assert handler.stats.dropped == {(0, False, "short"): 2, (0, False, "response"): 1}
 
 
-async def test_query_log_switches_on_and_off_without_a_hot_path_check(handler) -> None:  # noqa: ANN001
+async def test_query_log_switches_on_and_off_without_a_hot_path_check(handler) -> None:
     out = io.StringIO()
     logs.setup("info", "text", 10.0, out)
     p = udp_listener(handler)
@@ -120,7 +121,7 @@ async def test_query_log_switches_on_and_off_without_a_hot_path_check(handler) -
         logs.reset()
 
 
-async def test_udp_drain_drops_new_queries_but_sends_answers_in_flight(handler) -> None:  # noqa: ANN001
+async def test_udp_drain_drops_new_queries_but_sends_answers_in_flight(handler) -> None:
     p = udp_listener(handler)
     c = UDPClient(p.sockname())
     gate = asyncio.get_running_loop().create_future()
@@ -149,7 +150,7 @@ async def test_udp_drain_drops_new_queries_but_sends_answers_in_flight(handler) 
     assert handler.stats.dropped == {(0, False, "shutting_down"): 1}
 
 
-async def test_tcp_drain_closes_after_the_last_pending_answer(handler) -> None:  # noqa: ANN001
+async def test_tcp_drain_closes_after_the_last_pending_answer(handler) -> None:
     limits = TCPLimits()
     p = TCPProtocol(handler, limits, 0)
     t = RecordingTransport()
@@ -171,7 +172,7 @@ async def test_tcp_drain_closes_after_the_last_pending_answer(handler) -> None: 
     p.connection_lost(None)
 
 
-def test_idle_tcp_connection_closes_at_once_on_drain(handler) -> None:  # noqa: ANN001
+def test_idle_tcp_connection_closes_at_once_on_drain(handler) -> None:
     p = TCPProtocol(handler, TCPLimits(), 0)
     t = RecordingTransport()
     p.transport = t  # type: ignore[assignment]
@@ -179,7 +180,7 @@ def test_idle_tcp_connection_closes_at_once_on_drain(handler) -> None:  # noqa: 
     assert t.closed
 
 
-def test_connection_cap_is_counted(handler) -> None:  # noqa: ANN001
+def test_connection_cap_is_counted(handler) -> None:
     limits = TCPLimits(max_connections=0)
     p = TCPProtocol(handler, limits, 0)
     t = RecordingTransport()

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from clusterdns.obs import metrics as M
 from clusterdns.cache.cache import ResponseCache
 from clusterdns.cache.entry import NXDOMAIN, POSITIVE
+from clusterdns.obs import metrics as M
 from metrics_fixtures import populated, wire
 
 V4 = "dns://127.0.0.1:5353"
@@ -98,7 +98,7 @@ def test_class_table_is_bounded() -> None:
     (lambda: b"\x00" * 11, None),
     (lambda: b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ab", None),
 ])
-def test_question_info(make, expected) -> None:  # noqa: ANN001
+def test_question_info(make, expected) -> None:
     assert M.question_info(make()) == expected
 
 

@@ -8,8 +8,8 @@ import os
 import signal
 from pathlib import Path
 
-from clusterdns.settings import config as C
 from clusterdns.app.reload import FileWatch, Reloader
+from clusterdns.settings import config as C
 
 
 def configmap_dir(root: Path, text: str, version: int) -> Path:

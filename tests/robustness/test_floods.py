@@ -18,6 +18,7 @@ import struct
 import dns.message
 import dns.rcode
 import dns.rdatatype
+
 from helpers import ServerProcess
 
 FLOOD = 100_000  # never-repeated names: kept per question, they would cost tens of MB

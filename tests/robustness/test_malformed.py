@@ -11,14 +11,14 @@ import struct
 
 import dns.message
 import dns.rcode
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from clusterdns.app.cluster import ServeOptions, build_cluster
+from clusterdns.app.cluster import build_cluster
 from clusterdns.kube.manifests import load_manifests
+from clusterdns.settings.schema import ServeConfig
 from helpers import DEMO, TEST_CLUSTER, ServerProcess, query
 
-_store, HANDLER = build_cluster(ServeOptions(manifests=[str(DEMO), str(TEST_CLUSTER)]))
+_store, HANDLER = build_cluster(ServeConfig(manifests=[str(DEMO), str(TEST_CLUSTER)]))
 _store.load(load_manifests([str(DEMO), str(TEST_CLUSTER)])[0])
 
 GOOD = [dns.message.make_query(n, t).to_wire() for n, t in [

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import dns.message
 import dns.rrset
+import dnslib
 import pytest
 
-from clusterdns.app.cluster import ServeOptions, build_cluster
+from clusterdns.app.cluster import build_cluster
+from clusterdns.cluster.compile import Node
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.kube.objects import parse_object
 from clusterdns.server import handler as handler_mod
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
-import dnslib
-
-from clusterdns.cluster.compile import Node
+from clusterdns.settings.schema import ServeConfig
 from helpers import DEMO, TEST_CLUSTER, UDPClient, udp_listener
 
 NAME = "httpd-svc.default.svc.cluster.local."
@@ -41,8 +41,8 @@ class RecordingTransport:
 
 
 @pytest.fixture
-def cluster():  # noqa: ANN201
-    store, handler = build_cluster(ServeOptions(manifests=[str(DEMO), str(TEST_CLUSTER)]))
+def cluster():
+    store, handler = build_cluster(ServeConfig(manifests=[str(DEMO), str(TEST_CLUSTER)]))
     store.load(load_manifests([str(DEMO), str(TEST_CLUSTER)])[0])
     return store, handler
 
@@ -52,7 +52,7 @@ def _forbid_slow_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     the event loop, where an exception would only be logged)."""
     used: list[str] = []
 
-    def record(what: str):  # noqa: ANN202
+    def record(what: str):
         def boom(*a: object, **k: object) -> None:
             used.append(what)
             raise AssertionError(f"a plain query went through {what}")
@@ -77,7 +77,7 @@ FIRST_TIME = [
 
 @pytest.mark.parametrize("io", ["mmsg", "plain"])
 @pytest.mark.parametrize("edns", [-1, 0])
-async def test_first_udp_question_skips_dnslib_and_the_general_path(cluster, monkeypatch: pytest.MonkeyPatch, edns: int, io: str) -> None:  # noqa: ANN001
+async def test_first_udp_question_skips_dnslib_and_the_general_path(cluster, monkeypatch: pytest.MonkeyPatch, edns: int, io: str) -> None:
     _, handler = cluster
     listener = udp_listener(handler, io=io)
     client = UDPClient(listener.sockname())
@@ -102,7 +102,7 @@ async def test_first_udp_question_skips_dnslib_and_the_general_path(cluster, mon
     assert dns.message.from_wire(replies[0][1]).answer[0][0].address == "10.99.229.179"
 
 
-def test_first_tcp_question_skips_dnslib_and_the_general_path(cluster, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_first_tcp_question_skips_dnslib_and_the_general_path(cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     _, handler = cluster
     proto = TCPProtocol(handler, TCPLimits())
     t = RecordingTransport()
@@ -116,9 +116,9 @@ def test_first_tcp_question_skips_dnslib_and_the_general_path(cluster, monkeypat
     assert [dns.message.from_wire(w).rcode() for w in t.sent] == [rc for _, _, rc in FIRST_TIME]
 
 
-def test_never_asked_names_store_nothing_per_question(cluster) -> None:  # noqa: ANN001
+def test_never_asked_names_store_nothing_per_question(cluster) -> None:
     """A flood of unique names leaves the zone as it was: nothing to fill, evict or clear."""
-    store, handler = cluster
+    _store, handler = cluster
     zone = handler.zone
     before = dict(zone.names)
     for i in range(5000):
@@ -130,7 +130,7 @@ def test_never_asked_names_store_nothing_per_question(cluster) -> None:  # noqa:
     assert remembered <= 4, "counters are kept per answer shape (size, EDNS), not per name"
 
 
-def test_service_change_recompiles_only_its_names(cluster) -> None:  # noqa: ANN001
+def test_service_change_recompiles_only_its_names(cluster) -> None:
     store, handler = cluster
     zone = handler.zone
     before = dict(zone.names)
@@ -156,7 +156,7 @@ def test_service_change_recompiles_only_its_names(cluster) -> None:  # noqa: ANN
     assert len(changed) < 12
 
 
-def test_ptr_answers_follow_the_cluster_ip(cluster) -> None:  # noqa: ANN001
+def test_ptr_answers_follow_the_cluster_ip(cluster) -> None:
     store, handler = cluster
     q = dns.message.make_query("179.229.99.10.in-addr.arpa.", "PTR").to_wire()
     assert dns.message.from_wire(handler.fast(q, False, 0)).answer
@@ -165,7 +165,7 @@ def test_ptr_answers_follow_the_cluster_ip(cluster) -> None:  # noqa: ANN001
     assert dns.message.from_wire(r).rcode() == 3
 
 
-def test_nodes_have_no_per_instance_dict(cluster) -> None:  # noqa: ANN001
+def test_nodes_have_no_per_instance_dict(cluster) -> None:
     """Memory grows with the cluster: lone records are bare bytes, nodes are slotted,
     ENTs share one empty mapping."""
     _, handler = cluster
@@ -182,7 +182,7 @@ def test_nodes_have_no_per_instance_dict(cluster) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("io", ["mmsg", "plain"])
 @pytest.mark.parametrize("edns", [False, True])
 async def test_name_past_255_bytes_gets_formerr_without_a_walk_over_its_labels(
-        cluster, monkeypatch: pytest.MonkeyPatch, io: str, edns: bool) -> None:  # noqa: ANN001
+        cluster, monkeypatch: pytest.MonkeyPatch, io: str, edns: bool) -> None:
     """A junk flood of ~2,000 one-byte labels is told by its size: FORMERR with the
     query's ID, no walk of the name and no parse (either would cost ~1 us per label)."""
     from clusterdns.wire import question
@@ -217,7 +217,7 @@ async def test_name_past_255_bytes_gets_formerr_without_a_walk_over_its_labels(
 
 
 @pytest.mark.parametrize("rdtype", ["AXFR", "IXFR", "OPT", "ANY"])
-def test_transfer_and_meta_types_for_a_missing_name_get_the_general_paths_answer(cluster, rdtype: str) -> None:  # noqa: ANN001
+def test_transfer_and_meta_types_for_a_missing_name_get_the_general_paths_answer(cluster, rdtype: str) -> None:
     """The compiled negative template is for data types only: AXFR/IXFR (REFUSED), OPT
     (FORMERR) and ANY under a name that does not exist go the general way, so the hot
     path never answers them differently (found by bench/fuzz.py)."""

@@ -23,10 +23,10 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from helpers import ROOT, TEST_CLUSTER, ServerProcess
 from prometheus_client.parser import text_string_to_metric_families
 
 from clusterdns.obs import metrics as M
+from helpers import ROOT, TEST_CLUSTER, ServerProcess
 
 LIMIT = 20  # answers per second per prefix
 FLOOD = 400  # queries the flooder sends, at ten times the limit
@@ -188,11 +188,13 @@ def test_with_rrl_off_nothing_is_limited_and_no_rrl_metric_is_exported(unlimited
     assert "rrl" not in {s.labels["name"] for s in fam["coredns_plugin_enabled"]}
 
 
-def test_rrl_metrics_are_documented_in_the_readme_and_the_metric_list() -> None:
-    text = (ROOT / "README.md").read_text()
+def test_rrl_and_its_metrics_are_documented_in_the_docs_and_the_metric_list() -> None:
+    security = (ROOT / "docs" / "security.md").read_text()
+    assert re.search(r"^#+ Response-rate limiting", security, re.M), "docs/security.md explains RRL"
+    metrics = (ROOT / "docs" / "metrics.md").read_text()
     for name in ("coredns_rrl_responses_exceeded_total", "clusterdns_rrl_responses_total",
                  "clusterdns_rrl_table_entries"):
-        assert name in M.DOCUMENTED and name in text, name
+        assert name in M.DOCUMENTED and name in metrics and name in security, name
 
 
 def test_node_cache_limits_forwarded_answers_and_cache_hits_per_prefix() -> None:

@@ -11,13 +11,14 @@ import dns.flags
 import dns.message
 import dns.rrset
 import pytest
-from helpers import TEST_CLUSTER, UDPClient, udp_listener
 
 from clusterdns.app import lifecycle
-from clusterdns.app.cluster import ServeOptions, build_cluster
+from clusterdns.app.cluster import build_cluster
 from clusterdns.kube.manifests import load_manifests
 from clusterdns.server.handler import Handler
 from clusterdns.server.rrl import ANSWER, DROP, RRL, SLIP, limiter, truncated
+from clusterdns.settings.schema import ServeConfig
+from helpers import TEST_CLUSTER, UDPClient, udp_listener
 
 KEY = b"4\x0a\x00\x00"
 
@@ -187,7 +188,7 @@ def test_limiter_is_off_at_rate_zero_and_kept_or_replaced_on_reload() -> None:
 
 @pytest.fixture
 def handler() -> Handler:
-    store, handler = build_cluster(ServeOptions(manifests=[str(TEST_CLUSTER)]))
+    store, handler = build_cluster(ServeConfig(manifests=[str(TEST_CLUSTER)]))
     store.load(load_manifests([str(TEST_CLUSTER)])[0])
     return handler
 

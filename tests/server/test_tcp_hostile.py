@@ -13,6 +13,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
+
 from helpers import DEMO, TEST_CLUSTER, ServerProcess
 
 NAME = "httpd-svc.default.svc.cluster.local."

@@ -10,16 +10,17 @@ import dns.flags
 import dns.message
 import pytest
 
-from clusterdns.app.cluster import ServeOptions, build_cluster
+from clusterdns.app.cluster import build_cluster
 from clusterdns.kube.objects import parse_object
 from clusterdns.server.tcp import TCPLimits, TCPProtocol
+from clusterdns.settings.schema import ServeConfig
 
 HUGE = "huge.team.svc.cluster.local."
 ENDPOINTS = 4200  # 4,200 A records of 16 bytes: more than a TCP message can carry
 
 
-def _cluster():  # noqa: ANN202
-    store, handler = build_cluster(ServeOptions(listen=["127.0.0.1:0"]))
+def _cluster():
+    store, handler = build_cluster(ServeConfig(listen=["127.0.0.1:0"]))
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "huge", "namespace": "team"},
            "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}}
     eps = [{"addresses": [f"10.{200 + i // 65536}.{(i // 256) % 256}.{i % 256}"], "conditions": {"ready": True}}

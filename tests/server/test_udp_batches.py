@@ -10,18 +10,19 @@ import dns.edns
 import dns.message
 import pytest
 
-from clusterdns.app.cluster import ServeOptions, build_cluster
+from clusterdns.app.cluster import build_cluster
 from clusterdns.kube.objects import parse_object
 from clusterdns.net.batchio import BATCH, RECV_SIZE, SEND_SIZE
 from clusterdns.server.handler import Answer
+from clusterdns.settings.schema import ServeConfig
 from helpers import UDPClient, udp_listener
 
 IO = pytest.mark.parametrize("io", ["mmsg", "plain"])
 
 
 @pytest.fixture
-def handler():  # noqa: ANN201
-    store, handler = build_cluster(ServeOptions(manifests=[], max_udp=65535))
+def handler():
+    store, handler = build_cluster(ServeConfig(manifests=[], max_udp=65535))
     for i in range(40):
         store.upsert(parse_object({"apiVersion": "v1", "kind": "Service",
                                    "metadata": {"name": f"svc-{i}", "namespace": "default"},
@@ -40,7 +41,7 @@ def handler():  # noqa: ANN201
 
 
 @IO
-async def test_a_burst_larger_than_a_batch_gets_every_answer_at_its_own_address(handler, io: str) -> None:  # noqa: ANN001
+async def test_a_burst_larger_than_a_batch_gets_every_answer_at_its_own_address(handler, io: str) -> None:
     listener = udp_listener(handler, io=io)
     clients = [UDPClient(listener.sockname()) for _ in range(5)]
     asked: dict[int, dict[int, str]] = {k: {} for k in range(len(clients))}
@@ -70,7 +71,7 @@ async def test_a_burst_larger_than_a_batch_gets_every_answer_at_its_own_address(
 
 
 @IO
-async def test_an_answer_longer_than_a_send_slot_goes_out_whole(handler, io: str) -> None:  # noqa: ANN001
+async def test_an_answer_longer_than_a_send_slot_goes_out_whole(handler, io: str) -> None:
     listener = udp_listener(handler, io=io)
     c = UDPClient(listener.sockname())
     try:
@@ -86,7 +87,7 @@ async def test_an_answer_longer_than_a_send_slot_goes_out_whole(handler, io: str
 
 
 @IO
-async def test_a_query_longer_than_the_receive_slot_is_dropped_and_counted(handler, io: str) -> None:  # noqa: ANN001
+async def test_a_query_longer_than_the_receive_slot_is_dropped_and_counted(handler, io: str) -> None:
     listener = udp_listener(handler, io=io)
     c = UDPClient(listener.sockname())
     try:
@@ -101,7 +102,7 @@ async def test_a_query_longer_than_the_receive_slot_is_dropped_and_counted(handl
     assert handler.stats.dropped == {(0, False, "too_long"): 1}
 
 
-async def test_answers_to_a_gone_client_cost_only_their_own(handler) -> None:  # noqa: ANN001
+async def test_answers_to_a_gone_client_cost_only_their_own(handler) -> None:
     """A client that closed its socket (ICMP port unreachable) does not stop the batch."""
     listener = udp_listener(handler)
     gone, stays = UDPClient(listener.sockname()), UDPClient(listener.sockname())
@@ -117,7 +118,7 @@ async def test_answers_to_a_gone_client_cost_only_their_own(handler) -> None:  #
 
 
 @IO
-async def test_answers_ready_later_go_out_together_each_to_its_client(handler, io: str) -> None:  # noqa: ANN001
+async def test_answers_ready_later_go_out_together_each_to_its_client(handler, io: str) -> None:
     """Forwarded answers resolved in one turn of the loop leave in one batch (send_each),
     each at the address its query came from; the listener closing sends what is queued."""
     listener = udp_listener(handler, io=io)

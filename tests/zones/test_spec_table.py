@@ -130,7 +130,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
 ]
 
 
-def _lines(msg, section: str) -> set[str]:  # noqa: ANN001
+def _lines(msg, section: str) -> set[str]:
     out = set()
     for rrset in getattr(msg, section):
         for line in rrset.to_text().splitlines():
