@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clusterdns", description="In-cluster DNS for Kubernetes Service discovery.")
     p.add_argument("--version", action="version", version=f"clusterdns {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    modes = {"serve": ("serve the cluster zone (the CoreDNS role)", "config/clusterdns.yaml"),
-             "node-cache": ("run as the node-local DNS cache (the NodeLocal DNSCache role)", "config/node-cache.yaml")}
+    modes = {
+        "serve": ("serve the cluster zone (the CoreDNS role)", "config/clusterdns.yaml"),
+        "node-cache": ("run as the node-local DNS cache (the NodeLocal DNSCache role)", "config/node-cache.yaml"),
+    }
     for mode, (what, example) in modes.items():
         s = sub.add_parser(mode, help=what, description=what)
         s.add_argument("--config", metavar="FILE", help=f"YAML settings ({example}); flags given override it")

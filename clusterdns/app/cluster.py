@@ -52,6 +52,7 @@ class Reload:
 
 NO_RELOAD = Reload()
 
+
 def build_cluster(opts: ServeConfig) -> tuple[ClusterStore, Handler]:
     """Store, compiled zone and handler, wired so store changes recompile the zone."""
     store = ClusterStore(endpoint_pod_names=opts.endpoint_pod_names)
@@ -68,9 +69,16 @@ def build_forwarding(opts: ServeConfig, zone: str) -> Forwarding | None:
     c = opts.cache
     try:
         return cluster_forwarding(
-            zone, upstreams=opts.upstreams, resolv_conf=opts.resolv_conf, stubs=_stubs(opts),
-            kube_dns_configmap=opts.kube_dns_configmap, max_udp=opts.max_udp, loop_detect=opts.loop_detect,
-            cache_opts=cache_kwargs(c, c.success_ttl, c.denial_ttl), forward_opts=forward_kwargs(opts.forward))
+            zone,
+            upstreams=opts.upstreams,
+            resolv_conf=opts.resolv_conf,
+            stubs=_stubs(opts),
+            kube_dns_configmap=opts.kube_dns_configmap,
+            max_udp=opts.max_udp,
+            loop_detect=opts.loop_detect,
+            cache_opts=cache_kwargs(c, c.success_ttl, c.denial_ttl),
+            forward_opts=forward_kwargs(opts.forward),
+        )
     except (ValueError, OSError) as exc:
         raise StartupError(f"forwarding: {exc}") from None
 
@@ -89,15 +97,13 @@ def build_source(opts: ServeConfig, store: ClusterStore) -> KubeSource:
         conn = load_connection(opts.kubeconfig, opts.context)
     except ApiConfigError as exc:
         raise StartupError(f"{exc} (pass --kubeconfig PATH [--context NAME], or run in a pod)") from None
-    settings = WatchSettings(namespaces=frozenset(opts.namespaces), labels=opts.labels,
-                             pods=opts.pods == "verified")
+    settings = WatchSettings(namespaces=frozenset(opts.namespaces), labels=opts.labels, pods=opts.pods == "verified")
     return KubeSource(store, conn, settings)
 
 
 def _log_source_end(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("the Kubernetes API watch stopped; answers will not change any more",
-                  exc_info=task.exception())
+        log.error("the Kubernetes API watch stopped; answers will not change any more", exc_info=task.exception())
 
 
 class _ClusterParts(Stack):
@@ -105,19 +111,35 @@ class _ClusterParts(Stack):
 
     restart_only = RESTART_ONLY
 
-    def __init__(self, opts: ServeConfig, store: ClusterStore, handler: Handler, sources: Sources,
-                 listeners: Listeners, reload: Reload) -> None:
-        super().__init__(opts, handler, listeners, sources, load=reload.load, config=reload.path,
-                         watch_config=opts.watch_config)
+    def __init__(
+        self,
+        opts: ServeConfig,
+        store: ClusterStore,
+        handler: Handler,
+        sources: Sources,
+        listeners: Listeners,
+        reload: Reload,
+    ) -> None:
+        super().__init__(
+            opts, handler, listeners, sources, load=reload.load, config=reload.path, watch_config=opts.watch_config
+        )
         self.store = store
 
     def tuning(self, opts: ServeConfig) -> Tuning:
-        return Tuning(max_udp=opts.max_udp, tcp_idle_timeout=opts.tcp_idle_timeout,
-                      max_tcp_connections=opts.max_tcp_connections, query_log=opts.query_log,
-                      query_log_sample=opts.query_log_sample, rrl_opts=rrl_kwargs(opts.rrl), log_level=opts.log_level,
-                      log_format=opts.log_format, error_consolidate=opts.error_consolidate,
-                      forward_timeout=opts.forward.timeout, lameduck=opts.lameduck,
-                      shutdown_timeout=opts.shutdown_timeout)
+        return Tuning(
+            max_udp=opts.max_udp,
+            tcp_idle_timeout=opts.tcp_idle_timeout,
+            max_tcp_connections=opts.max_tcp_connections,
+            query_log=opts.query_log,
+            query_log_sample=opts.query_log_sample,
+            rrl_opts=rrl_kwargs(opts.rrl),
+            log_level=opts.log_level,
+            log_format=opts.log_format,
+            error_consolidate=opts.error_consolidate,
+            forward_timeout=opts.forward.timeout,
+            lameduck=opts.lameduck,
+            shutdown_timeout=opts.shutdown_timeout,
+        )
 
     def rebuild(self, opts: ServeConfig) -> Rebuilt:
         """A zone recompiled from the same store (the watch cache stays) and new forwarding."""
@@ -131,23 +153,37 @@ class _ClusterParts(Stack):
 
 
 def _listeners(opts: ServeConfig, handler: Handler) -> Listeners:
-    return Listeners(handler, TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
-                     lifecycle.query_log(opts.query_log, opts.query_log_sample), limiter(rrl_kwargs(opts.rrl)))
+    return Listeners(
+        handler,
+        TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
+        lifecycle.query_log(opts.query_log, opts.query_log_sample),
+        limiter(rrl_kwargs(opts.rrl)),
+    )
 
 
 class ClusterStack(_ClusterParts):
     """`clusterdns serve`: the source (manifests or the API watch), the zone, forwarding,
     /health and /ready with the API, /metrics; with `journal`, the leader of `--workers`."""
 
-    def __init__(self, opts: ServeConfig, reload: Reload = NO_RELOAD, journal: Journal | None = None,
-                 workers: Sequence[Worker] = ()) -> None:
+    def __init__(
+        self,
+        opts: ServeConfig,
+        reload: Reload = NO_RELOAD,
+        journal: Journal | None = None,
+        workers: Sequence[Worker] = (),
+    ) -> None:
         store, handler = build_cluster(opts)
         self.source = None if opts.manifests else build_source(opts, store)
         listeners = _listeners(opts, handler)
-        sources = Sources(handler=handler, forwarding=handler.forwarding, kube=self.source,
-                          store=store, tcp_limits=listeners.limits,
-                          plugins=_plugins(opts, self.source is not None, reload.path is not None),
-                          rrl=listeners.rrl)
+        sources = Sources(
+            handler=handler,
+            forwarding=handler.forwarding,
+            kube=self.source,
+            store=store,
+            tcp_limits=listeners.limits,
+            plugins=_plugins(opts, self.source is not None, reload.path is not None),
+            rrl=listeners.rrl,
+        )
         super().__init__(opts, store, handler, sources, listeners, reload)
         self.journal = journal
         self.workers = list(workers)
@@ -161,8 +197,9 @@ class ClusterStack(_ClusterParts):
             store.follow(self.journal.send)
         if opts.manifests:
             with bulk_load():
-                objects, self.skipped = load_manifests(opts.manifests, namespaces=opts.namespaces,
-                                                       labels=opts.labels, pod_names=opts.endpoint_pod_names)
+                objects, self.skipped = load_manifests(
+                    opts.manifests, namespaces=opts.namespaces, labels=opts.labels, pod_names=opts.endpoint_pod_names
+                )
                 store.load(objects)
         if source is not None or opts.health or opts.ready:
             from clusterdns.obs.health import HealthServer
@@ -170,14 +207,18 @@ class ClusterStack(_ClusterParts):
             self.health = HealthServer(
                 lifecycle.bind_address(opts.health or ":8080", "/health", "--health (config `health:`)"),
                 lifecycle.bind_address(opts.ready or ":8181", "/ready", "--ready (config `ready:`)"),
-                source.missing if source is not None else None)
+                source.missing if source is not None else None,
+            )
             try:
                 await self.health.start()
             except OSError as exc:
-                raise StartupError(f"cannot serve /health or /ready: {exc.strerror or exc} "
-                                   "(pick other addresses with --health / --ready)") from None
-        self.metrics = await lifecycle.start_metrics(opts.metrics or (":9153" if source is not None else None),
-                                                     self.sources)
+                raise StartupError(
+                    f"cannot serve /health or /ready: {exc.strerror or exc} "
+                    "(pick other addresses with --health / --ready)"
+                ) from None
+        self.metrics = await lifecycle.start_metrics(
+            opts.metrics or (":9153" if source is not None else None), self.sources
+        )
         if self.metrics is not None and self.workers:
             self.metrics.collector.remote = await lifecycle.worker_families([w.metrics for w in self.workers])
         if source is not None:
@@ -190,10 +231,12 @@ class ClusterStack(_ClusterParts):
     def ready_line(self, seconds: float) -> tuple[Any, ...]:
         store = self.store
         what = f"{len(store.services)} services, {len(store.slices)} endpoint slices"
-        what += (f", {self.skipped} skipped objects" if self.source is None
-                 else f" from the API ({'synced' if store.synced else 'not synced yet'})")
-        return ("serving %s on %s (udp+tcp): %s; ready in %.2fs", self.opts.zone, _bound(self.listeners), what,
-                seconds)
+        what += (
+            f", {self.skipped} skipped objects"
+            if self.source is None
+            else f" from the API ({'synced' if store.synced else 'not synced yet'})"
+        )
+        return ("serving %s on %s (udp+tcp): %s; ready in %.2fs", self.opts.zone, _bound(self.listeners), what, seconds)
 
     def serving(self) -> None:
         self.tasks.append(asyncio.create_task(trim_when_synced(self.store), name="trim"))
@@ -206,23 +249,26 @@ class WorkerStack(_ClusterParts):
 
     checks_loops = False  # the leader probes for a loop; a worker's probe would be one more
 
-    def __init__(self, opts: ServeConfig, index: int, read_fd: int, metrics_fd: int,
-                 reload: Reload = NO_RELOAD) -> None:
+    def __init__(
+        self, opts: ServeConfig, index: int, read_fd: int, metrics_fd: int, reload: Reload = NO_RELOAD
+    ) -> None:
         from clusterdns.obs.metrics import DNSCollector, FamilyFeed
 
         opts = replace(opts, manifests=[])
         store, handler = build_cluster(opts)
         listeners = _listeners(opts, handler)
-        sources = Sources(handler=handler, forwarding=handler.forwarding,
-                          tcp_limits=listeners.limits, rrl=listeners.rrl)  # each worker limits on its own
+        sources = Sources(
+            handler=handler, forwarding=handler.forwarding, tcp_limits=listeners.limits, rrl=listeners.rrl
+        )  # each worker limits on its own
         super().__init__(opts, store, handler, sources, listeners, reload)
         self.index, self.read_fd = index, read_fd
         self.feed = FamilyFeed(DNSCollector(handler.stats, sources), metrics_fd)
 
     async def open(self, stop: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(lambda: JournalReader(self.store.apply_journal, stop),
-                                     os.fdopen(self.read_fd, "rb", buffering=0))
+        await loop.connect_read_pipe(
+            lambda: JournalReader(self.store.apply_journal, stop), os.fdopen(self.read_fd, "rb", buffering=0)
+        )
         await lifecycle.listen(self.listeners, self.opts.listen, reuse_port=True)
         self.tasks.append(loop.create_task(self.feed.run(), name="metrics-feed"))
 
@@ -237,15 +283,15 @@ def _bound(listeners: Listeners) -> str:
     return ", ".join(f"{h}:{p}" for h, p in listeners.bound)
 
 
-async def serve(opts: ServeConfig, reload: Reload = NO_RELOAD, journal: Journal | None = None,
-                workers: Sequence[Worker] = ()) -> int:
+async def serve(
+    opts: ServeConfig, reload: Reload = NO_RELOAD, journal: Journal | None = None, workers: Sequence[Worker] = ()
+) -> int:
     """Run the cluster DNS server until SIGTERM/SIGINT; with `journal`, feed the workers,
     whose metrics /metrics adds in. The exit code."""
     return await Server(lambda: ClusterStack(opts, reload, journal, workers)).run()
 
 
-async def serve_worker(opts: ServeConfig, index: int, read_fd: int, metrics_fd: int,
-                       reload: Reload = NO_RELOAD) -> int:
+async def serve_worker(opts: ServeConfig, index: int, read_fd: int, metrics_fd: int, reload: Reload = NO_RELOAD) -> int:
     """A `--workers` process (fed by the leader's journal); it reloads on SIGHUP (the leader
     passes it on) or a changed file, and drains like the leader when the journal ends."""
     return await Server(lambda: WorkerStack(opts, index, read_fd, metrics_fd, reload)).run()
@@ -253,10 +299,19 @@ async def serve_worker(opts: ServeConfig, index: int, read_fd: int, metrics_fd: 
 
 def _plugins(opts: ServeConfig, api: bool, reloads: bool) -> tuple[str, ...]:
     fwd = bool(opts.upstreams or opts.resolv_conf or opts.stub_domains or opts.kube_dns_configmap)
-    return lifecycle.plugins(kubernetes=True, errors=True, log=opts.query_log, forward=fwd, cache=fwd,
-                             loop=fwd and opts.loop_detect, health=api or bool(opts.health),
-                             ready=api or bool(opts.ready), prometheus=bool(opts.metrics) or api,
-                             reload=reloads, rrl=bool(rrl_kwargs(opts.rrl)))
+    return lifecycle.plugins(
+        kubernetes=True,
+        errors=True,
+        log=opts.query_log,
+        forward=fwd,
+        cache=fwd,
+        loop=fwd and opts.loop_detect,
+        health=api or bool(opts.health),
+        ready=api or bool(opts.ready),
+        prometheus=bool(opts.metrics) or api,
+        reload=reloads,
+        rrl=bool(rrl_kwargs(opts.rrl)),
+    )
 
 
 async def trim_when_synced(store: ClusterStore) -> None:

@@ -16,6 +16,7 @@ from clusterdns.obs.sources import Sources, observe_programming
 if TYPE_CHECKING:
     from clusterdns.obs.metrics import Metrics
 
+
 class StartupError(Exception):
     """A start-up failure with one line that says what to do."""
 
@@ -55,8 +56,10 @@ async def start_metrics(address: str | None, sources: Sources) -> Metrics | None
     try:
         await metrics.start(address)
     except (OSError, ValueError) as exc:
-        raise StartupError(f"cannot serve /metrics on {address}: {getattr(exc, 'strerror', None) or exc} "
-                           "(pick another address with --metrics or `metrics:` in the config)") from None
+        raise StartupError(
+            f"cannot serve /metrics on {address}: {getattr(exc, 'strerror', None) or exc} "
+            "(pick another address with --metrics or `metrics:` in the config)"
+        ) from None
     return metrics
 
 

@@ -53,8 +53,10 @@ def _upstreams(cfg: NodeCacheConfig) -> tuple[list[UpstreamSpec], dict[str, list
     """'.' servers and stub domains: flags/config over the ConfigMap over resolv.conf
     (sources.choose_upstreams); resolv.conf is always the last resort here."""
     cm = load_kube_dns_configmap(cfg.kube_dns_configmap) if cfg.kube_dns_configmap else None
-    stubs = {zone.rstrip(".").lower() + ".": [parse_hostport(s) for s in servers]
-             for zone, servers in cfg.stub_domains.items()}
+    stubs = {
+        zone.rstrip(".").lower() + ".": [parse_hostport(s) for s in servers]
+        for zone, servers in cfg.stub_domains.items()
+    }
     ups = [parse_hostport(s) for s in cfg.upstreams]
     try:
         return choose_upstreams(ups, stubs, cm, cfg.resolv_conf)
@@ -65,8 +67,10 @@ def _upstreams(cfg: NodeCacheConfig) -> tuple[list[UpstreamSpec], dict[str, list
 def build(cfg: NodeCacheConfig, loop: LoopDetector | None = None) -> Forwarding:
     """The forward table of the node cache, from its settings."""
     if not cfg.cluster_dns:
-        raise ConfigError("--cluster-dns HOST[:PORT] is required: the kube-dns-upstream Service "
-                          "(or set KUBE_DNS_UPSTREAM_SERVICE_HOST)")
+        raise ConfigError(
+            "--cluster-dns HOST[:PORT] is required: the kube-dns-upstream Service "
+            "(or set KUBE_DNS_UPSTREAM_SERVICE_HOST)"
+        )
     fo = asdict(cfg.forward)
     zone = cfg.cluster_domain.strip(".").lower()
     try:
@@ -77,14 +81,12 @@ def build(cfg: NodeCacheConfig, loop: LoopDetector | None = None) -> Forwarding:
     c = cfg.cache
     to_cluster = Forwarder([cluster], name=zone, **fo)
     table = ForwardTable()
-    table.add(ForwardZone(zone, to_cluster,
-                          _cache_opts(cfg, c.cluster_success_ttl, c.cluster_denial_ttl), loop))
+    table.add(ForwardZone(zone, to_cluster, _cache_opts(cfg, c.cluster_success_ttl, c.cluster_denial_ttl), loop))
     for rz in cfg.reverse_zones:
         table.add(ForwardZone(rz, to_cluster, _cache_opts(cfg, c.success_ttl, c.denial_ttl), loop))
     other = _cache_opts(cfg, c.success_ttl, c.denial_ttl)
     for stub, servers in stubs.items():
-        table.add(ForwardZone(stub, Forwarder(servers, name=stub, except_zones=[zone], **fo),
-                              other, loop))
+        table.add(ForwardZone(stub, Forwarder(servers, name=stub, except_zones=[zone], **fo), other, loop))
     table.add(ForwardZone(".", Forwarder(default, name=".", except_zones=[zone], **fo), other, loop))
     return Forwarding(table, local_zones=(), fallthrough=(), max_udp=cfg.max_udp, loop=loop)
 
@@ -93,19 +95,29 @@ class NodeCacheStack(Stack):
     """`clusterdns node-cache`: the forward table with its caches, the listeners, /health
     (and /ready, the same address) when set, /metrics when set; no zone, no source."""
 
-    def __init__(self, cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None = None,
-                 path: str | None = None) -> None:
+    def __init__(
+        self, cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None = None, path: str | None = None
+    ) -> None:
         forwarding = build(cfg, LoopDetector() if cfg.loop_detect else None)
         handler = Handler(None, cfg.max_udp, forwarding=forwarding)  # hits: `Handler.cached`
         query_log = lifecycle.query_log(cfg.query_log, cfg.query_log_sample)
-        listeners = Listeners(handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log,
-                              limiter(rrl_kwargs(cfg.rrl)))
-        plugins = lifecycle.plugins(forward=True, cache=True, errors=True, loop=cfg.loop_detect,
-                                    health=bool(cfg.health), log=query_log is not None,
-                                    prometheus=bool(cfg.metrics), reload=path is not None,
-                                    rrl=listeners.rrl is not None)
-        sources = Sources(handler=handler, forwarding=forwarding, tcp_limits=listeners.limits, plugins=plugins,
-                          rrl=listeners.rrl)
+        listeners = Listeners(
+            handler, TCPLimits(cfg.tcp_idle_timeout, cfg.max_tcp_connections), query_log, limiter(rrl_kwargs(cfg.rrl))
+        )
+        plugins = lifecycle.plugins(
+            forward=True,
+            cache=True,
+            errors=True,
+            loop=cfg.loop_detect,
+            health=bool(cfg.health),
+            log=query_log is not None,
+            prometheus=bool(cfg.metrics),
+            reload=path is not None,
+            rrl=listeners.rrl is not None,
+        )
+        sources = Sources(
+            handler=handler, forwarding=forwarding, tcp_limits=listeners.limits, plugins=plugins, rrl=listeners.rrl
+        )
         super().__init__(cfg, handler, listeners, sources, load=load, config=path, watch_config=cfg.watch_config)
         # the sockets (DNS, /health, /metrics) and the file watch: the keys the schema marks restart-only
         self.restart_only = RESTART_ONLY & {f.name for f in fields(cfg)}
@@ -127,27 +139,42 @@ class NodeCacheStack(Stack):
 
     def ready_line(self, seconds: float) -> tuple[Any, ...]:
         forwarding = self.handler.forwarding
-        zones = "; ".join(f"{z.zone} -> {', '.join(str(u.spec) for u in z.forwarder.upstreams)}"
-                          for z in (forwarding.table.zones if forwarding is not None else ()))
-        return ("serving node-cache on %s (udp+tcp): %s; health on port %s; ready in %.2fs",
-                ", ".join(f"{h}:{p}" for h, p in self.listeners.bound), zones,
-                self.health.health_port if self.health else "-", seconds)
+        zones = "; ".join(
+            f"{z.zone} -> {', '.join(str(u.spec) for u in z.forwarder.upstreams)}"
+            for z in (forwarding.table.zones if forwarding is not None else ())
+        )
+        return (
+            "serving node-cache on %s (udp+tcp): %s; health on port %s; ready in %.2fs",
+            ", ".join(f"{h}:{p}" for h, p in self.listeners.bound),
+            zones,
+            self.health.health_port if self.health else "-",
+            seconds,
+        )
 
     def tuning(self, cfg: NodeCacheConfig) -> Tuning:
-        return Tuning(max_udp=cfg.max_udp, tcp_idle_timeout=cfg.tcp_idle_timeout,
-                      max_tcp_connections=cfg.max_tcp_connections, query_log=cfg.query_log,
-                      query_log_sample=cfg.query_log_sample, rrl_opts=rrl_kwargs(cfg.rrl), log_level=cfg.log_level,
-                      log_format=cfg.log_format, error_consolidate=cfg.error_consolidate,
-                      forward_timeout=cfg.forward.timeout, lameduck=cfg.lameduck,
-                      shutdown_timeout=cfg.shutdown_timeout)
+        return Tuning(
+            max_udp=cfg.max_udp,
+            tcp_idle_timeout=cfg.tcp_idle_timeout,
+            max_tcp_connections=cfg.max_tcp_connections,
+            query_log=cfg.query_log,
+            query_log_sample=cfg.query_log_sample,
+            rrl_opts=rrl_kwargs(cfg.rrl),
+            log_level=cfg.log_level,
+            log_format=cfg.log_format,
+            error_consolidate=cfg.error_consolidate,
+            forward_timeout=cfg.forward.timeout,
+            lameduck=cfg.lameduck,
+            shutdown_timeout=cfg.shutdown_timeout,
+        )
 
     def rebuild(self, cfg: NodeCacheConfig) -> Rebuilt:
         """The forward table anew: new upstreams and stubs, caches of the new sizes."""
         return Rebuilt(build(cfg, LoopDetector() if cfg.loop_detect else None))
 
 
-async def serve(cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None = None,
-                path: str | None = None) -> int:
+async def serve(
+    cfg: NodeCacheConfig, load: Callable[[], NodeCacheConfig] | None = None, path: str | None = None
+) -> int:
     """Run the node cache until SIGTERM/SIGINT; 1 when a forwarding loop is found.
 
     `load` re-reads the config file and the flags for a reload (SIGHUP, `watch_config`).

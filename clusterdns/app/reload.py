@@ -69,8 +69,13 @@ class FileWatch:
 class Reloader:
     """Runs `reload()` on SIGHUP and on file changes, one at a time."""
 
-    def __init__(self, reload: Callable[[str], Awaitable[object]], path: str | Path | None,
-                 watch: bool = False, interval: float = POLL_INTERVAL) -> None:
+    def __init__(
+        self,
+        reload: Callable[[str], Awaitable[object]],
+        path: str | Path | None,
+        watch: bool = False,
+        interval: float = POLL_INTERVAL,
+    ) -> None:
         self.reload = reload
         self.path = path
         self.watch = watch and path is not None

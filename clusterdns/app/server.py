@@ -96,8 +96,17 @@ class Stack(abc.ABC):
     #: look for a forwarding loop at start and after a reload (a loop stops the process)
     checks_loops: bool = True
 
-    def __init__(self, opts: Any, handler: Handler, listeners: Listeners, sources: Sources, *,
-                 load: Callable[[], Any] | None, config: str | None, watch_config: bool) -> None:
+    def __init__(
+        self,
+        opts: Any,
+        handler: Handler,
+        listeners: Listeners,
+        sources: Sources,
+        *,
+        load: Callable[[], Any] | None,
+        config: str | None,
+        watch_config: bool,
+    ) -> None:
         self.opts = opts  # the settings in force: a dataclass, compared field by field on reload
         self.handler = handler
         self.listeners = listeners
@@ -280,8 +289,11 @@ class Server:
             listeners.set_query_log(query_log(new.query_log, new.query_log_sample))
         listeners.set_rrl(limiter(new.rrl_opts, listeners.rrl))
         stack.sources.rrl = listeners.rrl
-        if (old.log_level, old.log_format, old.error_consolidate) != (new.log_level, new.log_format,
-                                                                      new.error_consolidate):
+        if (old.log_level, old.log_format, old.error_consolidate) != (
+            new.log_level,
+            new.log_format,
+            new.error_consolidate,
+        ):
             logs.setup(new.log_level, new.log_format, new.error_consolidate)
         old_forwarding, h.forwarding = h.forwarding, rebuilt.forwarding
         stack.sources.forwarding = rebuilt.forwarding

@@ -88,8 +88,8 @@ class JournalReader(asyncio.Protocol):
             size = _LEN.unpack_from(self.buf)[0]
             if len(self.buf) < 4 + size:
                 return
-            ops = pickle.loads(self.buf[4:4 + size])  # our own leader's bytes, over a private pipe
-            del self.buf[:4 + size]
+            ops = pickle.loads(self.buf[4 : 4 + size])  # our own leader's bytes, over a private pipe
+            del self.buf[: 4 + size]
             self.apply(ops)
 
     def connection_lost(self, exc: Exception | None) -> None:

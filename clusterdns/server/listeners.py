@@ -30,8 +30,9 @@ def parse_listen(spec: str, default_port: int = 53) -> tuple[str, int]:
 class Listeners:
     """UDP and TCP sockets for every listen address, sharing one handler."""
 
-    def __init__(self, handler: Handler, limits: TCPLimits, query_log: QueryLog | None = None,
-                 rrl: RRL | None = None) -> None:
+    def __init__(
+        self, handler: Handler, limits: TCPLimits, query_log: QueryLog | None = None, rrl: RRL | None = None
+    ) -> None:
         self.handler = handler
         self.limits = limits
         self.query_log = query_log
@@ -45,12 +46,16 @@ class Listeners:
             try:
                 bound_port = await self._bind(host, port, reuse_port)
             except PermissionError:
-                raise BindFailed(f"cannot listen on {host}:{port}: permission denied "
-                                 "(ports below 1024 need root or CAP_NET_BIND_SERVICE; "
-                                 "try --listen 127.0.0.1:5353)") from None
+                raise BindFailed(
+                    f"cannot listen on {host}:{port}: permission denied "
+                    "(ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+                    "try --listen 127.0.0.1:5353)"
+                ) from None
             except OSError as exc:
-                raise BindFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                                 "(is another DNS server using it? pick another with --listen)") from None
+                raise BindFailed(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                    "(is another DNS server using it? pick another with --listen)"
+                ) from None
             self.bound.append((host, bound_port))
 
     async def _bind(self, host: str, port: int, reuse_port: bool) -> int:
@@ -64,8 +69,12 @@ class Listeners:
             bound_port = sock.getsockname()[1]
             try:
                 server = await loop.create_server(
-                    lambda: TCPProtocol(self.handler, self.limits, slot, self.query_log), host, bound_port,
-                    reuse_address=True, reuse_port=reuse_port or None)
+                    lambda: TCPProtocol(self.handler, self.limits, slot, self.query_log),
+                    host,
+                    bound_port,
+                    reuse_address=True,
+                    reuse_port=reuse_port or None,
+                )
             except OSError:
                 sock.close()
                 if port != 0 or attempt == 19:

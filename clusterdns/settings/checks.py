@@ -15,24 +15,28 @@ from clusterdns.settings.option import Check
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 _NS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # RFC 1123 label, what the API allows
 
+
 def between(lo: float, hi: float | None = None, unit: str = "") -> Check:
     def check(v: Any) -> str | None:
         if v < lo or (hi is not None and v > hi):
             span = f"{lo:g}..{hi:g}" if hi is not None else f"at least {lo:g}"
             return f"{span}{unit}"
         return None
+
     return check
 
 
 def above(lo: float, unit: str = "") -> Check:
     def check(v: Any) -> str | None:
         return None if v > lo else f"more than {lo:g}{unit}"
+
     return check
 
 
 def one_of(*choices: str) -> Check:
     def check(v: Any) -> str | None:
         return None if v in choices else f"one of {', '.join(choices)}"
+
     return check
 
 
@@ -113,5 +117,3 @@ def label_selector(v: str) -> str | None:
     except SelectorError as exc:
         return f"{expected} ({exc.problem})"
     return None
-
-

@@ -48,8 +48,12 @@ def _cross_checks(cfg: Any) -> list[tuple[str, str]]:
             out.append(("cache.min_ttl", f"expected at most cache.{name} ({cap}), got {c.min_ttl}"))
             break
     if cfg.forward.read_timeout > cfg.forward.timeout:
-        out.append(("forward.read_timeout", f"expected at most forward.timeout ({cfg.forward.timeout:g}), "
-                                            f"got {cfg.forward.read_timeout:g}"))
+        out.append(
+            (
+                "forward.read_timeout",
+                f"expected at most forward.timeout ({cfg.forward.timeout:g}), got {cfg.forward.read_timeout:g}",
+            )
+        )
     if isinstance(cfg, ServeConfig) and cfg.manifests and (cfg.kubeconfig or cfg.context):
         out.append(("manifests", "expected either manifests or kubeconfig/context: serve files or a cluster"))
     if not cfg.listen:

@@ -51,11 +51,11 @@ class Option:
     """A running process cannot apply a change: sockets, the record source, the process layout."""
 
 
-def option(default: Any = MISSING, doc: str = "", *, factory: Callable[[], Any] | Any = MISSING,
-           **meaning: Any) -> Any:
+def option(default: Any = MISSING, doc: str = "", *, factory: Callable[[], Any] | Any = MISSING, **meaning: Any) -> Any:
     """A settings field; `default` for immutable values, `factory` for lists and mappings."""
-    return field(default=default, default_factory=factory,
-                 metadata={"option": Option(" ".join(doc.split()), **meaning)})
+    return field(
+        default=default, default_factory=factory, metadata={"option": Option(" ".join(doc.split()), **meaning)}
+    )
 
 
 def section(cls: type, doc: str) -> Any:

@@ -22,8 +22,10 @@ import yaml
 
 from clusterdns.settings.option import Check, Option, meaning
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*"
-                       r"(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+(?:\.\d+)?)ms)?\s*$")
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*"
+    r"(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+(?:\.\d+)?)ms)?\s*$"
+)
 
 _PLAIN = Option("")
 
@@ -62,11 +64,11 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
         try:
             hash(key)
         except TypeError:
-            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value",
-                                                    key_node.start_mark) from None
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain value", key_node.start_mark
+            ) from None
         if key in out:
-            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
-                                                    key_node.start_mark)
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = key_node.start_mark.line + 1
     return out
@@ -121,8 +123,9 @@ def _describe(tp: Any) -> str:
 
 def _got(value: Any) -> str:
     kind = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
-    name = kind.get(type(value)) or ("list" if isinstance(value, list) else
-                                     "mapping" if isinstance(value, dict) else type(value).__name__)
+    name = kind.get(type(value)) or (
+        "list" if isinstance(value, list) else "mapping" if isinstance(value, dict) else type(value).__name__
+    )
     text = repr(value)
     if len(text) > 40:
         text = text[:37] + "..."
@@ -181,8 +184,7 @@ def convert(tp: Any, value: Any, path: str, line: int | None, problems: Problems
             out = bad
         else:
             lines = getattr(value, "lines", [line] * len(value))
-            items = [convert(args[0], v, f"{path}[{i}]", lines[i] or line, problems, opt)
-                     for i, v in enumerate(value)]
+            items = [convert(args[0], v, f"{path}[{i}]", lines[i] or line, problems, opt) for i, v in enumerate(value)]
             if any(i is MISSING for i in items):
                 return bad
             return tuple(items) if origin is tuple else items
