@@ -31,7 +31,8 @@ run: install
 	@echo "  dig @127.0.0.1 -p $(PORT) httpd-svc.default.svc.cluster.local"
 	$(BIN)/clusterdns serve --manifests config/demo-cluster.yaml --listen 127.0.0.1:$(PORT) --listen [::1]:$(PORT)
 
-test: install tools
+# lint first (seconds), then the suite in a private network namespace
+test: install tools lint
 	$(NETNS) sh -c 'ip link set lo up && $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)'
 
 # ruff (lint, format) and mypy, as configured in pyproject.toml
