@@ -1,4 +1,4 @@
-"""The spec table of tests/zones/test_spec_table.py, answered in-process.
+"""The spec table of tests/cluster/test_spec_table.py, answered in-process.
 
 Same cases, same manifests and options as the `cluster_server` process, but the query
 bytes go straight to `handler.handle`: no subprocess, no sockets, so the whole table
@@ -18,7 +18,7 @@ from clusterdns.kube.manifests import load_manifests
 from clusterdns.server.handler import Handler
 from clusterdns.settings.schema import ServeConfig
 from helpers import DEMO, TEST_CLUSTER
-from zones.test_spec_table import CASES
+from test_spec_table import CASES
 
 MANIFESTS = [str(DEMO), str(TEST_CLUSTER)]
 LISTEN = ["127.0.0.1:0", "[::1]:0"]  # as conftest.cluster_server starts the process

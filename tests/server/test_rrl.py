@@ -28,6 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from clusterdns.obs import metrics as M
 from helpers import ROOT, TEST_CLUSTER, ServerProcess
 
+#: starts clusterdns processes end to end: left out of the quick subset (`-m "not slow"`)
+pytestmark = pytest.mark.slow
+
 LIMIT = 20  # answers per second per prefix
 FLOOD = 400  # queries the flooder sends, at ten times the limit
 NAME = "db.team.svc.cluster.local."

@@ -1,5 +1,5 @@
 """Metric values from the plain-int counters: what the listeners count is what a scrape
-shows, with CoreDNS's labels (in-process; tests/ops/test_running.py does it over sockets)."""
+shows, with CoreDNS's labels (in-process; tests/app/test_running.py does it over sockets)."""
 
 from __future__ import annotations
 

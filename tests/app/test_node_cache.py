@@ -16,6 +16,9 @@ import pytest
 from fakedns import Dnsmasq, addresses, ask, free_port, ttls
 from helpers import DEMO, ServerProcess
 
+#: starts clusterdns processes end to end: left out of the quick subset (`-m "not slow"`)
+pytestmark = pytest.mark.slow
+
 UPSTREAM_RECORDS = ("--host-record=web.example.test,192.0.2.7",
                     "--host-record=my.database.example.com,192.0.2.99",
                     "--ptr-record=5.0.0.10.in-addr.arpa,ext.example.test")

@@ -19,6 +19,9 @@ import pytest
 from helpers import DEMO, ROOT, ServerProcess
 from ops_helpers import HEALTH_LINE, METRICS_LINE, port_from
 
+#: starts clusterdns processes end to end: left out of the quick subset (`-m "not slow"`)
+pytestmark = pytest.mark.slow
+
 BASE = ("serve", "--manifests", str(DEMO), "--listen", "127.0.0.1:0")
 #: node-cache with nothing to reach: health and metrics do not need the upstreams
 NODE_CACHE = ("node-cache", "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--cluster-dns", "127.0.0.1:9",

@@ -34,6 +34,9 @@ from ops_helpers import (
     total,
 )
 
+#: starts clusterdns processes end to end: left out of the quick subset (`-m "not slow"`)
+pytestmark = pytest.mark.slow
+
 NAME = "httpd-svc.default.svc.cluster.local."
 IP = "10.99.229.179"
 BASE = ("serve", "--manifests", str(DEMO), "--listen", "127.0.0.1:0")
