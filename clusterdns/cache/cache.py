@@ -164,25 +164,28 @@ class _Flight:
 
 class ResponseCache:
     """Cache + single flight + prefetch + serve-stale in front of a fetch: the coroutine
-    function `fetch`, or the callback-style `start` when set (no Task per miss)."""
+    function `fetch`, or the callback-style `start` when set (no Task per miss).
+
+    Every tuning value is required: they come from the settings' `cache` section
+    (settings/schema.py `cache_kwargs`), the one place their defaults live."""
 
     def __init__(
         self,
         fetch: Fetch,
         *,
-        max_entries: int = 9984,
-        max_denial_entries: int = 9984,
-        max_ttl: int = 3600,
-        min_ttl: int = 5,
-        max_negative_ttl: int = 1800,
-        min_negative_ttl: int = 5,
-        servfail_ttl: int = 5,
-        prefetch: int = 0,
-        prefetch_percentage: int = 10,
-        serve_stale: float = 0.0,
-        stale_ttl: int = 30,
-        stale_answer_timeout: float = 1.8,
-        stale_recheck: float = 5.0,
+        max_entries: int,
+        max_denial_entries: int,
+        max_ttl: int,
+        min_ttl: int,
+        max_negative_ttl: int,
+        min_negative_ttl: int,
+        servfail_ttl: int,
+        prefetch: int,
+        prefetch_percentage: int,
+        serve_stale: float,
+        stale_ttl: int,
+        stale_answer_timeout: float,
+        stale_recheck: float,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_ttl, self.min_ttl = max_ttl, min(min_ttl, max_ttl)

@@ -74,7 +74,11 @@ class ForwardStats:
 
 
 class Forwarder:
-    """Upstream list + policy; `start()` (callback) or `query()` (coroutine) ask them."""
+    """Upstream list + policy; `start()` (callback) or `query()` (coroutine) ask them.
+
+    Every tuning value is required: they come from the settings' `forward` section
+    (settings/schema.py `forward_kwargs`), the one place their defaults live.
+    """
 
     #: each upstream's UDP socket moves to a new random source port after this many
     #: queries or seconds (udppool.py, which has the measured cost); not in the config yet
@@ -89,13 +93,13 @@ class Forwarder:
         self,
         upstreams: Sequence[UpstreamSpec],
         *,
-        policy: str = "random",
-        max_fails: int = 2,
-        health_interval: float = 0.5,
-        read_timeout: float = 2.0,
-        timeout: float = 5.0,
-        expire: float = 10.0,
-        max_concurrent: int = 1000,
+        policy: str,
+        max_fails: int,
+        health_interval: float,
+        read_timeout: float,
+        timeout: float,
+        expire: float,
+        max_concurrent: int,
         except_zones: Iterable[str] = (),
         name: str = ".",
     ) -> None:

@@ -212,11 +212,12 @@ def cluster_forwarding(
     kube_dns_configmap: str | None = None,
     max_udp: int = EDNS_UDP,
     loop_detect: bool = True,
-    cache_opts: Mapping[str, Any] | None = None,
-    forward_opts: Mapping[str, Any] | None = None,
+    cache_opts: Mapping[str, Any],
+    forward_opts: Mapping[str, Any],
 ) -> Forwarding | None:
-    """Forwarding for `clusterdns serve`, as kubeadm's Corefile: `forward . <servers>`
-    (`max_concurrent 1000`) and `cache 30` for names outside the cluster zone, stub
+    """Forwarding for `clusterdns serve`, as kubeadm's Corefile: `forward . <servers>` and
+    `cache 30` for names outside the cluster zone (the values: the serve settings' `forward`
+    and `cache` sections, passed as `forward_opts` and `cache_opts`), stub
     domains to their servers, and `fallthrough in-addr.arpa ip6.arpa`. None when no
     forwarding flag was given (then names outside the zone are REFUSED).
 
@@ -233,17 +234,12 @@ def cluster_forwarding(
     table = build_forward_table(
         default,
         stub_map,
-        cache_opts=dict(SERVE_CACHE, **(cache_opts or {})),
+        cache_opts=cache_opts,
         forward_opts=forward_opts,
         except_zones=[zone],
         loop=loop,
     )
     return Forwarding(table, local_zones=(zone, "in-addr.arpa", "ip6.arpa"), max_udp=max_udp, loop=loop)
-
-
-#: kubeadm's `cache 30` for forwarded names, plus serve-stale for an hour (CoreDNS's
-#: `serve_stale` default duration) so an upstream outage does not fail cached names
-SERVE_CACHE: dict[str, Any] = dict(max_ttl=30, max_negative_ttl=30, serve_stale=3600.0)
 
 
 def _rdata(rtype: int, text: str) -> bytes:

@@ -113,15 +113,16 @@ def build_forward_table(
     stubs: Mapping[str, Sequence[UpstreamSpec]],
     *,
     cache_opts: Mapping[str, Any] | None,
-    forward_opts: Mapping[str, Any] | None = None,
+    forward_opts: Mapping[str, Any],
     except_zones: Iterable[str] = (),
     loop: LoopDetector | None = None,
 ) -> ForwardTable:
-    """'.' to `default` and each stub zone to its servers, all cached with `cache_opts`.
+    """'.' to `default` and each stub zone to its servers, all cached with `cache_opts` (None:
+    not cached); `forward_opts` are the Forwarder's settings (settings/schema.py's `forward`).
 
     `except_zones` (the cluster zone) are never sent to any of these upstreams.
     """
-    fo = dict(forward_opts or {})
+    fo = dict(forward_opts)
     ex = tuple(except_zones)
     table = ForwardTable()
     if default:

@@ -10,19 +10,19 @@ import dns.rcode
 from dnslib import RR, DNSRecord
 
 from clusterdns.cache.cache import ResponseCache
-from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.table import ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.names import to_text
 from clusterdns.wire.question import Query
+from components import cache_options, make_forwarder
 from fakedns import addresses, decode, question, ttls
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
 
 
 def zone_for(port: int, clock, **cache: object) -> ForwardZone:
-    opts = dict(timer=clock, **cache)
-    return ForwardZone(".", Forwarder([UpstreamSpec("127.0.0.1", port)], read_timeout=0.3,
+    opts = cache_options(timer=clock, **cache)
+    return ForwardZone(".", make_forwarder([UpstreamSpec("127.0.0.1", port)], read_timeout=0.3,
                                       timeout=0.6, health_interval=0.05), opts)
 
 
@@ -128,7 +128,7 @@ async def test_truncated_and_malformed_answers_are_never_cached(clock) -> None:
     tc.add_answer(*RR.fromZone(WWW))
     for wire, rcode in ((tc.pack(), dns.rcode.NOERROR), (b"\x00\x00\x81\x80\x00\x01\x00\x05", dns.rcode.SERVFAIL)):
         calls: list[int] = []
-        cache = ResponseCache(_static_fetch(wire, calls), timer=clock)
+        cache = ResponseCache(_static_fetch(wire, calls), **cache_options(timer=clock))
         first = decode(await cache.resolve(q, None))
         assert first.rcode() == rcode
         await cache.resolve(q, None)
@@ -141,7 +141,7 @@ async def test_servfail_is_cached_briefly(clock) -> None:
     sf = DNSRecord.question("www.example.test").reply()
     sf.header.rcode = 2
     calls: list[int] = []
-    cache = ResponseCache(_static_fetch(sf.pack(), calls), timer=clock, servfail_ttl=5)
+    cache = ResponseCache(_static_fetch(sf.pack(), calls), **cache_options(timer=clock, servfail_ttl=5))
     assert decode(await cache.resolve(q, None)).rcode() == dns.rcode.SERVFAIL
     clock.advance(4)
     assert decode(await cache.resolve(q, None)).rcode() == dns.rcode.SERVFAIL
@@ -330,7 +330,7 @@ async def test_cache_is_bounded_and_eviction_stays_cheap(clock) -> None:
         r.q.qname = r.rr[0].rname = to_text(q.name)
         return r.pack()
 
-    cache = ResponseCache(fetch, max_entries=2000, timer=clock)
+    cache = ResponseCache(fetch, **cache_options(max_entries=2000, timer=clock))
 
     async def fill(start: int, n: int) -> float:
         t0 = time.perf_counter()

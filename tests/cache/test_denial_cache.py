@@ -13,13 +13,13 @@ import dns.rcode
 import pytest
 
 from clusterdns.cli import build_parser
-from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.table import ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.obs import metrics as M
 from clusterdns.settings import config as C
 from clusterdns.settings.schema import cache_kwargs
 from clusterdns.wire import scan as W
+from components import cache_options, make_forwarder
 from fakedns import addresses, ask, decode, question
 from helpers import DEMO, ServerProcess
 
@@ -28,8 +28,8 @@ RECORDS = [f"{name}. 300 IN A 192.0.2.{i + 1}" for i, name in enumerate(POSITIVE
 
 
 def zone_for(port: int, clock, cached: bool = True, **cache: object) -> ForwardZone:
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", port)], read_timeout=0.3, timeout=0.6, health_interval=0.05)
-    return ForwardZone(".", fwd, dict(timer=clock, **cache) if cached else None)
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", port)], read_timeout=0.3, timeout=0.6, health_interval=0.05)
+    return ForwardZone(".", fwd, cache_options(timer=clock, **cache) if cached else None)
 
 
 async def test_nxdomain_flood_larger_than_both_parts_leaves_every_positive_cached(fake, clock) -> None:

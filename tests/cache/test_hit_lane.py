@@ -13,13 +13,13 @@ import dns.message
 import pytest
 
 from clusterdns.cache.cache import Hit
-from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.forwarding import Forwarding
 from clusterdns.forward.table import ForwardTable, ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.server import handler as handler_mod
 from clusterdns.server.handler import KEY_BITS, Handler
 from clusterdns.wire import question as Q
+from components import cache_options, make_forwarder
 from fakedns import FakeUpstream, question
 from helpers import UDPClient, udp_listener
 
@@ -28,7 +28,7 @@ WWW = "www.example.test. 300 IN A 192.0.2.1"
 
 def node_handler(up: FakeUpstream, **cache: object) -> Handler:
     table = ForwardTable()
-    table.add(ForwardZone(".", Forwarder([UpstreamSpec("127.0.0.1", up.port)], read_timeout=0.5), cache))
+    table.add(ForwardZone(".", make_forwarder([UpstreamSpec("127.0.0.1", up.port)], read_timeout=0.5), cache_options(**cache)))
     return Handler(None, forwarding=Forwarding(table))
 
 

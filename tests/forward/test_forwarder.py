@@ -8,10 +8,11 @@ import socket
 import dns.rcode
 import pytest
 
-from clusterdns.forward.forwarder import Forwarder, ForwardError, Guarded
+from clusterdns.forward.forwarder import ForwardError, Guarded
 from clusterdns.forward.table import ForwardZone, build_forward_table
 from clusterdns.forward.upstream import UpstreamSpec, parse_hostport
 from clusterdns.wire.constants import RRType
+from components import cache_options, forwarder_options, make_forwarder
 from fakedns import Dnsmasq, addresses, decode, free_port, question
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
@@ -26,7 +27,7 @@ async def test_forwards_to_dnsmasq_over_udp_and_tcp() -> None:
     """A real upstream's answer comes back to the client, with the client's ID and case."""
     with Dnsmasq("--host-record=web.example.test,192.0.2.7") as dm:
         for force_tcp in (False, True):
-            zone = ForwardZone(".", Forwarder([UpstreamSpec("127.0.0.1", dm.port, force_tcp)]), None)
+            zone = ForwardZone(".", make_forwarder([UpstreamSpec("127.0.0.1", dm.port, force_tcp)]), None)
             q, msg = question("WEB.example.TEST", "A", use_edns=0)
             reply = decode(await zone.resolve(q, q.udp_limit()))
             zone.close()
@@ -42,7 +43,7 @@ async def test_stub_domain_goes_to_its_own_servers(fake) -> None:
     with Dnsmasq("--host-record=db.consul.local,10.150.0.9") as stub:
         table = build_forward_table([UpstreamSpec("127.0.0.1", default.port)],
                                     {"consul.local": [UpstreamSpec("127.0.0.1", stub.port)]},
-                                    cache_opts={})
+                                    cache_opts=cache_options(), forward_opts=forwarder_options())
         try:
             q, _ = question("db.consul.local")
             zone = table.route(q.name)
@@ -63,7 +64,7 @@ async def test_failover_past_a_dead_upstream_and_mark_it_down(fake) -> None:
     """A dead upstream costs one try; after max_fails it is down and tried last."""
     good = await fake(WWW)
     dead = UpstreamSpec("127.0.0.1", dead_port())
-    fwd = Forwarder([dead, UpstreamSpec("127.0.0.1", good.port)], policy="sequential",
+    fwd = make_forwarder([dead, UpstreamSpec("127.0.0.1", good.port)], policy="sequential",
                     read_timeout=0.5, health_interval=0.05)
     try:
         for _ in range(3):
@@ -82,7 +83,7 @@ async def test_failover_past_a_dead_upstream_and_mark_it_down(fake) -> None:
 async def test_down_upstream_is_probed_back_to_healthy(fake) -> None:
     """`. IN NS` probes bring an upstream back as soon as it answers again."""
     port = free_port()
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", port)], read_timeout=0.3, health_interval=0.05,
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", port)], read_timeout=0.3, health_interval=0.05,
                     timeout=1.0)
     try:
         for _ in range(2):
@@ -104,7 +105,7 @@ async def test_timeout_moves_on_to_the_next_upstream(fake) -> None:
     """An upstream that never answers (UDP silent) costs read_timeout, then the next answers."""
     silent = await fake(WWW, udp_silent=True)
     good = await fake(WWW)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", silent.port), UpstreamSpec("127.0.0.1", good.port)],
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", silent.port), UpstreamSpec("127.0.0.1", good.port)],
                     policy="sequential", read_timeout=0.3)
     try:
         loop = asyncio.get_running_loop()
@@ -121,7 +122,7 @@ async def test_truncated_udp_answer_is_retried_over_tcp(fake) -> None:
     """TC over UDP means the full answer needs TCP (RFC 7766); the client gets it whole."""
     many = [f"big.example.test. 300 IN A 192.0.2.{i}" for i in range(1, 60)]
     up = await fake(*many, udp_tc=True)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     try:
         answer = decode(await fwd.query(question("big.example.test")[0].name, 1))
         assert len(addresses(answer)) == 59
@@ -135,7 +136,7 @@ async def test_truncated_udp_answer_is_retried_over_tcp(fake) -> None:
 async def test_force_tcp_reuses_pooled_connections_and_expires_them(fake) -> None:
     """force_tcp never uses UDP; one connection carries many queries until idle expiry."""
     up = await fake(WWW)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port, force_tcp=True)], expire=0.3)
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port, force_tcp=True)], expire=0.3)
     try:
         for _ in range(5):
             await fwd.query(question("www.example.test")[0].name, 1)
@@ -151,7 +152,7 @@ async def test_force_tcp_reuses_pooled_connections_and_expires_them(fake) -> Non
 async def test_pooled_connection_closed_by_server_is_replaced(fake) -> None:
     """A pooled TCP connection the upstream closed (restart) is retried on a new one."""
     up = await fake(WWW)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port, force_tcp=True)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port, force_tcp=True)])
     try:
         await fwd.query(question("www.example.test")[0].name, 1)
         await up.stop()
@@ -166,7 +167,7 @@ async def test_pooled_connection_closed_by_server_is_replaced(fake) -> None:
 async def test_in_flight_cap_refuses_instead_of_queueing(fake) -> None:
     """Over max_concurrent, new questions get REFUSED at once (memory stays flat)."""
     up = await fake(*[f"n{i}.example.test. 300 IN A 192.0.2.{i}" for i in range(8)], delay=0.5)
-    zone = ForwardZone(".", Forwarder([UpstreamSpec("127.0.0.1", up.port)], max_concurrent=3), {})
+    zone = ForwardZone(".", make_forwarder([UpstreamSpec("127.0.0.1", up.port)], max_concurrent=3), cache_options())
     try:
         qs = [question(f"n{i}.example.test")[0] for i in range(8)]
         replies = [decode(r) for r in await asyncio.gather(*(zone.resolve(q, None) for q in qs))]
@@ -182,7 +183,7 @@ async def test_in_flight_cap_refuses_instead_of_queueing(fake) -> None:
 async def test_cluster_zone_is_never_forwarded_upstream(fake) -> None:
     """The guard: a forwarder built with except_zones refuses to send them anywhere."""
     up = await fake(WWW)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)], except_zones=["cluster.local"])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)], except_zones=["cluster.local"])
     try:
         with pytest.raises(Guarded):
             await fwd.query(question("kubernetes.default.svc.cluster.local")[0].name, 1)
@@ -198,7 +199,7 @@ async def test_cluster_zone_is_never_forwarded_upstream(fake) -> None:
 async def test_policy_spreads_or_pins_queries(fake, policy: str) -> None:
     """round_robin alternates, sequential sticks to the first, random uses both."""
     a, b = await fake(WWW), await fake(WWW)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", a.port), UpstreamSpec("127.0.0.1", b.port)],
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", a.port), UpstreamSpec("127.0.0.1", b.port)],
                     policy=policy)
     try:
         for _ in range(20):
@@ -233,7 +234,7 @@ async def test_ipv6_upstream_on_loopback(fake) -> None:
     if not socket.has_ipv6:
         pytest.fail("IPv6 loopback is required")
     up = await fake(WWW, host="::1")
-    fwd = Forwarder([UpstreamSpec("::1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("::1", up.port)])
     try:
         answer = await fwd.query(question("www.example.test")[0].name, 1)
         assert addresses(decode(answer)) == ["192.0.2.1"]

@@ -9,9 +9,9 @@ import asyncio
 import dns.rcode
 
 from clusterdns.cache.cache import LATER
-from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.table import ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
+from components import cache_options, make_forwarder
 from fakedns import addresses, decode, question, ttls
 from test_tcp_pipelining import PipeServer, ask_all, check, forwarder, names
 
@@ -19,8 +19,8 @@ WWW = "www.example.test. 300 IN A 192.0.2.1"
 
 
 def zone_for(port: int, **cache: object) -> ForwardZone:
-    return ForwardZone(".", Forwarder([UpstreamSpec("127.0.0.1", port)], read_timeout=0.3,
-                                      timeout=0.6, health_interval=0.05, max_concurrent=2), dict(cache))
+    return ForwardZone(".", make_forwarder([UpstreamSpec("127.0.0.1", port)], read_timeout=0.3,
+                                      timeout=0.6, health_interval=0.05, max_concurrent=2), cache_options(**cache))
 
 
 async def test_a_miss_with_notify_gives_later_and_each_waiter_its_reply_once(fake) -> None:

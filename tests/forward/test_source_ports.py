@@ -15,6 +15,7 @@ from clusterdns.forward.forwarder import Forwarder, ForwardError
 from clusterdns.forward.udppool import ROTATE_QUERIES, ROTATE_SECONDS
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.names import name_end, to_text, to_wire
+from components import make_forwarder
 from fakedns import LoopbackUdp, addresses, decode
 
 
@@ -66,7 +67,7 @@ async def upstream():
 
 def forwarder(port: int, **kw) -> Forwarder:
     """A forwarder to `port` whose pool rotates as udppool's defaults say."""
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", port)], max_fails=10**6, **kw)
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", port)], max_fails=10**6, **kw)
     pool = fwd.upstreams[0].pool
     pool.rotate_queries, pool.rotate_seconds = ROTATE_QUERIES, ROTATE_SECONDS
     return fwd
@@ -82,7 +83,7 @@ def test_rotation_defaults_are_short() -> None:
     assert ROTATE_QUERIES == 16 and ROTATE_SECONDS == 1.0
     assert Forwarder.udp_rotate_queries == ROTATE_QUERIES
     assert Forwarder.udp_rotate_seconds == ROTATE_SECONDS
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", 53)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", 53)])
     try:
         pool = fwd.upstreams[0].pool
         assert (pool.rotate_queries, pool.rotate_seconds) == (ROTATE_QUERIES, ROTATE_SECONDS)

@@ -22,6 +22,7 @@ from clusterdns.forward.forwarder import Forwarder, ForwardError
 from clusterdns.forward.table import ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.names import to_wire
+from components import make_forwarder
 from fakedns import decode, question
 
 ATTACK = bytes([6, 6, 6, 6])
@@ -151,7 +152,7 @@ class PipeServer:
 def forwarder(port: int, **kw: object) -> Forwarder:
     kw.setdefault("read_timeout", 2.0)
     kw.setdefault("timeout", 3.0)
-    return Forwarder([UpstreamSpec("127.0.0.1", port, force_tcp=True)], **kw)  # type: ignore[arg-type]
+    return make_forwarder([UpstreamSpec("127.0.0.1", port, force_tcp=True)], **kw)  # type: ignore[arg-type]
 
 
 def names(n: int, tag: str = "q") -> list[bytes]:
@@ -354,7 +355,7 @@ async def test_truncated_udp_answers_are_retried_over_the_shared_tcp_pool(fake) 
     """Many TC answers at once: their TCP retries share the pool's connections."""
     many = [f"big.example.test. 300 IN A 192.0.2.{i}" for i in range(1, 60)]
     up = await fake(*many, udp_tc=True)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     try:
         async with asyncio.timeout(10):
             answers = await asyncio.gather(*(fwd.query(to_wire("big.example.test"), 1)

@@ -10,11 +10,12 @@ import dns.message
 import dns.rcode
 import pytest
 
-from clusterdns.forward.forwarder import Forwarder, ForwardError
+from clusterdns.forward.forwarder import ForwardError
 from clusterdns.forward.forwarding import Forwarding
 from clusterdns.forward.table import build_forward_table
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.question import parse
+from components import cache_options, forwarder_options, make_forwarder
 from fakedns import Dnsmasq, addresses, decode, question
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
@@ -40,7 +41,7 @@ async def test_one_socket_carries_many_queries(fake) -> None:
     ports: list[int] = []
     original = up.udp_received
     up.udp_received = lambda data, addr: (ports.append(addr[1]), original(data, addr))  # type: ignore[method-assign]
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     try:
         for _ in range(fwd.upstreams[0].pool.rotate_queries):  # 16 by default (udppool.py)
             assert addresses(decode(await fwd.query(name("www.example.test"), 1))) == ["192.0.2.1"]
@@ -55,7 +56,7 @@ async def test_socket_rotates_after_some_seconds(fake) -> None:
     """An idle-ish socket is still replaced after udp_rotate_seconds; the old one closes
     once its queries are done."""
     up = await fake(WWW)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     fwd.upstreams[0].pool.rotate_seconds = 0.2
     try:
         pool = fwd.upstreams[0].pool
@@ -75,7 +76,7 @@ async def test_rotation_keeps_the_old_socket_until_its_answers_arrive(fake) -> N
     """Queries in flight when the socket rotates are still answered on the old socket."""
     records = [f"r{i}.example.test. 300 IN A 192.0.2.{i + 1}" for i in range(12)]
     up = await fake(*records, delay=0.2)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     fwd.upstreams[0].pool.rotate_queries = 4
     try:
         answers = await asyncio.gather(*(fwd.query(name(f"r{i}.example.test"), 1) for i in range(12)))
@@ -96,7 +97,7 @@ async def test_concurrent_queries_never_share_an_id(fake) -> None:
     original = up.udp_received
     up.udp_received = lambda data, addr: (ids.append(int.from_bytes(data[:2], "big")),  # type: ignore[method-assign]
                                           original(data, addr))
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     fwd.upstreams[0].pool._ids = FixedIds(5, 5, 5, 9, 9, 5, 11)  # type: ignore[assignment]
     try:
         answers = await asyncio.gather(*(fwd.query(name(f"{x}.example.test"), 1) for x in "abc"))
@@ -114,7 +115,7 @@ async def test_late_answer_is_dropped_counted_and_its_id_not_reused(fake) -> Non
     original = up.udp_received
     up.udp_received = lambda data, addr: (ids.append(int.from_bytes(data[:2], "big")),  # type: ignore[method-assign]
                                           original(data, addr))
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)], read_timeout=0.1, timeout=0.15)
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)], read_timeout=0.1, timeout=0.15)
     fwd.upstreams[0].pool._ids = FixedIds(7, 7, 8)  # type: ignore[assignment]
     try:
         with pytest.raises(ForwardError):
@@ -133,7 +134,7 @@ async def test_answer_with_another_querys_id_is_spoofed(fake) -> None:
     """A datagram carrying an in-flight ID but another question is dropped and counted;
     the real answer still arrives."""
     up = await fake(WWW, spoof=("question",))
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     try:
         answers = await asyncio.gather(*(fwd.query(name("www.example.test"), 1) for _ in range(5)))
         assert all(addresses(decode(a)) == ["192.0.2.1"] for a in answers)
@@ -147,7 +148,7 @@ async def test_timeout_fails_over_and_the_pooled_sockets_stay_usable(fake) -> No
     pool to the silent one keeps one socket and nothing stays in flight."""
     silent = await fake(WWW, udp_silent=True)
     good = await fake(WWW)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", silent.port), UpstreamSpec("127.0.0.1", good.port)],
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", silent.port), UpstreamSpec("127.0.0.1", good.port)],
                     policy="sequential", read_timeout=0.15, max_fails=100)
     try:
         loop = asyncio.get_running_loop()
@@ -167,7 +168,7 @@ async def test_timeout_fails_over_and_the_pooled_sockets_stay_usable(fake) -> No
 async def test_close_fails_questions_in_flight(fake) -> None:
     """Closing the forwarder ends the questions it still has out (ForwardError), at once."""
     up = await fake(WWW, delay=2.0)
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     pending = asyncio.ensure_future(fwd.query(name("www.example.test"), 1))
     await asyncio.sleep(0.05)
     fwd.close()
@@ -182,7 +183,8 @@ async def test_many_concurrent_misses_are_answered_through_futures() -> None:
     n = 300
     hosts = [f"--host-record=h{i}.example.test,10.9.{i // 250}.{i % 250 + 1}" for i in range(n)]
     with Dnsmasq(*hosts) as dm:
-        table = build_forward_table([UpstreamSpec("127.0.0.1", dm.port)], {}, cache_opts={})
+        table = build_forward_table([UpstreamSpec("127.0.0.1", dm.port)], {}, cache_opts=cache_options(),
+                                    forward_opts=forwarder_options())
         fw = Forwarding(table, local_zones=(), fallthrough=())
         try:
             queries = [dns.message.make_query(f"H{i}.example.test", "A", use_edns=0)
@@ -211,8 +213,8 @@ async def test_miss_future_turns_upstream_failure_into_servfail() -> None:
     """The Future of a miss never fails: an unreachable upstream gives SERVFAIL."""
     from fakedns import free_port
 
-    table = build_forward_table([UpstreamSpec("127.0.0.1", free_port())], {}, cache_opts={},
-                                forward_opts={"read_timeout": 0.2, "timeout": 0.3})
+    table = build_forward_table([UpstreamSpec("127.0.0.1", free_port())], {}, cache_opts=cache_options(),
+                                forward_opts=forwarder_options(read_timeout=0.2, timeout=0.3))
     fw = Forwarding(table, local_zones=(), fallthrough=())
     try:
         q = dns.message.make_query("www.example.test", "A")

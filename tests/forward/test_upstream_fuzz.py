@@ -32,6 +32,7 @@ from clusterdns.forward.table import build_forward_table
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.wire.names import name_end, to_wire
 from clusterdns.wire.question import parse
+from components import cache_options, forwarder_options
 from fakedns import LoopbackUdp
 
 QNAME = "www.example.test"
@@ -239,8 +240,8 @@ async def scenario(plan: Plan, cached: bool, edns: bool, qcase: str) -> None:
     up = ScriptedUpstream(plan)
     port = await up.start()
     table = build_forward_table(
-        [UpstreamSpec("127.0.0.1", port)], {}, cache_opts={} if cached else None,
-        forward_opts={"read_timeout": TIMEOUT, "timeout": TIMEOUT, "max_fails": 10**6})
+        [UpstreamSpec("127.0.0.1", port)], {}, cache_opts=cache_options() if cached else None,
+        forward_opts=forwarder_options(read_timeout=TIMEOUT, timeout=TIMEOUT, max_fails=10**6))
     fw = Forwarding(table, local_zones=(), fallthrough=())
     try:
         replies = []
@@ -424,7 +425,7 @@ async def test_a_malformed_answer_fails_over_to_the_next_upstream() -> None:
     table = build_forward_table(
         [UpstreamSpec("127.0.0.1", await bad.start()), UpstreamSpec("127.0.0.1", await good.start())],
         {}, cache_opts=None,
-        forward_opts={"read_timeout": 0.5, "timeout": 1.0, "policy": "sequential"})
+        forward_opts=forwarder_options(read_timeout=0.5, timeout=1.0, policy="sequential"))
     fw = Forwarding(table, local_zones=(), fallthrough=())
     try:
         q = dns.message.make_query(QNAME, "A")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.upstream import UpstreamSpec
+from components import make_forwarder
 from fakedns import ATTACK_IP, addresses, decode, question
 
 WWW = "www.example.test. 300 IN A 192.0.2.1"
@@ -16,7 +16,7 @@ async def test_spoofed_answer_is_ignored(fake, kind: str) -> None:
     """A forged reply (wrong ID, question case changed, or another source port) that
     arrives before the real one is dropped; the client gets the real answer."""
     up = await fake(WWW, spoof=(kind,))
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     try:
         answer = decode(await fwd.query(question("www.example.test")[0].name, 1))
         assert addresses(answer) == ["192.0.2.1"]
@@ -30,7 +30,7 @@ async def test_spoofed_answer_is_ignored(fake, kind: str) -> None:
 async def test_all_spoofs_together_never_win(fake) -> None:
     """Three forgeries per query, twenty queries: every answer is the real one."""
     up = await fake(WWW, spoof=("id", "question", "port"))
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     try:
         for _ in range(20):
             answer = decode(await fwd.query(question("www.example.test")[0].name, 1))
@@ -52,7 +52,7 @@ async def test_each_udp_query_has_a_random_id_and_the_source_port_rotates(fake) 
         original(data, addr)
 
     up.udp_received = record  # type: ignore[method-assign]
-    fwd = Forwarder([UpstreamSpec("127.0.0.1", up.port)])
+    fwd = make_forwarder([UpstreamSpec("127.0.0.1", up.port)])
     fwd.upstreams[0].pool.rotate_queries = 10
     try:
         for _ in range(50):

@@ -12,6 +12,7 @@ import pytest
 from clusterdns.cache.cache import ResponseCache
 from clusterdns.cache.entry import NXDOMAIN, POSITIVE
 from clusterdns.obs import metrics as M
+from components import cache_options
 from metrics_fixtures import populated, wire
 
 V4 = "dns://127.0.0.1:5353"
@@ -112,7 +113,7 @@ def test_cache_metrics_from_a_response_cache() -> None:
     async def fetch(q: object) -> bytes:
         raise AssertionError("not called")
 
-    cache = ResponseCache(fetch, max_entries=10)
+    cache = ResponseCache(fetch, **cache_options(max_entries=10))
     cache.hits, cache.misses, cache.prefetches, cache.stale = 7, 3, 1, 2
     cache._entries["a"] = SimpleNamespace(kind=POSITIVE)
     cache._denials["b"] = SimpleNamespace(kind=NXDOMAIN)  # the denial part

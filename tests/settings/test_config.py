@@ -329,18 +329,17 @@ def test_reference_defaults_round_trip(mode: str) -> None:
     assert C.parse(doc, mode) == C.SCHEMAS[mode]()
 
 
-def test_forwarding_defaults_match_the_code_s() -> None:
-    """The config's cache and forward defaults are what cluster_forwarding uses without them."""
+def test_the_cache_and_forwarder_take_every_tuning_value_from_the_settings() -> None:
+    """ResponseCache and Forwarder declare no defaults of their own: each tuning parameter is
+    required, and the settings' kwargs give exactly those parameters (one copy of each default)."""
     import inspect
 
     from clusterdns.cache.cache import ResponseCache
     from clusterdns.forward.forwarder import Forwarder
-    from clusterdns.forward.forwarding import SERVE_CACHE
 
-    cache = {k: p.default for k, p in inspect.signature(ResponseCache).parameters.items()
-             if k not in ("fetch", "timer")} | SERVE_CACHE
-    serve = C.ServeConfig()
-    assert cache_kwargs(serve.cache, serve.cache.success_ttl, serve.cache.denial_ttl) == cache
-    forward = {k: p.default for k, p in inspect.signature(Forwarder).parameters.items()
-               if k not in ("upstreams", "except_zones", "name")}
-    assert forward_kwargs(serve.forward) == forward
+    wiring = {"fetch", "timer", "self", "upstreams", "except_zones", "name"}
+    for component, given in ((ResponseCache, cache_kwargs(C.ServeConfig().cache, 30, 30)),
+                             (Forwarder, forward_kwargs(C.ServeConfig().forward))):
+        params = {k: p for k, p in inspect.signature(component).parameters.items() if k not in wiring}
+        assert set(params) == set(given), component
+        assert [k for k, p in params.items() if p.default is not inspect.Parameter.empty] == [], component
