@@ -100,7 +100,8 @@ class Reloader:
             self._tasks.append(loop.create_task(self._poll(), name="config-watch"))
 
     async def _poll(self) -> None:
-        watch = FileWatch(self.path)  # type: ignore[arg-type]
+        assert self.path is not None  # started only when `watch` is set, which needs a path
+        watch = FileWatch(self.path)
         while True:
             await asyncio.sleep(self.interval)
             if watch.changed():
