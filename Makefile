@@ -29,7 +29,7 @@ tools:
 run: install
 	@echo "serving the demo cluster on 127.0.0.1:$(PORT) and [::1]:$(PORT); try:"
 	@echo "  dig @127.0.0.1 -p $(PORT) httpd-svc.default.svc.cluster.local"
-	$(BIN)/clusterdns serve --manifests config/demo-cluster.yaml --listen 127.0.0.1:$(PORT) --listen [::1]:$(PORT)
+	$(BIN)/clusterdns serve --manifests config/demo-cluster.yaml --listen 127.0.0.1:$(PORT) --listen [::1]:$(PORT) --external-zone example.com
 
 # lint first (seconds), then the suite in a private network namespace
 test: install tools lint

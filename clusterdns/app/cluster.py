@@ -23,6 +23,7 @@ from clusterdns.app.lifecycle import StartupError
 from clusterdns.app.server import Rebuilt, Server, Stack, Tuning
 from clusterdns.app.workers import Journal, JournalReader, Worker
 from clusterdns.cluster.compile import ZoneSettings
+from clusterdns.cluster.external import ExternalSettings, ExternalZone
 from clusterdns.cluster.zone import ClusterZone
 from clusterdns.forward.forwarding import Forwarding, cluster_forwarding
 from clusterdns.kube.manifests import bulk_load, load_manifests
@@ -31,7 +32,7 @@ from clusterdns.obs.sources import Sources
 from clusterdns.server.handler import Handler
 from clusterdns.server.listeners import Listeners, parse_listen
 from clusterdns.server.rrl import limiter
-from clusterdns.server.tcp import TCPLimits
+from clusterdns.server.tcp import TCPLimits, Transfers
 from clusterdns.settings.config import RESTART_ONLY
 from clusterdns.settings.schema import ServeConfig, cache_kwargs, forward_kwargs, rrl_kwargs
 
@@ -57,12 +58,35 @@ def build_cluster(opts: ServeConfig) -> tuple[ClusterStore, Handler]:
     """Store, compiled zone and handler, wired so store changes recompile the zone."""
     store = ClusterStore(endpoint_pod_names=opts.endpoint_pod_names)
     zone = build_zone(opts, store)
-    return store, Handler(zone, opts.max_udp, build_forwarding(opts, zone.zone))
+    external = build_external(opts, store)
+    return store, Handler(zone, opts.max_udp, build_forwarding(opts, zone.zone), external=external)
+
+
+def _own_addresses(opts: ServeConfig) -> tuple[str, ...]:
+    return tuple(h for h, _ in map(parse_listen, opts.listen) if h not in ("0.0.0.0", "::"))
 
 
 def build_zone(opts: ServeConfig, store: ClusterStore) -> ClusterZone:
-    own = tuple(h for h, _ in map(parse_listen, opts.listen) if h not in ("0.0.0.0", "::"))
-    return ClusterZone(store, ZoneSettings(opts.zone, opts.ttl, opts.pods, opts.ignore_empty_service, own))
+    own = _own_addresses(opts)
+    settings = ZoneSettings(
+        opts.zone, opts.ttl, opts.pods, opts.ignore_empty_service, own, refuse_tld_namespaces=opts.refuse_tld_namespaces
+    )
+    return ClusterZone(store, settings)
+
+
+def build_external(opts: ServeConfig, store: ClusterStore) -> ExternalZone | None:
+    """The external zones (`--external-zone`), following the same store."""
+    if not opts.external_zones:
+        return None
+    cluster = opts.zone.lower().strip(".")
+    for z in opts.external_zones:
+        name = z.lower().strip(".")
+        if name == cluster or name.endswith("." + cluster) or cluster.endswith("." + name):
+            raise StartupError(f"external zone {z} overlaps the cluster zone {opts.zone}: one contains the other")
+    settings = ExternalSettings(
+        tuple(opts.external_zones), opts.external_apex, opts.external_headless, opts.external_ttl, _own_addresses(opts)
+    )
+    return ExternalZone(store, settings)
 
 
 def build_forwarding(opts: ServeConfig, zone: str) -> Forwarding | None:
@@ -146,16 +170,24 @@ class _ClusterParts(Stack):
         zone = build_zone(opts, self.store)
         try:
             forwarding = build_forwarding(opts, zone.zone)
+            external = build_external(opts, self.store)
         except BaseException:
             zone.close()
             raise
+        # the external zones are swapped here, last: nothing between this and the swap of
+        # the rest (Server._apply) can fail or yield to the event loop
+        old, self.handler.external = self.handler.external, external
+        if old is not None:
+            old.close()
         return Rebuilt(forwarding, zone)
 
 
-def _listeners(opts: ServeConfig, handler: Handler) -> Listeners:
+def _listeners(opts: ServeConfig, handler: Handler, current: Callable[[], ServeConfig]) -> Listeners:
+    """The sockets; zone transfers read `current()`, the settings in force, so a reload applies them."""
+    transfers = Transfers(lambda: (current().transfer_to, current().max_transfers))
     return Listeners(
         handler,
-        TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections),
+        TCPLimits(opts.tcp_idle_timeout, opts.max_tcp_connections, transfers=transfers),
         lifecycle.query_log(opts.query_log, opts.query_log_sample),
         limiter(rrl_kwargs(opts.rrl)),
     )
@@ -174,13 +206,14 @@ class ClusterStack(_ClusterParts):
     ) -> None:
         store, handler = build_cluster(opts)
         self.source = None if opts.manifests else build_source(opts, store)
-        listeners = _listeners(opts, handler)
+        listeners = _listeners(opts, handler, lambda: self.opts)
         sources = Sources(
             handler=handler,
             forwarding=handler.forwarding,
             kube=self.source,
             store=store,
             tcp_limits=listeners.limits,
+            transfers=listeners.limits.transfers,
             plugins=_plugins(opts, self.source is not None, reload.path is not None),
             rrl=listeners.rrl,
         )
@@ -256,9 +289,13 @@ class WorkerStack(_ClusterParts):
 
         opts = replace(opts, manifests=[])
         store, handler = build_cluster(opts)
-        listeners = _listeners(opts, handler)
+        listeners = _listeners(opts, handler, lambda: self.opts)
         sources = Sources(
-            handler=handler, forwarding=handler.forwarding, tcp_limits=listeners.limits, rrl=listeners.rrl
+            handler=handler,
+            forwarding=handler.forwarding,
+            tcp_limits=listeners.limits,
+            rrl=listeners.rrl,
+            transfers=listeners.limits.transfers,
         )  # each worker limits on its own
         super().__init__(opts, store, handler, sources, listeners, reload)
         self.index, self.read_fd = index, read_fd
@@ -301,6 +338,7 @@ def _plugins(opts: ServeConfig, api: bool, reloads: bool) -> tuple[str, ...]:
     fwd = bool(opts.upstreams or opts.resolv_conf or opts.stub_domains or opts.kube_dns_configmap)
     return lifecycle.plugins(
         kubernetes=True,
+        k8s_external=bool(opts.external_zones),
         errors=True,
         log=opts.query_log,
         forward=fwd,
@@ -311,6 +349,7 @@ def _plugins(opts: ServeConfig, api: bool, reloads: bool) -> tuple[str, ...]:
         prometheus=bool(opts.metrics) or api,
         reload=reloads,
         rrl=bool(rrl_kwargs(opts.rrl)),
+        transfer=bool(opts.transfer_to),
     )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from clusterdns.cluster import tld
 from clusterdns.kube.objects import Port
 from clusterdns.kube.store import ServiceView
 from clusterdns.wire import encode as E
@@ -116,6 +117,7 @@ class ZoneSettings:
     pods: str = "insecure"
     ignore_empty_service: bool = False
     ns_addresses: tuple[str, ...] = ()  # our own addresses when there is no kube-dns Service
+    refuse_tld_namespaces: bool = False  # nothing under <ns>.svc.<zone> when <ns> is a TLD (cluster/tld.py)
 
     def __post_init__(self) -> None:
         if self.pods not in PODS_MODES:
@@ -183,6 +185,8 @@ class Compiler:
         self.apex_wires = (self.zone_wire, to_wire(REVERSE_ZONES[0]), to_wire(REVERSE_ZONES[1]))
         self._soa_names = self.mname_wire + to_wire(f"hostmaster.{self.zone}")
         self._ns: tuple[tuple[str, ...], list[E.Prepared], Node] | None = None  # (ns ips, NS answers, ns.dns node)
+        #: namespaces whose svc tree is withheld (CVE-2022-2837); None with the option off
+        self.refused: Callable[[str, str], bool] | None = tld.refused if settings.refuse_tld_namespaces else None
 
     def fqdn(self, ns: str, svc: str, host: str | None = None) -> str:
         base = f"{svc}.{ns}.svc.{self.zone}"
@@ -201,6 +205,8 @@ class Compiler:
     def service(self, view: ServiceView) -> Iterator[tuple[bytes, Entry]]:
         """Every name a Service owns: its own, endpoint names, `_proto` and SRV names."""
         s = view.service
+        if self.refused is not None and self.refused(s.namespace, self.zone):
+            return
         try:
             name = self.wire(s.name, s.namespace, "svc")
         except (UnicodeError, ValueError):
@@ -377,10 +383,12 @@ class Compiler:
     # ------------------------------------------------------------------ fixed names
     def namespace(self, ns: str) -> Iterator[tuple[bytes, Node]]:
         """`<ns>.svc.<zone>` and, unless pods are disabled, `<ns>.pod.<zone>` (whose
-        children, pod names, are computed from the name: not closed)."""
+        children, pod names, are computed from the name: not closed). A refused
+        namespace has no svc name: it and every name below it are NXDOMAIN."""
         if not 0 < len(ns) < 64:
             return
-        yield bytes((len(ns),)) + ns.encode() + self.svc_wire, Node()
+        if self.refused is None or not self.refused(ns, self.zone):
+            yield bytes((len(ns),)) + ns.encode() + self.svc_wire, Node()
         if self.s.pods != "disabled":
             yield bytes((len(ns),)) + ns.encode() + self.pod_wire, Node(closed=False)
 

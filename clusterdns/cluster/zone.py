@@ -75,6 +75,12 @@ class ClusterZone:
         """Stop following the store (a reload built a new zone)."""
         self.store.unsubscribe(self.apply)
 
+    def snapshot(self) -> dict[bytes, Entry]:
+        """The index at this instant, for a zone transfer (cluster/transfer.py): entries
+        are only ever replaced or removed, never changed in place, so a shallow copy taken
+        on the event loop (the one writer) stays the zone as it was."""
+        return self.names.copy()
+
     # ------------------------------------------------------------------ compiling
     def compile_all(self) -> None:
         """Everything, from scratch: at start and on a reload with new settings.

@@ -9,6 +9,7 @@ memory per Service and per endpoint is a design constraint at cluster scale.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import sys
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 TOLERATE_UNREADY = "service.alpha.kubernetes.io/tolerate-unready-endpoints"
+
+log = logging.getLogger("clusterdns")
 
 
 class ObjectError(ValueError):
@@ -43,6 +46,10 @@ class Service:
     external_name: str | None
     ports: tuple[Port, ...]
     publish_not_ready: bool
+    # what reaches the Service from outside the cluster (the external zones, cluster/external.py)
+    external_ips: tuple[str, ...] = ()  # spec.externalIPs
+    ingress_ips: tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip
+    ingress_hosts: tuple[str, ...] = ()  # status.loadBalancer.ingress[].hostname, lowercase, no final dot
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +207,52 @@ class _Reader:
         except ValueError:
             raise self.fail(field, f"not an IP address: {value!r}") from None
 
+    def skip(self, exc: ObjectError) -> None:
+        """A bad value in an optional field: the value is dropped, the object kept (a broken
+        load-balancer status must not take the Service's cluster names with it)."""
+        log.warning("%s: value skipped", exc)
+
+    def external(self, spec: dict[str, Any], status: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """spec.externalIPs, and the ingress IPs and hostnames of status.loadBalancer."""
+        ext: list[str] = []
+        try:
+            raw = self.items(spec.get("externalIPs"), "spec.externalIPs")
+        except ObjectError as exc:
+            self.skip(exc)
+            raw = []
+        for i, ip in enumerate(raw):
+            try:
+                ext.append(self.ip(ip, f"spec.externalIPs[{i}]"))
+            except ObjectError as exc:
+                self.skip(exc)
+        ips: list[str] = []
+        hosts: list[str] = []
+        try:
+            lb = self.mapping(self.mapping(status, "status").get("loadBalancer"), "status.loadBalancer")
+            ingress = self.items(lb.get("ingress"), "status.loadBalancer.ingress")
+        except ObjectError as exc:
+            self.skip(exc)
+            ingress = []
+        for i, entry in enumerate(ingress):
+            f = f"status.loadBalancer.ingress[{i}]"
+            try:
+                entry = self.mapping(entry, f)
+            except ObjectError as exc:
+                self.skip(exc)
+                continue
+            try:
+                if entry.get("ip") not in (None, ""):
+                    ips.append(self.ip(entry.get("ip"), f + ".ip"))
+            except ObjectError as exc:
+                self.skip(exc)
+            try:
+                host = self.string(entry.get("hostname"), f + ".hostname")
+                if host is not None:
+                    hosts.append(host.rstrip(".").lower())
+            except ObjectError as exc:
+                self.skip(exc)
+        return tuple(ext), tuple(ips), tuple(hosts)
+
 
 _pton, _ntop, _AF4, _AF6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
 
@@ -327,7 +380,53 @@ def _fast_service(r: _Reader, obj: dict[str, Any]) -> Service:
             if type(ip) is not str or not _canonical(ip):
                 raise _Irregular
             ips.append(ip)
-    return Service(_namespace(r.meta), r.name, stype, tuple(ips), headless, None, ports, pna)
+    ext = _fast_ips(spec.get("externalIPs"))
+    ingress_ips: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    status = obj.get("status")
+    if status is not None:
+        if type(status) is not dict:
+            raise _Irregular
+        lb = status.get("loadBalancer")
+        if lb is not None:
+            if type(lb) is not dict:
+                raise _Irregular
+            ingress_ips, hosts = _fast_ingress(lb.get("ingress"))
+    return Service(_namespace(r.meta), r.name, stype, tuple(ips), headless, None, ports, pna, ext, ingress_ips, hosts)
+
+
+def _fast_ips(value: Any) -> tuple[str, ...]:
+    """A list of canonical addresses (spec.externalIPs), else _Irregular."""
+    if value is None:
+        return ()
+    if type(value) is not list:
+        raise _Irregular
+    for ip in value:
+        if type(ip) is not str or not _canonical(ip):
+            raise _Irregular
+    return tuple(value)
+
+
+def _fast_ingress(value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """status.loadBalancer.ingress: (IPs, hostnames), else _Irregular."""
+    if value is None:
+        return (), ()
+    if type(value) is not list:
+        raise _Irregular
+    ips, hosts = [], []
+    for entry in value:
+        if type(entry) is not dict:
+            raise _Irregular
+        ip, host = entry.get("ip"), entry.get("hostname")
+        if ip is not None and ip != "":
+            if type(ip) is not str or not _canonical(ip):
+                raise _Irregular
+            ips.append(ip)
+        if host is not None and host != "":
+            if type(host) is not str:
+                raise _Irregular
+            hosts.append(host.rstrip(".").lower())
+    return tuple(ips), tuple(hosts)
 
 
 def _fast_endpoint_slice(r: _Reader, obj: dict[str, Any], pod_names: bool) -> EndpointSlice:
@@ -414,7 +513,10 @@ def _service(r: _Reader, obj: dict[str, Any]) -> Service:
         if ip == "":
             continue  # not allocated yet
         ips.append(r.ip(ip, f"spec.clusterIPs[{i}]"))
-    return Service(r.namespace(), r.name, stype, tuple(ips), headless, None, ports, pna)
+    external_ips, ingress_ips, hosts = r.external(spec, obj.get("status"))
+    return Service(
+        r.namespace(), r.name, stype, tuple(ips), headless, None, ports, pna, external_ips, ingress_ips, hosts
+    )
 
 
 def _endpoint_slice(r: _Reader, obj: dict[str, Any], pod_names: bool) -> EndpointSlice | None:

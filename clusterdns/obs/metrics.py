@@ -112,6 +112,9 @@ DOCUMENTED: dict[str, str] = {
     "clusterdns_hot_path_answers_total": "{proto} - queries answered on the hot path: compiled "
     "cluster answers and plain-lane cache hits.",
     "clusterdns_tcp_connections": "{} - open DNS-over-TCP connections.",
+    "clusterdns_zone_transfers_total": "{result} - zone transfers asked over TCP: `success`, `refused` "
+    "(client not in transfer_to), `busy` (over max_transfers), `notauth` (not a zone "
+    "served), `aborted` (the connection went first).",
     "coredns_rrl_responses_exceeded_total": "{server} - UDP answers over the response-rate limit "
     "(dropped or slipped); only with RRL on. CoreDNS's rrl "
     "plugin labels it `client_ip`: here `server`, so spoofed "
@@ -347,6 +350,11 @@ class DNSCollector(Collector):
         if src.tcp_limits is not None:
             m = _gauge("clusterdns_tcp_connections", "Open DNS-over-TCP connections.", ())
             m.add_metric([], len(src.tcp_limits.open))
+            yield m
+        if src.transfers is not None:
+            m = _counter("clusterdns_zone_transfers", "Zone transfers asked over TCP, by result.", ("result",))
+            for result in src.transfers.RESULTS:
+                m.add_metric([result], src.transfers.results.get(result, 0))
             yield m
 
     # -- coredns_rrl_* (only while response-rate limiting is on) ----------------------

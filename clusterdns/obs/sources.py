@@ -35,6 +35,7 @@ class Sources:
     kube: Any = None  # kube.watch.KubeSource: `.states`
     store: Any = None  # kube.store.ClusterStore: object dicts, `synced`, `last_change`
     tcp_limits: Any = None  # server.tcp.TCPLimits: `open`, optional `refused`
+    transfers: Any = None  # server.tcp.Transfers: `results` by `RESULTS`
     rrl: Any = None  # server.rrl.RRL: `dropped`, `slipped` per listener slot, `table`; None: RRL off
     plugins: tuple[str, ...] = ()  # CoreDNS plugin names this process runs (coredns_plugin_enabled)
     reloads: ReloadStats = field(default_factory=ReloadStats)

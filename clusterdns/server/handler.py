@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from clusterdns.cache.cache import LATER, Hit, Later, Notify
 from clusterdns.cache.entry import Entry
+from clusterdns.cluster.external import ExternalZone
 from clusterdns.cluster.zone import ClusterZone
 from clusterdns.forward.forwarding import Forwarding
 from clusterdns.obs.counters import QueryStats
@@ -70,8 +71,10 @@ class Handler:
         max_udp: int = EDNS_UDP,
         forwarding: Forwarding | None = None,
         stats: QueryStats | None = None,
+        external: ExternalZone | None = None,
     ) -> None:
         self.zone = zone
+        self.external = external  # the external zones (LoadBalancer and externalIPs names)
         self.stats: QueryStats = stats if stats is not None else QueryStats()
         self.max_udp = max_udp
         self.forwarding = forwarding  # names outside our zones, fallthrough, ExternalName chase
@@ -323,12 +326,16 @@ class Handler:
         if q.qclass == _C_CH and q.name in IDENTITY_NAMES and q.qtype in _IDENTITY_TYPES:
             rec = E.rr(E.OWNER, RRType.TXT, 0, E.txt(self.identity), RRClass.CH)
             return Answer(self._reply(data, q, E.make(answer=[rec]), limit), "chaos")
-        if q.qclass != _C_IN or q.qtype in _TRANSFERS:  # no zone transfers
+        # transfers: streamed by server/tcp.py to the clients in transfer_to; the rest, and UDP, REFUSED
+        if q.qclass != _C_IN or q.qtype in _TRANSFERS:
             return Answer(self._reply(data, q, E.make(rcode=Rcode.REFUSED, aa=False), limit))
         zone = self.zone
         apex = zone.apex_of(q.name) if zone is not None else None
         forwarding = self.forwarding
         if apex is None:
+            external = self.external
+            if external is not None and external.apex_of(q.name) is not None:
+                return Answer(self._reply(data, q, external.answer(q.name, q.qtype), limit), "k8s_external")
             if forwarding is not None:
                 # a cache Hit, else bytes, LATER, a Future or a coroutine
                 forwarded = forwarding.handle(q, data, tcp, notify)

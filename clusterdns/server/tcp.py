@@ -6,20 +6,68 @@ finished, for `idle_timeout` seconds; bytes of an unfinished message do not coun
 client trickling one byte at a time cannot keep a slot. Reading stops while the client
 does not take its answers (the write buffer is over its high-water mark) or has too many
 forwarded answers in flight; a client that takes nothing for `idle_timeout` while reading
-is stopped is cut off (`abort`: `close` would wait for the buffer to drain)."""
+is stopped is cut off (`abort`: `close` would wait for the buffer to drain).
+
+Zone transfers (AXFR, IXFR answered in full) from an allowed client are streamed here,
+message by message while the client takes them, a few per turn of the event loop, so a
+10,000-service zone neither sits in one buffer nor stalls the other connections; the
+connection reads no further queries until the transfer is out. Everyone else's transfer
+questions go to the handler, which REFUSES them (and every transfer over UDP)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from time import monotonic, perf_counter
 
+from clusterdns.cluster.transfer import NOTAUTH, AllowList, Transferable, axfr, transfer_apex
 from clusterdns.obs.logs import QueryLog
 from clusterdns.server.handler import Handler
+from clusterdns.wire import encode as E, question as Q
+from clusterdns.wire.constants import MAX_TCP, Rcode, RRClass, RRType
 
 log = logging.getLogger("clusterdns")
+
+
+_TRANSFERS = frozenset((int(RRType.AXFR), int(RRType.IXFR)))
+TRANSFER_BURST = 4  # messages written per turn of the event loop
+
+
+@dataclass
+class Transfers:
+    """Zone transfers over TCP: who may (`settings()` gives the allow-list and the cap in
+    force, so a reload applies them), how many run, and how each ended (a metric)."""
+
+    settings: Callable[[], tuple[Sequence[str], int]]  # (transfer_to, max_transfers)
+    active: int = 0
+    results: dict[str, int] = field(default_factory=dict)
+    _allow: tuple[tuple[str, ...], AllowList] | None = None
+    #: success, refused (client not listed), busy (over the cap), notauth (not a zone we
+    #: serve), aborted (the connection went or the server stopped first)
+    RESULTS = ("success", "refused", "busy", "notauth", "aborted")
+
+    def policy(self) -> tuple[AllowList, int]:
+        entries, cap = self.settings()
+        key = tuple(entries)
+        if self._allow is None or self._allow[0] != key:
+            self._allow = (key, AllowList(key))
+        return self._allow[1], cap
+
+    def count(self, result: str) -> None:
+        self.results[result] = self.results.get(result, 0) + 1
+
+
+@dataclass
+class _Streaming:
+    """The transfer one connection is sending."""
+
+    messages: Iterator[bytes]
+    query: bytes
+    started: float
+    sent: int = 0
 
 
 @dataclass
@@ -30,6 +78,7 @@ class TCPLimits:
     refused: int = 0  # connections closed at once because of the cap (a metric)
     max_pending: int = 256  # forwarded answers in flight per connection before reading stops
     max_buffered: int = 2 + 0xFFFF + 256 * 1024  # unanswered bytes read: a whole message and a read's worth
+    transfers: Transfers | None = None  # None: every transfer question is the handler's (REFUSED)
 
 
 class TCPProtocol(asyncio.Protocol):
@@ -53,6 +102,8 @@ class TCPProtocol(asyncio.Protocol):
         self._hold = False  # take no queries now: paused, draining, or too many in flight
         self._reading = True  # whether the transport reads (our own pause_reading calls)
         self._unsent = 0  # the write buffer's size when the idle timer last looked
+        self._stream: _Streaming | None = None  # the zone transfer being sent
+        self._pump_at: asyncio.Handle | None = None  # its next burst, scheduled
         self.query_log: QueryLog | None = None
         self.set_query_log(query_log)
 
@@ -70,6 +121,8 @@ class TCPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.limits.open.discard(self)
+        if self._stream is not None:
+            self._end_transfer("aborted")
         if self._idle is not None:
             self._idle.cancel()
         self.transport = None
@@ -139,12 +192,16 @@ class TCPProtocol(asyncio.Protocol):
         """The client took its answers: that is progress; answer what was read, read on."""
         self._paused = False
         self._active = monotonic()
+        if self._stream is not None and self._pump_at is None:
+            self._pump()
         self._update()
 
     def _update(self) -> None:
         """Match reading to the state: stop while held, answer the buffer and read again
         once free."""
-        self._hold = self._paused or self._closing or self._pending >= self.limits.max_pending
+        self._hold = (
+            self._paused or self._closing or self._pending >= self.limits.max_pending or self._stream is not None
+        )
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -172,6 +229,8 @@ class TCPProtocol(asyncio.Protocol):
         self._slow(msg, perf_counter())
 
     def _slow(self, msg: bytes, started: float) -> None:
+        if self.limits.transfers is not None and self._transfer(msg, started, self.limits.transfers):
+            return
         answer = self.handler.answer(msg, True)
         if answer is None:
             self.stats.drop(self.slot, True, "short" if len(msg) < 12 else "response")
@@ -210,6 +269,89 @@ class TCPProtocol(asyncio.Protocol):
         self.stats.observe(self.slot, True, msg, reply, took, plugin)
         if self.query_log is not None and self.query_log.wanted():
             self.query_log.write(msg, reply, self.peer, "tcp", took)
+
+    # -- zone transfers ----------------------------------------------------------------
+
+    def _transfer(self, msg: bytes, started: float, transfers: Transfers) -> bool:
+        """Start streaming `msg`'s transfer, or answer why not; False: not a transfer this
+        connection may have, the handler answers it (REFUSED for transfers)."""
+        try:
+            q = Q.parse(msg)
+        except Q.Malformed:
+            return False
+        if q.qtype not in _TRANSFERS or q.qclass != RRClass.IN:
+            return False
+        allow, cap = transfers.policy()
+        zones: list[Transferable] = [z for z in (self.handler.zone, self.handler.external) if z is not None]
+        if not zones or not allow.allows(str(self.peer[0])):
+            transfers.count("refused")
+            log.debug("zone transfer of %s refused: %s is not in transfer_to", q.text, self.peer[0])
+            return False
+        # the cluster zone and its reverse zones, or one of the external zones (k8s_external)
+        zone, apex = next(((z, a) for z in zones if (a := transfer_apex(z, q.name)) is not None), (zones[0], None))
+        if apex is None or transfers.active >= cap:
+            result = "notauth" if apex is None else "busy"
+            transfers.count(result)
+            if apex is not None:
+                log.warning("zone transfer to %s refused: %d transfers running (max_transfers)", self.peer[0], cap)
+            p = E.make(rcode=NOTAUTH if apex is None else Rcode.REFUSED, aa=False)
+            reply = E.assemble(msg, q.qend, p, q.edns, q.do, MAX_TCP)
+            self._write(reply)
+            self._done(msg, reply, started, "transfer")
+            return True
+        transfers.active += 1
+        self._stream = _Streaming(axfr(zone, q, apex), msg, started)
+        self._pending += 1  # a drain waits for it, the idle timer counts it as work
+        self._update()
+        self._pump()
+        return True
+
+    def _pump(self) -> None:
+        """Write the transfer's next messages while the client takes them: a few per turn
+        of the loop; `resume_writing` starts it again after the client caught up."""
+        self._pump_at = None
+        st = self._stream
+        if st is None or self.transport is None or self.transport.is_closing():
+            return
+        for _ in range(TRANSFER_BURST):
+            if self._paused:
+                return
+            try:
+                message = next(st.messages, None)
+            except Exception:  # a bug must cost this transfer, never the server
+                log.exception("internal error in a zone transfer")
+                self._end_transfer("aborted")
+                self.transport.close()
+                return
+            if message is None:
+                self._end_transfer("success")
+                return
+            self._write(message)
+            if not st.sent:
+                self._done(st.query, message, st.started, "transfer")
+            st.sent += 1
+        self._active = monotonic()
+        self._pump_at = asyncio.get_running_loop().call_soon(self._pump)
+
+    def _end_transfer(self, result: str) -> None:
+        st, self._stream = self._stream, None
+        if st is None:
+            return
+        if self._pump_at is not None:
+            self._pump_at.cancel()
+            self._pump_at = None
+        transfers = self.limits.transfers
+        if transfers is not None:
+            transfers.active -= 1
+            transfers.count(result)
+        self._pending -= 1
+        self._active = monotonic()
+        if self.transport is None:
+            return
+        if self._closing and not self._pending:
+            self.transport.close()  # draining: the transfer was the last answer
+        else:
+            self._update()
 
     # -- query log and draining --------------------------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from clusterdns.cluster.compile import PODS_MODES
+from clusterdns.cluster.transfer import client_problem
 from clusterdns.forward.forwarder import POLICIES
 from clusterdns.settings import checks as c
 from clusterdns.settings.option import option, section
@@ -397,6 +398,52 @@ class ServeConfig(CommonSettings):
     )
     loop_detect: bool = option(
         True, "Probe for a forwarding loop at start and exit non-zero with the cause (CoreDNS `loop`).", invert=True
+    )
+    transfer_to: list[str] = option(
+        doc="Clients that may AXFR/IXFR the cluster and reverse zones over TCP (CoreDNS "
+        "`transfer { to ... }`): addresses, CIDRs, or * for any; empty = every transfer REFUSED.",
+        factory=list,
+        check=client_problem,
+        example="'10.0.0.0/8'",
+        comma=True,
+        metavar="ADDR[,ADDR...]",
+    )
+    max_transfers: int = option(
+        10,
+        "Zone transfers streamed at once; more are REFUSED until one ends (each holds a snapshot of the zone).",
+        check=c.between(1, 1000),
+        metavar="N",
+    )
+    external_zones: list[str] = option(
+        doc="Zones that publish LoadBalancer ingress and externalIPs as SVC.NS.ZONE for clients "
+        "outside the cluster (CoreDNS `k8s_external`), repeatable; ClusterIPs never appear there.",
+        factory=list,
+        check=c.domain,
+        example="'example.com'",
+        flag="--external-zone",
+        metavar="ZONE",
+    )
+    external_apex: str = option(
+        "dns",
+        "Subdomain of each external zone holding its nameserver name, ns1.APEX.ZONE (CoreDNS `apex`).",
+        check=c.domain,
+        metavar="LABEL",
+    )
+    external_headless: bool = option(
+        False,
+        "Headless Services publish their ready endpoints in the external zones too (CoreDNS `headless`).",
+    )
+    external_ttl: int = option(
+        5,
+        "TTL of external-zone answers and their negative TTL (CoreDNS `k8s_external` default).",
+        check=c.between(0, 3600, " seconds (CoreDNS's range)"),
+        metavar="SECONDS",
+    )
+    refuse_tld_namespaces: bool = option(
+        False,
+        "NXDOMAIN for every name under NS.svc.ZONE when the namespace NS is a top-level domain of the "
+        "public suffix list (CVE-2022-2837: namespace `com` would capture pods' `*.com` lookups); "
+        "off, as the spec and CoreDNS answer them.",
     )
     cache: CacheSettings = section(
         CacheSettings,
