@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from clusterdns.app import lifecycle
 from clusterdns.app.lifecycle import StartupError
-from clusterdns.app.server import Rebuilt, Server, Stack, Tuning
+from clusterdns.app.server import Rebuilt, Server, Stack
 from clusterdns.app.workers import Journal, JournalReader, Worker
 from clusterdns.cluster.compile import ZoneSettings
 from clusterdns.cluster.external import ExternalSettings, ExternalZone
@@ -148,22 +148,6 @@ class _ClusterParts(Stack):
             opts, handler, listeners, sources, load=reload.load, config=reload.path, watch_config=opts.watch_config
         )
         self.store = store
-
-    def tuning(self, opts: ServeConfig) -> Tuning:
-        return Tuning(
-            max_udp=opts.max_udp,
-            tcp_idle_timeout=opts.tcp_idle_timeout,
-            max_tcp_connections=opts.max_tcp_connections,
-            query_log=opts.query_log,
-            query_log_sample=opts.query_log_sample,
-            rrl_opts=rrl_kwargs(opts.rrl),
-            log_level=opts.log_level,
-            log_format=opts.log_format,
-            error_consolidate=opts.error_consolidate,
-            forward_timeout=opts.forward.timeout,
-            lameduck=opts.lameduck,
-            shutdown_timeout=opts.shutdown_timeout,
-        )
 
     def rebuild(self, opts: ServeConfig) -> Rebuilt:
         """A zone recompiled from the same store (the watch cache stays) and new forwarding."""

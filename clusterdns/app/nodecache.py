@@ -26,7 +26,7 @@ from typing import Any
 
 from clusterdns.app import lifecycle
 from clusterdns.app.lifecycle import StartupError
-from clusterdns.app.server import Rebuilt, Server, Stack, Tuning, run
+from clusterdns.app.server import Rebuilt, Server, Stack, run
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.forwarding import Forwarding
 from clusterdns.forward.loop import LoopDetector
@@ -149,22 +149,6 @@ class NodeCacheStack(Stack):
             zones,
             self.health.health_port if self.health else "-",
             seconds,
-        )
-
-    def tuning(self, cfg: NodeCacheConfig) -> Tuning:
-        return Tuning(
-            max_udp=cfg.max_udp,
-            tcp_idle_timeout=cfg.tcp_idle_timeout,
-            max_tcp_connections=cfg.max_tcp_connections,
-            query_log=cfg.query_log,
-            query_log_sample=cfg.query_log_sample,
-            rrl_opts=rrl_kwargs(cfg.rrl),
-            log_level=cfg.log_level,
-            log_format=cfg.log_format,
-            error_consolidate=cfg.error_consolidate,
-            forward_timeout=cfg.forward.timeout,
-            lameduck=cfg.lameduck,
-            shutdown_timeout=cfg.shutdown_timeout,
         )
 
     def rebuild(self, cfg: NodeCacheConfig) -> Rebuilt:

@@ -44,6 +44,7 @@ from clusterdns.app.lifecycle import StartupError, query_log
 from clusterdns.app.reload import Reloader
 from clusterdns.obs import logs
 from clusterdns.server.rrl import limiter
+from clusterdns.settings.schema import rrl_kwargs
 
 if TYPE_CHECKING:
     from clusterdns.cluster.zone import ClusterZone
@@ -53,13 +54,15 @@ if TYPE_CHECKING:
     from clusterdns.obs.sources import Sources
     from clusterdns.server.handler import Handler
     from clusterdns.server.listeners import Listeners
+    from clusterdns.settings.schema import NodeCacheConfig, ServeConfig
 
 log = logging.getLogger("clusterdns")
 
 
 @dataclass(frozen=True)
 class Tuning:
-    """The settings a reload applies in place, under one name whatever a mode calls them."""
+    """The settings a reload applies in place (both modes name them alike: settings/schema.py's
+    CommonSettings plus each mode's `rrl`, `forward` and `lameduck`)."""
 
     max_udp: int
     tcp_idle_timeout: float
@@ -73,6 +76,24 @@ class Tuning:
     forward_timeout: float = 5.0  # the old forwarding closes this long (+1 s) after a swap
     lameduck: float = 0.0
     shutdown_timeout: float = 5.0
+
+    @classmethod
+    def of(cls, cfg: ServeConfig | NodeCacheConfig) -> Tuning:
+        """The in-place part of either mode's settings."""
+        return cls(
+            max_udp=cfg.max_udp,
+            tcp_idle_timeout=cfg.tcp_idle_timeout,
+            max_tcp_connections=cfg.max_tcp_connections,
+            query_log=cfg.query_log,
+            query_log_sample=cfg.query_log_sample,
+            rrl_opts=rrl_kwargs(cfg.rrl),
+            log_level=cfg.log_level,
+            log_format=cfg.log_format,
+            error_consolidate=cfg.error_consolidate,
+            forward_timeout=cfg.forward.timeout,
+            lameduck=cfg.lameduck,
+            shutdown_timeout=cfg.shutdown_timeout,
+        )
 
 
 @dataclass
@@ -128,9 +149,9 @@ class Stack(abc.ABC):
     def ready_line(self, seconds: float) -> tuple[Any, ...]:
         """The start-up log line as (format, *args); `seconds` since the build began."""
 
-    @abc.abstractmethod
     def tuning(self, opts: Any) -> Tuning:
         """`opts` as the settings the Server applies in place."""
+        return Tuning.of(opts)
 
     @abc.abstractmethod
     def rebuild(self, opts: Any) -> Rebuilt:
