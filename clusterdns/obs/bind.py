@@ -5,7 +5,7 @@ from the environment at start-up: `${POD_IP}:9153` (or `[${POD_IP}]:9153`), wher
 Deployment sets POD_IP from the downward API (`fieldPath: status.podIP`). The variable
 must hold an IPv4 or IPv6 literal; an IPv6 one needs no brackets in the variable.
 
-No aiohttp here: config.py checks the syntax with `env_reference`, the modes resolve the
+No HTTP server here: settings/checks.py checks the syntax with `env_reference`, the modes resolve the
 variable with `resolve` just before binding.
 """
 
