@@ -16,8 +16,6 @@ import typing
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any
 
-import yaml
-
 from clusterdns.settings import typedyaml
 from clusterdns.settings.option import ConfigError, Option, meaning
 from clusterdns.settings.typedyaml import Problems
@@ -70,10 +68,24 @@ def _kind(tp: Any) -> type:
     return origin or tp
 
 
+def yaml_text(value: Any) -> str:
+    """A default as it is written in the config file (`true`, `null`, `[a, b]`, `{}`): the
+    help text's form, without a YAML dump per flag at every start (~9 ms for 90 flags)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(yaml_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {yaml_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def _help(flag: Flag) -> str:
     text = flag.opt.doc
     if _kind(flag.tp) is not bool:
-        default = yaml.safe_dump(flag.default, default_flow_style=True).strip().removesuffix("...").strip()
+        default = yaml_text(flag.default)
         text += f" (default {default})"
     return text.replace("%", "%%")
 

@@ -343,3 +343,12 @@ def test_the_cache_and_forwarder_take_every_tuning_value_from_the_settings() -> 
         params = {k: p for k, p in inspect.signature(component).parameters.items() if k not in wiring}
         assert set(params) == set(given), component
         assert [k for k, p in params.items() if p.default is not inspect.Parameter.empty] == [], component
+
+
+@pytest.mark.parametrize("mode", C.MODES)
+def test_help_shows_each_default_as_the_config_file_writes_it(mode: str) -> None:
+    """The default in each flag's help, read back as YAML, is the default itself."""
+    from clusterdns.settings.flags import flags, yaml_text
+
+    for flag in flags(C.SCHEMAS[mode]):
+        assert yaml.safe_load(yaml_text(flag.default)) == flag.default, flag.path
