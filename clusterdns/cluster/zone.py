@@ -60,6 +60,7 @@ class ClusterZone:
         self.zone = self.c.zone
         self.zone_wire = self.c.zone_wire
         self.apex_wires = self.c.apex_wires
+        self._apex_suffixes = tuple(self.apex_wires)  # for `apex_of`'s one-call filter
         self.names: dict[bytes, Entry] = {}
         self._owned: dict[tuple[str, str], tuple[bytes, ...]] = {}  # Service -> the names it owns
         # published addresses, sorted (reverse-tree prefixes); IPv4 packed 8 bytes each
@@ -227,6 +228,8 @@ class ClusterZone:
     # ------------------------------------------------------------------ answering
     def apex_of(self, name: bytes) -> int | None:
         """The apex (CLUSTER, IN_ADDR, IP6) a lowercased wire name is in, or None."""
+        if not name.endswith(self._apex_suffixes):
+            return None  # one C call for every name outside the zones (forwarded names)
         for apex, wire in enumerate(self.apex_wires):
             if in_zone(name, wire):
                 return apex
@@ -260,6 +263,8 @@ class ClusterZone:
         n = len(name)
         if n > 255 or tc[2:] != IN_BYTES or (tc[0] == 0 and tc[1] in NOT_DATA_TYPES):
             return None  # OPT, AXFR, IXFR, ANY: the general path's FORMERR, REFUSED or ANY rule
+        if not name.endswith(self._apex_suffixes):
+            return None  # not under our apexes (a forwarded name): no walk
         i = 0
         while True:
             ln = name[i]
