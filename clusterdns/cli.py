@@ -20,10 +20,10 @@ from clusterdns.app.server import run
 from clusterdns.app.workers import Journal, fork_workers, resolve_ports
 from clusterdns.kube.manifests import ManifestError
 from clusterdns.obs import logs
+from clusterdns.options.declare import ConfigError
 from clusterdns.server.listeners import parse_listen
 from clusterdns.settings import config, schema
 from clusterdns.settings.flags import add_flags
-from clusterdns.settings.option import ConfigError
 
 log = logging.getLogger("clusterdns")
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from clusterdns.cache.settings import CacheSettings, cache_kwargs
 from clusterdns.forward.forwarder import Forwarder
+from clusterdns.forward.settings import ForwardSettings, forward_kwargs
 from clusterdns.forward.upstream import UpstreamSpec
-from clusterdns.settings.schema import CacheSettings, ForwardSettings, cache_kwargs, forward_kwargs
 
 
 def cache_options(**changes: Any) -> dict[str, Any]:

@@ -20,14 +20,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "clusterdns"
 LAYERS: dict[str, set[str]] = {
     "wire": set(),  # DNS bytes: nothing of the project
     "net": set(),  # addresses and batched socket I/O: no DNS, no Kubernetes
+    "options": {"net"},  # how an option is declared and checked: what every section may use
     "kube": set(),  # the API and the store: no DNS wire, no sockets
-    "cache": {"wire"},
+    "cache": {"wire", "options"},
     "cluster": {"kube", "wire"},  # the compiled zone: no sockets
     "obs": {"wire", "net"},
-    "forward": {"wire", "net", "cache", "obs"},
-    "server": {"wire", "net", "cache", "cluster", "forward", "obs"},
-    "settings": {"net", "kube", "cluster", "forward", "obs"},  # checks reuse the readers and choices below
-    "app": {"wire", "net", "kube", "cache", "cluster", "obs", "forward", "server", "settings"},
+    "forward": {"wire", "net", "cache", "obs", "options"},
+    "server": {"wire", "net", "cache", "cluster", "forward", "obs", "options"},
+    # the modes' schemas compose the components' sections; checks reuse the readers below
+    "settings": {"net", "kube", "cluster", "cache", "forward", "server", "obs", "options"},
+    "app": {"wire", "net", "kube", "cache", "cluster", "obs", "forward", "server", "settings", "options"},
 }
 ROOT_MODULES = {"__init__", "__main__", "cli"}
 

@@ -22,19 +22,22 @@ from clusterdns.app import lifecycle
 from clusterdns.app.lifecycle import StartupError
 from clusterdns.app.server import Rebuilt, Server, Stack
 from clusterdns.app.workers import Journal, JournalReader, Worker
+from clusterdns.cache.settings import cache_kwargs
 from clusterdns.cluster.compile import ZoneSettings
 from clusterdns.cluster.external import ExternalSettings, ExternalZone
 from clusterdns.cluster.zone import ClusterZone
 from clusterdns.forward.forwarding import Forwarding, cluster_forwarding
+from clusterdns.forward.settings import forward_kwargs
 from clusterdns.kube.manifests import bulk_load, load_manifests
 from clusterdns.kube.store import ClusterStore
 from clusterdns.obs.sources import Sources
 from clusterdns.server.handler import Handler
 from clusterdns.server.listeners import Listeners, parse_listen
 from clusterdns.server.rrl import limiter
+from clusterdns.server.settings import rrl_kwargs
 from clusterdns.server.tcp import TCPLimits, Transfers
 from clusterdns.settings.config import RESTART_ONLY
-from clusterdns.settings.schema import ServeConfig, cache_kwargs, forward_kwargs, rrl_kwargs
+from clusterdns.settings.schema import ServeConfig
 
 if TYPE_CHECKING:  # imported where used: kubernetes and aiohttp cost ~0.4 s of start-up from manifests
     from clusterdns.kube.watch import KubeSource

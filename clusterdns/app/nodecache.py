@@ -27,6 +27,7 @@ from typing import Any
 from clusterdns.app import lifecycle
 from clusterdns.app.lifecycle import StartupError
 from clusterdns.app.server import Rebuilt, Server, Stack, run
+from clusterdns.cache.settings import cache_kwargs as cache_opts
 from clusterdns.forward.forwarder import Forwarder
 from clusterdns.forward.forwarding import Forwarding
 from clusterdns.forward.loop import LoopDetector
@@ -34,13 +35,14 @@ from clusterdns.forward.sources import choose_upstreams, load_kube_dns_configmap
 from clusterdns.forward.table import ForwardTable, ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec, parse_hostport
 from clusterdns.obs.sources import Sources
+from clusterdns.options.declare import ConfigError
 from clusterdns.server.handler import Handler
 from clusterdns.server.listeners import Listeners
 from clusterdns.server.rrl import limiter
+from clusterdns.server.settings import rrl_kwargs
 from clusterdns.server.tcp import TCPLimits
 from clusterdns.settings.config import RESTART_ONLY
-from clusterdns.settings.option import ConfigError
-from clusterdns.settings.schema import NodeCacheConfig, cache_kwargs as cache_opts, rrl_kwargs
+from clusterdns.settings.schema import NodeCacheConfig
 
 log = logging.getLogger("clusterdns")
 

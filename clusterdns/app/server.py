@@ -44,7 +44,7 @@ from clusterdns.app.lifecycle import StartupError, query_log
 from clusterdns.app.reload import Reloader
 from clusterdns.obs import logs
 from clusterdns.server.rrl import limiter
-from clusterdns.settings.schema import rrl_kwargs
+from clusterdns.server.settings import rrl_kwargs
 
 if TYPE_CHECKING:
     from clusterdns.cluster.zone import ClusterZone

@@ -167,7 +167,7 @@ class ResponseCache:
     function `fetch`, or the callback-style `start` when set (no Task per miss).
 
     Every tuning value is required: they come from the settings' `cache` section
-    (settings/schema.py `cache_kwargs`), the one place their defaults live."""
+    (cache/settings.py `cache_kwargs`), the one place their defaults live."""
 
     def __init__(
         self,

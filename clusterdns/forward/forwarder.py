@@ -77,7 +77,7 @@ class Forwarder:
     """Upstream list + policy; `start()` (callback) or `query()` (coroutine) ask them.
 
     Every tuning value is required: they come from the settings' `forward` section
-    (settings/schema.py `forward_kwargs`), the one place their defaults live.
+    (forward/settings.py `forward_kwargs`), the one place their defaults live.
     """
 
     #: each upstream's UDP socket moves to a new random source port after this many

@@ -118,7 +118,7 @@ def build_forward_table(
     loop: LoopDetector | None = None,
 ) -> ForwardTable:
     """'.' to `default` and each stub zone to its servers, all cached with `cache_opts` (None:
-    not cached); `forward_opts` are the Forwarder's settings (settings/schema.py's `forward`).
+    not cached); `forward_opts` are the Forwarder's settings (forward/settings.py).
 
     `except_zones` (the cluster zone) are never sent to any of these upstreams.
     """

@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
+from clusterdns.options.declare import ConfigError, meaning
 from clusterdns.settings import typedyaml
 from clusterdns.settings.flags import apply_flags
-from clusterdns.settings.option import ConfigError, meaning
 from clusterdns.settings.schema import MODES, SCHEMAS, AnyConfig, NodeCacheConfig, ServeConfig
 from clusterdns.settings.typedyaml import Problems
 

@@ -16,8 +16,8 @@ import typing
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any
 
+from clusterdns.options.declare import ConfigError, Option, meaning
 from clusterdns.settings import typedyaml
-from clusterdns.settings.option import ConfigError, Option, meaning
 from clusterdns.settings.typedyaml import Problems
 
 #: parsed names that are not settings

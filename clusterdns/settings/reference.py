@@ -13,14 +13,15 @@ from typing import Any
 
 import yaml
 
+from clusterdns.options.declare import meaning
 from clusterdns.settings.flags import flags
-from clusterdns.settings.option import meaning
 from clusterdns.settings.schema import MODES, SCHEMAS, CommonSettings
 
 INTRO = """# Options
 
-Every setting of both modes, as a key of the `--config` file (settings/schema.py declares each
-one once; this page is generated from it: `python -m clusterdns.settings.reference docs/options.md`).
+Every setting of both modes, as a key of the `--config` file (each declared once, in
+settings/schema.py or in the section of the component it configures; this page is generated
+from them: `python -m clusterdns.settings.reference docs/options.md`).
 Each has a flag: `--<key>` with dashes (a section's keys as `--<section>-<key>`), except where the
 Flag column says otherwise. See [configuration.md](configuration.md) for the file itself, the
 precedence of defaults, file and flags, and `check-config`.

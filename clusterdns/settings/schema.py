@@ -1,11 +1,12 @@
-"""The settings of both modes, each option declared once (settings/option.py says what that
+"""The settings of both modes, each option declared once (options/declare.py says what that
 declaration feeds: YAML loading, flags, check-config, reload, docs/options.md).
 
-Sections belong to the component they configure: `cache` to the response cache of forwarded
-names (cache/cache.py), `forward` to the forwarder (forward/forwarder.py), `rrl` to the UDP
-response-rate limiter (server/rrl.py). The components take these values as keyword arguments
-(`cache_kwargs`, `forward_kwargs`, `rrl_kwargs` below) and declare no defaults of their own
-for them.
+Sections are declared by the component they configure and composed here: `cache` in
+cache/settings.py (the response cache of forwarded names), `forward` in forward/settings.py
+(the forwarder), `rrl` in server/settings.py (the UDP response-rate limiter). The components
+take those values as keyword arguments (`cache_kwargs`, `forward_kwargs`, `rrl_kwargs` beside
+each section) and declare no defaults of their own. What only one mode has (the node cache's
+cluster-zone caps, the answering, source, logging and lifecycle options) is declared here.
 
 Defaults follow CoreDNS and kubeadm's Corefile for `serve`, node-local-dns for `node-cache`
 (../docs/options.md gives each one's reason).
@@ -13,14 +14,16 @@ Defaults follow CoreDNS and kubeadm's Corefile for `serve`, node-local-dns for `
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
+from clusterdns.cache.settings import CacheSettings
 from clusterdns.cluster.compile import PODS_MODES
 from clusterdns.cluster.transfer import client_problem
-from clusterdns.forward.forwarder import POLICIES
-from clusterdns.settings import checks as c
-from clusterdns.settings.option import option, section
+from clusterdns.forward.settings import ForwardSettings
+from clusterdns.options import checks as c
+from clusterdns.options.declare import option, section
+from clusterdns.server.settings import RRLSettings
+from clusterdns.settings import checks as mode_checks
 
 MODES = ("serve", "node-cache")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -30,76 +33,6 @@ _WEEK = 604800
 
 
 # --------------------------------------------------------------------------- sections
-
-
-@dataclass
-class CacheSettings:
-    """Cache of forwarded answers (CoreDNS `cache`); the parts both modes share."""
-
-    max_entries: int = option(
-        9984, "Entries per forward zone (CoreDNS's capacity); least recently used evicted beyond.", check=c.between(1)
-    )
-    max_denial_entries: int = option(
-        9984,
-        "NXDOMAIN/NODATA/SERVFAIL entries per forward zone, kept apart (CoreDNS "
-        "`denial CAPACITY`): a flood of unknown names evicts denials only, never "
-        "positive answers.",
-        check=c.between(1),
-        flag="--cache-denial-entries",
-        metavar="N",
-    )
-    success_ttl: int = option(
-        30,
-        "Cap on positive TTLs (kubeadm's `cache 30`, node-local-dns's `cache 30`): upstream changes show within 30 s.",
-        check=c.between(0, _WEEK, _SECONDS),
-    )
-    denial_ttl: int = option(
-        30, "Cap on NXDOMAIN/NODATA TTLs (`cache 30` caps both).", check=c.between(0, _WEEK, _SECONDS)
-    )
-    min_ttl: int = option(
-        5,
-        "Floor on cached TTLs (CoreDNS MINTTL): a TTL-0 answer still spares the upstream.",
-        check=c.between(0, _WEEK, _SECONDS),
-    )
-    servfail_ttl: int = option(
-        5,
-        "Upstream SERVFAIL kept this long (CoreDNS `servfail 5s`) so a broken zone is not hammered.",
-        check=c.between(0, 300, " seconds (RFC 2308 7.1 caps it at 5 minutes)"),
-    )
-    serve_stale: float = option(
-        3600.0,
-        "Seconds past expiry an answer may still be served when upstreams fail "
-        "(RFC 8767); 0 = off. node-local-dns has none: a short cluster DNS outage fails "
-        "every pod's lookups (kubernetes#113080).",
-        check=c.between(0, _WEEK, " seconds (RFC 8767 suggests at most 7 days)"),
-        flag="--serve-stale",
-        metavar="SECONDS",
-    )
-    stale_ttl: int = option(
-        30, "TTL on stale answers (RFC 8767 section 4 recommends 30 s).", check=c.between(1, 86400, _SECONDS)
-    )
-    stale_answer_timeout: float = option(
-        1.8,
-        "Wait this long for a slow upstream before the stale answer goes out (RFC 8767 section 5).",
-        check=c.between(0, 60, _SECONDS),
-    )
-    stale_recheck: float = option(
-        5.0,
-        "After a failed refresh, serve stale without asking upstream for this long.",
-        check=c.between(0, 86400, _SECONDS),
-    )
-    prefetch: int = option(
-        0,
-        "Refresh an entry asked this many times before it expires; 0 = off (CoreDNS default).",
-        check=c.between(0),
-        flag="--prefetch",
-        metavar="N",
-    )
-    prefetch_percentage: int = option(
-        10,
-        "Prefetch when less than this share of the TTL is left (CoreDNS default 10 percent).",
-        check=c.between(0, 100, " percent"),
-    )
 
 
 @dataclass
@@ -116,82 +49,6 @@ class NodeCacheCacheSettings(CacheSettings):
         "Cap on NXDOMAIN/NODATA TTLs for the cluster zone (`denial 9984 5`, "
         "kubernetes#74093): a Service created just after a miss resolves within 5 s.",
         check=c.between(0, _WEEK, _SECONDS),
-    )
-
-
-@dataclass
-class ForwardSettings:
-    """Upstream handling (CoreDNS `forward`), the same in both modes."""
-
-    policy: str = option(
-        "random",
-        "random, round_robin or sequential (CoreDNS forward `policy`).",
-        check=c.one_of(*POLICIES),
-        flag="--policy",
-    )
-    max_fails: int = option(
-        2, "Consecutive failures before an upstream is marked down and health-probed.", check=c.between(0)
-    )
-    health_interval: float = option(
-        0.5, "Seconds between `. IN NS` probes of a down upstream.", check=c.above(0, _SECONDS)
-    )
-    read_timeout: float = option(2.0, "Per-upstream wait before trying the next one.", check=c.above(0, _SECONDS))
-    timeout: float = option(5.0, "Whole-question budget across upstreams.", check=c.above(0, _SECONDS))
-    expire: float = option(
-        10.0, "Pooled TCP connections idle longer than this are closed.", check=c.between(0, None, _SECONDS)
-    )
-    max_concurrent: int = option(
-        1000,
-        "Questions in flight per forwarder beyond which new ones get REFUSED (kubeadm's `max_concurrent 1000`).",
-        check=c.between(1),
-        flag="--max-concurrent",
-        metavar="N",
-    )
-
-
-@dataclass
-class RRLSettings:
-    """Response-rate limiting of UDP answers per client prefix (server/rrl.py); off by default."""
-
-    responses_per_second: float = option(
-        0.0,
-        "UDP answers per second to one client prefix before RRL drops or "
-        "slips them (CoreDNS rrl `responses-per-second`); 0 = off. TCP is never "
-        "limited.",
-        check=c.between(0, None, " per second (0 = off)"),
-        metavar="N",
-    )
-    window: float = option(
-        15.0,
-        "Seconds of debt a limited prefix can build (CoreDNS rrl `window`): a flood that "
-        "stops is answered again within this long.",
-        check=c.between(1, 3600, _SECONDS),
-    )
-    slip: int = option(
-        2,
-        "Every Nth limited answer goes out empty with TC=1 so real clients retry over TCP; 0 "
-        "drops all, 1 truncates all (CoreDNS rrl `slip-ratio`).",
-        check=c.between(0, 10, " (0 = drop all, 1 = truncate all)"),
-        metavar="N",
-    )
-    ipv4_prefix_length: int = option(
-        24,
-        "IPv4 clients in one /N share a budget (CoreDNS rrl `ipv4-prefix-length`).",
-        check=c.between(0, 32, " bits"),
-        metavar="BITS",
-    )
-    ipv6_prefix_length: int = option(
-        56,
-        "IPv6 clients in one /N share a budget (CoreDNS rrl `ipv6-prefix-length`).",
-        check=c.between(0, 128, " bits"),
-        metavar="BITS",
-    )
-    max_table_size: int = option(
-        100000,
-        "Prefixes tracked at most, least recently seen evicted (CoreDNS rrl "
-        "`max-table-size`), so spoofed sources cannot grow memory.",
-        check=c.between(1),
-        metavar="N",
     )
 
 
@@ -320,7 +177,7 @@ class ServeConfig(CommonSettings):
         None,
         "Label selector for Services and EndpointSlices (CoreDNS `labels`), for the "
         "API and manifests, e.g. 'app=web,tier!=test'.",
-        check=c.label_selector,
+        check=mode_checks.label_selector,
         metavar="SELECTOR",
         restart=True,
     )
@@ -336,7 +193,7 @@ class ServeConfig(CommonSettings):
         None,
         "/health address, HOST:PORT or ${POD_IP}:PORT (host from that env var); null "
         "= :8080 (every address, CoreDNS's) with the API, off with manifests.",
-        check=c.http_address,
+        check=mode_checks.http_address,
         example="':8080'",
         metavar="HOST:PORT",
         restart=True,
@@ -345,7 +202,7 @@ class ServeConfig(CommonSettings):
         None,
         "/ready address, HOST:PORT or ${POD_IP}:PORT; null = :8181 (every address, "
         "CoreDNS's) with the API, off with manifests.",
-        check=c.http_address,
+        check=mode_checks.http_address,
         example="':8181'",
         metavar="HOST:PORT",
         restart=True,
@@ -354,7 +211,7 @@ class ServeConfig(CommonSettings):
         None,
         "/metrics address, HOST:PORT or ${POD_IP}:PORT; null = :9153 (every "
         "address; CoreDNS's port, dashboards expect it) with the API, off with manifests.",
-        check=c.http_address,
+        check=mode_checks.http_address,
         example="':9153'",
         metavar="HOST:PORT",
         restart=True,
@@ -472,7 +329,7 @@ class NodeCacheConfig(CommonSettings):
     health: str = option(
         "169.254.20.10:8080",
         "/health and /ready listener (node-local-dns: <localip>:8080); HOST:PORT or ${POD_IP}:PORT; '' = off.",
-        check=c.http_address,
+        check=mode_checks.http_address,
         example="':8080'",
         metavar="HOST:PORT",
         restart=True,
@@ -482,7 +339,7 @@ class NodeCacheConfig(CommonSettings):
         "/metrics address, HOST:PORT or ${POD_IP}:PORT; null = off, so test and "
         "side-by-side caches do not fight over a port. Deployments set node-local-dns's "
         "`:9253` (config/node-cache.yaml does).",
-        check=c.http_address,
+        check=mode_checks.http_address,
         example="':9253'",
         metavar="HOST:PORT",
         restart=True,
@@ -559,37 +416,3 @@ class NodeCacheConfig(CommonSettings):
 
 SCHEMAS: dict[str, type] = {"serve": ServeConfig, "node-cache": NodeCacheConfig}
 AnyConfig = ServeConfig | NodeCacheConfig
-
-
-# --------------------------------------------------------------------------- into the components
-
-
-def cache_kwargs(cache: CacheSettings, max_ttl: int, max_negative_ttl: int) -> dict[str, Any]:
-    """ResponseCache keyword arguments from a cache section, with the zone's TTL caps."""
-    return dict(
-        max_entries=cache.max_entries,
-        max_denial_entries=cache.max_denial_entries,
-        max_ttl=max_ttl,
-        min_ttl=cache.min_ttl,
-        max_negative_ttl=max_negative_ttl,
-        min_negative_ttl=cache.min_ttl,
-        servfail_ttl=cache.servfail_ttl,
-        prefetch=cache.prefetch,
-        prefetch_percentage=cache.prefetch_percentage,
-        serve_stale=cache.serve_stale,
-        stale_ttl=cache.stale_ttl,
-        stale_answer_timeout=cache.stale_answer_timeout,
-        stale_recheck=cache.stale_recheck,
-    )
-
-
-def forward_kwargs(forward: ForwardSettings) -> dict[str, Any]:
-    """Forwarder keyword arguments."""
-    return {f.name: getattr(forward, f.name) for f in fields(forward)}
-
-
-def rrl_kwargs(rrl: RRLSettings) -> dict[str, Any] | None:
-    """`server.rrl.RRL` keyword arguments; None when response-rate limiting is off."""
-    if not rrl.responses_per_second:
-        return None
-    return {f.name: getattr(rrl, f.name) for f in fields(rrl)}

@@ -2,7 +2,7 @@
 
 Generic: it knows nothing about clusterdns. A dataclass's type hints say what each key
 takes (bool, int, float seconds, str, Optional, list[str], dict[str, list[str]], nested
-dataclasses); each field's declared Option (settings/option.py) says which values make
+dataclasses); each field's declared Option (options/declare.py) says which values make
 sense. Problems are collected, not raised one by one, so an operator fixing a ConfigMap
 sees all of them at once.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from clusterdns.settings.option import Check, Option, meaning
+from clusterdns.options.declare import Check, Option, meaning
 
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*"

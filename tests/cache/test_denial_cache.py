@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import dns.rcode
 import pytest
 
+from clusterdns.cache.settings import cache_kwargs
 from clusterdns.cli import build_parser
 from clusterdns.forward.table import ForwardZone
 from clusterdns.forward.upstream import UpstreamSpec
 from clusterdns.obs import metrics as M
 from clusterdns.settings import config as C
-from clusterdns.settings.schema import cache_kwargs
 from clusterdns.wire import scan as W
 from components import cache_options, make_forwarder
 from fakedns import addresses, ask, decode, question

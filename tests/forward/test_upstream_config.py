@@ -16,8 +16,8 @@ from clusterdns.app.nodecache import build
 from clusterdns.cli import build_parser
 from clusterdns.forward.sources import load_kube_dns_configmap, parse_stub, resolv_conf_upstreams
 from clusterdns.forward.upstream import UpstreamSpec
+from clusterdns.options.declare import ConfigError
 from clusterdns.settings import config
-from clusterdns.settings.option import ConfigError
 from clusterdns.settings.schema import NodeCacheConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clusterdns.cache.settings import cache_kwargs
 from clusterdns.cli import build_parser
-from clusterdns.settings import checks, config as C, typedyaml
+from clusterdns.forward.settings import forward_kwargs
+from clusterdns.options import checks
+from clusterdns.options.declare import option, section
+from clusterdns.settings import config as C, typedyaml
 from clusterdns.settings.flags import add_flags, apply_flags
-from clusterdns.settings.option import option, section
 from clusterdns.settings.reference import markdown, reference
-from clusterdns.settings.schema import cache_kwargs, forward_kwargs
 from helpers import ROOT
 
 CONFIG_DIR = ROOT / "config"
